@@ -1,0 +1,72 @@
+"""The torch backend: torchvision's per-image transforms in DataLoader workers, reproducibly seeded."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import accumulate
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ._loader import ShardedLoader
+from ._order import mix, sample_seeds
+from ._source import Source
+
+
+@contextmanager
+def seeded_rngs(seed: int):
+    """Seed torch's, numpy's and Python's global generators (which torchvision transforms and BiPer's
+    Lighting draw from) for one sample, restoring them after so the caller's streams are untouched."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+class SeededDataset(Dataset):
+    """Items are (index, seed): each sample's augmentation is a function of its own seed only, so it
+    does not depend on the number of workers or on where an interrupted epoch resumed."""
+
+    def __init__(self, source: Source, transform: Callable):
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item
+        img = self.source.load(index)  # raises DataError naming the file if it cannot be decoded
+        with seeded_rngs(seed):
+            x = self.transform(img)
+        return x, int(self.source.labels[index])
+
+
+class TorchLoader(ShardedLoader):
+    """torchvision transforms per image in a DataLoader, with our own shard/shuffle plan as batch sampler."""
+
+    def __init__(self, source: Source, batch_size: int, *, transform: Callable, workers: int = 2, **kw):
+        super().__init__(source, batch_size, **kw)
+        self.dataset = SeededDataset(source, transform)
+        self.workers = workers
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices, positions, sizes = self._plan(epoch)
+        seeds = sample_seeds(mix(self.seed, epoch, 0xA06), positions)
+        pairs = list(zip(indices.tolist(), seeds))
+        ends = list(accumulate(sizes))
+        batches = [pairs[ends[b] - sizes[b]:ends[b]] for b in range(start, len(sizes))]
+        if not batches:
+            return
+        pin = self.device.type == "cuda"
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=pin,
+                            persistent_workers=False)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
