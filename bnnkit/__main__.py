@@ -1,0 +1,6 @@
+"""`python -m bnnkit ...` runs the bnnkit command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The `bnnkit` command line: `bnnkit SUBCOMMAND ...` (also `python -m bnnkit`).
+
+Adding a subcommand is one function decorated with @subcommand(name, help) taking argv and returning
+the exit status. Expected errors print one line `error: ...` on stderr and exit 2 (usage: bad or
+contradictory flags, unknown names, an occupied results folder) or 1 (runtime: data, checkpoints,
+a diverged loss), without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+from ._registry import UnknownNameError
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+
+
+def subcommand(name: str, help: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
+    def add(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        SUBCOMMANDS[name] = (help, fn)
+        return fn
+    return add
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from .train._config import ConfigError
+    return (ConfigError, UnknownNameError)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from .compat import CheckpointError
+    from .data import DataError
+    from .train._engine import NonFiniteLossError
+    return (CheckpointError, DataError, NonFiniteLossError, FileNotFoundError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: bnnkit {" + ",".join(SUBCOMMANDS) + "} ...\n")
+        for name, (text, _) in SUBCOMMANDS.items():
+            print(f"  {name:14s}{text}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return SUBCOMMANDS[name][1](rest)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except KeyboardInterrupt:
+        print("error: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _usage_errors()):
+            code = 2
+        elif isinstance(exc, _runtime_errors()):
+            code = 1
+        else:
+            raise
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return code
+
+
+# --- train ---------------------------------------------------------------------------------------------
+
+# Short and alternative names the authors' scripts accept.
+ALIASES = {"model": ["-a"], "batch_size": ["-b"], "batch_size_test": ["-bt"], "print_freq": ["-p"]}
+FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    from .train._config import KEYS
+
+    p = argparse.ArgumentParser(prog="bnnkit train", description="Train a binary network (a recipe, flags, or both). "
+                                "Every recipe key is also a flag; flags win. The authors' flags work under their names.")
+    p.add_argument("recipe", nargs="?", help="recipe YAML path or name (e.g. recipes/cifar10/siman_resnet20.yaml)")
+    for key, (kind, default, text) in KEYS.items():
+        names = ALIASES.get(key, []) + [f"--{key}"]
+        if key in FLAGS:
+            p.add_argument(*names, dest=key, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
+        elif key == "resume":
+            p.add_argument(*names, dest=key, nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH", help=text)
+        else:
+            p.add_argument(*names, dest=key, default=argparse.SUPPRESS, metavar=key.upper(), help=text)
+    p.add_argument("--stage2", action="store_const", const=True, default=argparse.SUPPRESS,
+                   help="the authors' flag: BiPer stage 2 (= --stage 2)")
+    p.add_argument("-e", "--evaluate", metavar="FILE", default=argparse.SUPPRESS,
+                   help="evaluate this checkpoint on the validation split instead of training")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key, also stage1.KEY / stage2.KEY in two-stage recipes")
+    p.add_argument("--type", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the authors' tensor type: ignored
+    p.add_argument("--time_estimate", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # always on here
+    return p
+
+
+def _launch_gpus(gpus: str, argv: list[str]) -> None:
+    """The authors' `--gpus 0,1` (DataParallel) becomes one process per GPU under torchrun."""
+    ids = [g for g in gpus.split(",") if g.strip()]
+    if "WORLD_SIZE" in os.environ:
+        return
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", ",".join(ids))
+    if len(ids) > 1:
+        import torch
+        if not torch.cuda.is_available():
+            print(f"warning: --gpus {gpus} asks for {len(ids)} GPUs but none is visible; training in one CPU process",
+                  file=sys.stderr)
+            return
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}",
+               "-m", "bnnkit", "train", *argv]
+        os.execv(sys.executable, cmd)
+
+
+@subcommand("train", "train a model from a recipe and/or the authors' flags (BiPer two-stage recipes run both stages)")
+def cmd_train(argv: list[str]) -> int:
+    from .train import ConfigError, load_recipe, merge, parse_set, train
+
+    args = vars(train_parser().parse_args(argv))
+    recipe, sets = args.pop("recipe"), args.pop("set")
+    args.pop("type", None), args.pop("time_estimate", None)
+    if "stage2" in args:
+        if args.get("stage") not in (None, 2, "2"):
+            raise ConfigError("--stage2 contradicts --stage 1: give one of them")
+        args.pop("stage2")
+        args["stage"] = 2
+    if "evaluate" in args:
+        if args.get("resume"):
+            raise ConfigError("-e/--evaluate evaluates a checkpoint; --resume continues training: give one of them")
+        return _print_eval(args.pop("evaluate"), args, as_json=False)
+    raw = load_recipe(recipe) if recipe else {}
+    raw = merge(merge(raw, args), parse_set(sets))
+    if args.get("gpus"):
+        _launch_gpus(str(args["gpus"]), argv)
+    results = train(raw)
+    for r in results:
+        print(f"{r['run_dir']}: best epoch {r['best_epoch']}, best top-1 {r['best_prec1']:.2f}")
+    return 0
+
+
+# --- eval and qe ---------------------------------------------------------------------------------------
+
+def _checkpoint_parser(prog: str, text: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=text)
+    p.add_argument("checkpoint", help="a bnnkit checkpoint (last.pt/best.pt or a run folder), or an authors' .pth.tar")
+    p.add_argument("-a", "--model", help="model (authors' checkpoints only)")
+    p.add_argument("--method", help="method (authors' checkpoints only)")
+    p.add_argument("--dataset", help="dataset (authors' checkpoints only)")
+    p.add_argument("--freq", type=float, help="BiPer frequency (authors' checkpoints without config.txt)")
+    p.add_argument("--stage", type=int, help="BiPer stage of an authors' checkpoint (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _print_eval(path: str, opts: dict[str, Any], as_json: bool) -> int:
+    from .train import evaluate_checkpoint
+
+    if not opts.get("data_path"):
+        from .train import ConfigError
+        raise ConfigError("eval needs the data: pass --data_path DIR (or CIFAR's .tar.gz)")
+    for key in ("batch_size_test", "val_subset", "workers", "stage"):
+        if opts.get(key) is not None:
+            opts[key] = int(opts[key])
+    if opts.get("freq") is not None:
+        opts["freq"] = float(opts["freq"])
+    res = evaluate_checkpoint(path, opts)
+    if as_json:
+        print(json.dumps(res))
+    else:
+        print(f"{path}: loss {res['loss']:.4f} top1 {res['top1']:.2f} top5 {res['top5']:.2f} ({res['images']} images)")
+    return 0
+
+
+@subcommand("eval", "evaluate a checkpoint on the validation split")
+def cmd_eval(argv: list[str]) -> int:
+    p = _checkpoint_parser("bnnkit eval", "One validation pass of a checkpoint; a bnnkit checkpoint needs no other flag.")
+    p.add_argument("--data_path", help="dataset root")
+    p.add_argument("-bt", "--batch_size_test", type=int)
+    p.add_argument("--val_subset", type=int, help="evaluate on a class-balanced subset")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--backend")
+    p.add_argument("--device")
+    p.add_argument("--cache_dir")
+    p.add_argument("--amp")
+    a = vars(p.parse_args(argv))
+    return _print_eval(a.pop("checkpoint"), a, a.pop("json"))
+
+
+@subcommand("qe", "print BiPer's quantisation error per layer and in total")
+def cmd_qe(argv: list[str]) -> int:
+    from .train import load_any, quantization_error
+
+    a = _checkpoint_parser("bnnkit qe", "QE = sum_l mean|sin(f W_l) - sign(sin(f W_l))| and b = sum_l mean|W_l| "
+                           "(REFERENCE.md §5), with the checkpoint's own frequency.").parse_args(argv)
+    model, _ = load_any(a.checkpoint, model=a.model, method=a.method, dataset=a.dataset, freq=a.freq, stage=a.stage)
+    if model.bnnkit_spec["method"] != "biper" and a.freq is None:
+        from .train import ConfigError
+        raise ConfigError(f"QE is BiPer's measure and this is a {model.bnnkit_spec['method']} model: pass --freq to compute it anyway")
+    res = quantization_error(model, a.freq if model.bnnkit_spec["method"] != "biper" else None)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    width = max(len(l["layer"]) for l in res["layers"])
+    print(f"{'layer':{width}s}  {'QE':>10s}  {'mean|W|':>10s}")
+    for l in res["layers"]:
+        print(f"{l['layer']:{width}s}  {l['qe']:10.6f}  {l['b']:10.6f}")
+    print(f"{'total':{width}s}  {res['qe']:10.6f}  {res['b']:10.6f}")
+    print(f"QE={res['qe']:.6f}\nb={res['b']:.6f}")
+    return 0
+
+
+@subcommand("summary", "summarise a model (parameters, binary operations, layers)")
+def cmd_summary(argv: list[str]) -> int:
+    try:
+        from .summary import main as summary_main
+    except ImportError:
+        print("error: `bnnkit summary` is not in this build (bnnkit.summary is missing): update bnnkit", file=sys.stderr)
+        return 1
+    return summary_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

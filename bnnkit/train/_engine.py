@@ -1,0 +1,84 @@
+"""One training epoch and one validation pass, as the authors' loops run them (REFERENCE.md §3.1 steps 4 and 6)."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..methods import Method
+from ._distributed import any_flag
+from ._metrics import Meters, correct_topk
+from ._runlog import RunLog, progress
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, *,
+                    method: Method, bare: nn.Module, epoch: int, device: torch.device, start_batch: int = 0,
+                    meters: Meters | None = None, amp: str | None = None, scaler: Any = None,
+                    log: RunLog | None = None, print_freq: int = 100, show: bool = True,
+                    on_batch_end: Callable[[int, Meters], None] | None = None) -> Meters:
+    """Train `model` (maybe DDP-wrapped; `bare` is the module itself) over this rank's batches of the
+    loader's current epoch, from batch `start_batch` on. Loss = cross entropy (+ the method's
+    regulariser where the authors add it). Returns this rank's unreduced meters."""
+    model.train()
+    meters = meters or Meters()
+    batches = loader.iter_from(start_batch) if start_batch else iter(loader)
+    total = len(loader)
+    for i, (images, target) in enumerate(progress(batches, total - start_batch, f"epoch {epoch}", log, print_freq,
+                                                   show and log is not None), start=start_batch + 1):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            output = model(images)
+            loss = criterion(output.float(), target) + method.regularizer(bare)
+        bad = not math.isfinite(loss.item())
+        if any_flag(bad, device):
+            raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch {epoch}, batch {i}")
+        optimizer.zero_grad()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        c1, c5 = correct_topk(output.detach(), target)
+        n = target.shape[0]
+        meters.add(loss.item() * n, float(c1), float(c5), n)
+        if on_batch_end is not None:
+            on_batch_end(i, meters)
+    return meters
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, criterion: nn.Module, loader: Any, *, method: Method, device: torch.device,
+             amp: str | None = None, log: RunLog | None = None, print_freq: int = 100, show: bool = True) -> dict[str, float]:
+    """One validation pass in eval mode under no_grad, with the training loss (BiPer CIFAR includes
+    its regulariser, quirk Q9). Returns loss, top1, top5 averaged over all processes' samples."""
+    model.eval()
+    meters = Meters()
+    for images, target in progress(iter(loader), len(loader), "val", log, print_freq, show and log is not None):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            output = model(images)
+            loss = criterion(output.float(), target) + method.regularizer(model)
+        c1, c5 = correct_topk(output, target)
+        n = target.shape[0]
+        meters.add(loss.item() * n, float(c1), float(c5), n)
+    return meters.reduce(device).averages()

@@ -1,0 +1,311 @@
+"""main: one training stage (the authors' epoch loop, REFERENCE.md §3.1), and two-stage BiPer runs."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import configure, create_model
+from ..compat import CheckpointError
+from ..methods import method_of
+from . import _checkpoint as ck
+from ._config import ConfigError, plain, resolve, run_dir_of, stages_of
+from ._data import load_data
+from ._distributed import Dist, setup
+from ._engine import NonFiniteLossError, evaluate, train_one_epoch
+from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
+from ._optim import build_optimizer, lr_per_epoch
+from ._runlog import RunLog, holds_run
+
+
+class RunExistsError(ConfigError):
+    """The results folder already holds another run."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def method_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    if cfg["method"] == "siman":
+        return {"sort": "quick" if cfg["sort"] == "quick" else "median"}
+    if cfg["method"] == "biper":
+        out = {"freq": cfg["freq"], "stage": cfg["stage"]}
+        if cfg["regularize"] is not None:
+            out["regularize"] = cfg["regularize"]
+        return out
+    return {}
+
+
+def schedule_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
+    """BiPer's tau_min/tau_max: CIFAR's --tau sets both (constant tau)."""
+    if cfg["method"] != "biper":
+        return {}
+    if cfg["tau_min"] is not None and cfg["tau_max"] is not None and "tau" not in cfg["explicit"]:
+        return {"tau_min": cfg["tau_min"], "tau_max": cfg["tau_max"]}
+    if cfg["tau"] is not None:
+        return {"tau_min": cfg["tau"], "tau_max": cfg["tau"]}
+    return {}
+
+
+def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
+    if isinstance(cfg["resume"], str) and cfg["resume"] not in ("", "True", "true"):
+        return cfg["resume"]
+    return os.path.join(run_dir, "last.pt")
+
+
+def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The model to train and, when resuming, the checkpoint it continues."""
+    if cfg["resume"]:
+        path = _resume_path(cfg, run_dir)
+        if not os.path.exists(path):
+            raise CheckpointError(f"--resume: there is no checkpoint {path} to continue: "
+                                  f"drop --resume to start a new run, or pass the run's --results_dir/--save")
+        ckpt = ck.read_checkpoint(path)
+        if not ck.is_bnnkit(ckpt):
+            raise CheckpointError(f"--resume {path}: not a bnnkit training checkpoint (an authors' file?): "
+                                  f"evaluate it with `bnnkit eval`, or start stage 2 from it with --load_ckpt_stage1")
+        ck.check_matches(ckpt, path, method=cfg["method"], model=cfg["model"], dataset=cfg["dataset"])
+        if ckpt["spec"]["settings"].get("stage", 1) != cfg["stage"]:
+            raise CheckpointError(f"--resume {path} is a stage-{ckpt['spec']['settings'].get('stage')} checkpoint, "
+                                  f"this run is stage {cfg['stage']}: pass the matching --stage")
+        log.info(f"resuming {ck.describe(ckpt['spec'])} from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']})")
+        return ck.model_from_checkpoint(ckpt, path), ckpt
+    if cfg["stage"] == 2:
+        path = cfg["load_ckpt_stage1"]
+        if not path:
+            raise ConfigError("BiPer stage 2 starts from a stage-1 checkpoint: pass --load_ckpt_stage1 PATH "
+                              "(or run the two-stage recipe, which does it for you)")
+        src = ck.read_checkpoint(path)
+        if ck.is_bnnkit(src):
+            ck.check_matches(src, path, method="biper", model=cfg["model"], dataset=cfg["dataset"])
+            freq = src["spec"]["settings"]["freq"]
+            if "freq" in cfg["explicit"] and float(cfg["freq"]) != float(freq):
+                raise ConfigError(f"--freq {cfg['freq']} contradicts the stage-1 checkpoint's frequency {freq}: "
+                                  f"drop --freq (stage 2 uses the checkpoint's)")
+            model = ck.model_from_checkpoint(src, path, stage=2)
+        else:  # the authors' stage-1 model_best.pth.tar: its frequency is not in the file
+            if "freq" not in cfg["explicit"]:
+                raise ConfigError(f"{path} is an authors' checkpoint, which does not record its frequency: pass --freq")
+            from ..compat import load_reference
+            model = load_reference(src, "biper", cfg["model"], dataset=cfg["dataset"], freq=cfg["freq"], stage=2)
+        cfg["freq"] = model.bnnkit_spec["settings"]["freq"]
+        method_of(model).on_stage_start(model)
+        log.info(f"stage 2 starts from {path} with freq {cfg['freq']}")
+        return model, None
+    model = create_model(cfg["model"], method=cfg["method"], dataset=cfg["dataset"], **method_settings(cfg))
+    return model, None
+
+
+def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
+    """Train one stage as configured; returns the summary (best epoch, top-1, paths)."""
+    run_dir = run_dir or run_dir_of(cfg)
+    d = setup(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True)
+        if d.device.type == "cuda":
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    if cfg["amp"] == "fp16" and d.device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
+    if holds_run(run_dir) and not cfg["resume"]:
+        raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
+                             f"or a new --save NAME (or --results_dir) for a new run")
+    seed_everything(cfg["seed"])
+    train_loader, val_loader = load_data(cfg, d)  # data errors come before any file is written
+    log = RunLog(run_dir if d.main else None, tensorboard=cfg["tensorboard"], quiet=not d.main)
+    try:
+        return _train(cfg, run_dir, d, train_loader, val_loader, log)
+    finally:
+        log.close()
+
+
+def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_loader: Any, log: RunLog) -> dict[str, Any]:
+    model, ckpt = build_model(cfg, run_dir, log)
+    bare = model.to(d.device)
+    method = method_of(bare)
+    if not ckpt and d.main:
+        log.write_config(plain({**cfg, "run_dir": run_dir}))
+    log.debug(str(bare))
+    log.info(f"{ck.describe(bare.bnnkit_spec)}: {sum(p.numel() for p in bare.parameters())} parameters, "
+             f"{d.world_size} process(es) on {d.device.type}, {train_loader.num_samples} training images per process")
+    if cfg["sync_bn"] and d.enabled:
+        bare = nn.SyncBatchNorm.convert_sync_batchnorm(bare)
+    net: nn.Module = bare
+    if d.enabled:
+        net = nn.parallel.DistributedDataParallel(bare, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    optimizer = build_optimizer(bare, cfg)
+    scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
+    criterion = nn.CrossEntropyLoss()
+    epochs = cfg["epochs"]
+    start_epoch = 0 if cfg["stage"] == 2 else -1  # BiPer stage 2 starts at epoch 1 (quirk Q14)
+    lrs = lr_per_epoch(cfg["lr"], epochs, warm_up=cfg["warm_up"], start_epoch=start_epoch, lr_type=cfg["lr_type"],
+                       lr_decay_step=cfg["lr_decay_step"], authors_torch=cfg["authors_torch"])
+    hp = schedule_hparams(cfg)
+    best = {"top1": 0.0, "epoch": None, "loss": None}
+    first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
+    if ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        best = {"top1": ckpt["best_prec1"], "epoch": ckpt["best_epoch"], "loss": ckpt["best_loss"]}
+        if ckpt["batch"] is None:
+            first = ckpt["epoch"] + 1
+        else:
+            first, start_batch = ckpt["epoch"], ckpt["batch"]
+            meters = Meters(ckpt["meters"]) if d.main else Meters()
+            flip_ref = ckpt.get("flip_ref") or None
+        ck.set_rng_state(ckpt["rng"])
+        if first >= epochs:
+            log.info(f"{run_dir}: all {epochs} epochs are done; nothing to resume")
+            return _summary(cfg, run_dir, best)
+    last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    kill_at = os.environ.get("BNNKIT_DEBUG_KILL_AT")  # "epoch:batch": SIGKILL self there (crash-safety tests)
+    started = time.time()
+
+    def state(epoch: int, batch: int | None, sums: dict[str, float] | None, ref: Any) -> dict[str, Any]:
+        return {"format": ck.FORMAT, "version": 1, "spec": dict(bare_spec()), "state_dict": _bare_state(bare),
+                "epoch": epoch, "batch": batch, "optimizer": optimizer.state_dict(),
+                "scheduler": {"type": cfg["lr_type"], "lrs": lrs, "start_epoch": start_epoch},
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "rng": ck.rng_state(), "best_prec1": best["top1"], "best_epoch": best["epoch"],
+                "best_loss": best["loss"], "finished": batch is None and epoch == epochs - 1,
+                "config": plain(cfg), "meters": sums or {}, "flip_ref": ref or {}}
+
+    def bare_spec() -> dict[str, Any]:
+        spec = getattr(bare, "bnnkit_spec", None) or getattr(model, "bnnkit_spec")
+        return {**spec, "settings": dict(spec["settings"])}
+
+    for epoch in range(first, epochs):
+        t0 = time.time()
+        lr = lrs[epoch]
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        sched = method.schedule(epoch, epochs, **hp)
+        if sched:
+            configure(bare, **sched)
+            model.bnnkit_spec["settings"].update(sched)
+        train_loader.set_epoch(epoch)
+        if cfg["log_samples"]:
+            _log_samples(run_dir, d, epoch, train_loader)
+        if flip_ref is None or start_batch == 0:
+            flip_ref = sign_bits(bare)
+        log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
+
+        def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
+            if cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader):
+                sums = m.reduce(d.device).sums
+                if d.main:
+                    ck.atomic_save(state(epoch, i, sums, ref), last)
+                d.barrier()
+            if kill_at == f"{epoch}:{i}":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        try:
+            meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
+                                     device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
+                                     scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
+                                     on_batch_end=on_batch_end)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; stopped, and kept the last good checkpoint "
+                                     f"{last if os.path.exists(last) else '(none yet)'}: lower --lr or check the data") from None
+        train = meters.reduce(d.device).averages()
+        start_batch, meters = 0, None
+        val = evaluate(bare, criterion, val_loader, method=method, device=d.device, amp=cfg["amp"],
+                       log=log if d.main else None, print_freq=cfg["print_freq"])
+        if d.enabled:  # SiMaN's eval forward rewrites weights (Q1) from each process's own shard: keep rank 0's
+            for t in list(bare.parameters()) + list(bare.buffers()):
+                torch.distributed.broadcast(t.data, 0)
+        new_bits = sign_bits(bare)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
+               "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+               "percent": sched.get("percent"), "tau": sched.get("tau"), "flip_ratio": flip_ratio(flip_ref, new_bits)}
+        if cfg["method"] == "biper":
+            qe = quantization_error(bare)
+            row.update(qe=qe["qe"], b=qe["b"])
+        is_best = val["top1"] > best["top1"]
+        if is_best:
+            best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}
+        row["best_top1"] = best["top1"]
+        row["epoch_time_s"] = round(time.time() - t0, 3)
+        if d.main:
+            ck.atomic_save(state(epoch, None, None, None), last)
+            if is_best:
+                ck.atomic_copy(last, best_path)
+            log.epoch_row(row)
+        d.barrier()
+        flip_ref = new_bits
+        eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
+        log.info(f"epoch {epoch}: train loss {train['loss']:.4f} top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
+                 f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
+                 + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
+                 + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
+                 + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
+    return _summary(cfg, run_dir, best, log)
+
+
+def _bare_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _log_samples(run_dir: str, d: Dist, epoch: int, loader: Any) -> None:
+    path = os.path.join(run_dir, f"samples_rank{d.rank}.json")
+    data = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            data = json.load(fh)
+    data[str(epoch)] = loader.indices_for_epoch(epoch)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(data, fh)
+
+
+def _summary(cfg: dict[str, Any], run_dir: str, best: dict[str, Any], log: RunLog | None = None) -> dict[str, Any]:
+    out = {"run_dir": run_dir, "best_epoch": None if best["epoch"] is None else best["epoch"] + 1,
+           "best_prec1": best["top1"], "best_loss": best["loss"],
+           "last": os.path.join(run_dir, "last.pt"), "best": os.path.join(run_dir, "best.pt")}
+    if log is not None:
+        log.info(f"Best_Epoch {out['best_epoch']}, Best_Prec1 {out['best_prec1']:.2f}, Best_Loss {out['best_loss']}")
+    return out
+
+
+def main(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run the configured training: one stage, or BiPer's stage 1 then stage 2 (a recipe with
+    `stage1:` and `stage2:` sections). Stage 2 starts from stage 1's best checkpoint, which carries
+    the frequency and every other setting. Returns each stage's summary."""
+    stages = stages_of(raw)
+    if len(stages) == 1:
+        return [train_stage(resolve(stages[0]))]
+    cfg1, cfg2 = resolve(stages[0]), resolve(stages[1])
+    if cfg1["method"] != "biper":
+        raise ConfigError("stage1:/stage2: sections are BiPer's two stages; other methods train in one stage")
+    if "load_ckpt_stage1" in cfg2["explicit"]:
+        raise ConfigError("a two-stage run starts stage 2 from its own stage 1: drop --load_ckpt_stage1 "
+                          "(or run the stage-2 recipe alone with it)")
+    top = run_dir_of(cfg1)
+    if holds_run(top) and not cfg1["resume"]:
+        raise RunExistsError(f"results folder {top} already holds a run: pass --resume to continue it, "
+                             f"or a new --save NAME (or --results_dir) for a new run")
+    dir1, dir2 = os.path.join(top, "stage1"), os.path.join(top, "stage2")
+    out = []
+    done1 = False
+    if cfg1["resume"] and os.path.exists(os.path.join(dir1, "last.pt")):
+        done1 = bool(ck.read_checkpoint(os.path.join(dir1, "last.pt")).get("finished"))
+    if not (cfg1["resume"] and not os.path.exists(os.path.join(dir1, "last.pt"))):
+        cfg1["resume"] = cfg1["resume"] and os.path.exists(os.path.join(dir1, "last.pt"))
+        if not done1:
+            out.append(train_stage(cfg1, dir1))
+    cfg2["load_ckpt_stage1"] = os.path.join(dir1, "best.pt")
+    cfg2["resume"] = bool(cfg2["resume"]) and os.path.exists(os.path.join(dir2, "last.pt"))
+    out.append(train_stage(cfg2, dir2))
+    return out

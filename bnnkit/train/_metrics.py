@@ -1,0 +1,81 @@
+"""Accuracy, averaged meters (reduced across processes), BiPer's quantisation error and the bit-flip ratio."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..layers import binary_convs
+
+
+def correct_topk(output: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:
+    """Number of samples whose label is among the top-k logits, for each k (k capped at the class count)."""
+    maxk = min(max(ks), output.shape[1])
+    pred = output.topk(maxk, dim=1).indices
+    hit = pred.eq(target.reshape(-1, 1))
+    return [hit[:, : min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
+class Meters:
+    """Batch-size-weighted sums of loss and correct counts; `reduce()` sums them over processes."""
+
+    def __init__(self, sums: dict[str, float] | None = None) -> None:
+        self.sums = dict(sums or {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0})
+
+    def add(self, loss_sum: float, top1: float, top5: float, n: int) -> None:
+        self.sums["loss"] += loss_sum
+        self.sums["top1"] += top1
+        self.sums["top5"] += top5
+        self.sums["n"] += n
+
+    def reduce(self, device: torch.device) -> "Meters":
+        if not (dist.is_available() and dist.is_initialized()):
+            return Meters(self.sums)
+        t = torch.tensor([self.sums[k] for k in ("loss", "top1", "top5", "n")], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return Meters(dict(zip(("loss", "top1", "top5", "n"), t.tolist())))
+
+    def averages(self) -> dict[str, float]:
+        n = max(self.sums["n"], 1.0)
+        return {"loss": self.sums["loss"] / n, "top1": 100.0 * self.sums["top1"] / n, "top5": 100.0 * self.sums["top5"] / n}
+
+
+@torch.no_grad()
+def quantization_error(model: nn.Module, freq: float | None = None) -> dict[str, Any]:
+    """BiPer's QE (REFERENCE.md §5): per binary conv l, mean|sin(f W_l) - sign(sin(f W_l))| and mean|W_l|;
+    totals are the unweighted sums over layers. f is each layer's own frequency unless given."""
+    layers = []
+    for name, conv in binary_convs(model):
+        f = freq if freq is not None else getattr(conv.weight_quantizer, "freq", None)
+        if f is None:
+            raise ValueError(f"layer {name} has no frequency: QE is defined for BiPer models (or pass a frequency)")
+        w = conv.weight.float()
+        s = torch.sin(f * w)
+        layers.append({"layer": name, "qe": float((s - torch.sign(s)).abs().mean()), "b": float(w.abs().mean())})
+    return {"layers": layers, "qe": sum(l["qe"] for l in layers), "b": sum(l["b"] for l in layers)}
+
+
+@torch.no_grad()
+def sign_bits(model: nn.Module) -> dict[str, Tensor]:
+    """The binary weights' sign bits (True = +1) per binary conv. BiPer stage 1, whose forward uses the
+    real sin(f W), gives the bits it would binarize to: sign(sin(f W))."""
+    bits = {}
+    for name, conv in binary_convs(model):
+        q = conv.weight_quantizer
+        if getattr(q, "stage", None) == 1 and hasattr(q, "freq"):
+            w = torch.sin(q.freq * conv.weight)
+        else:
+            w = conv.binary_weight()
+        bits[name] = (w > 0).cpu()
+    return bits
+
+
+def flip_ratio(before: dict[str, Tensor] | None, after: dict[str, Tensor]) -> float | None:
+    """Fraction of all binary weight bits that differ between two sign-bit snapshots."""
+    if not before or before.keys() != after.keys():
+        return None
+    changed = sum(int((before[k] != after[k]).sum()) for k in after)
+    total = sum(after[k].numel() for k in after)
+    return changed / max(total, 1)

@@ -1,0 +1,101 @@
+"""What a run writes next to its checkpoints: config.yaml, log.txt, metrics.csv and a TensorBoard log.
+
+Only the main process writes. Progress is a tqdm bar with ETA on a terminal, plain lines otherwise.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
+           "percent", "tau", "qe", "b", "flip_ratio", "best_top1", "epoch_time_s"]
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "log.txt", "metrics.csv")
+
+
+def holds_run(folder: str) -> bool:
+    return os.path.isdir(folder) and any(os.path.exists(os.path.join(folder, f)) for f in RUN_FILES + ("stage1", "stage2"))
+
+
+class RunLog:
+    def __init__(self, folder: str | None, *, tensorboard: bool = True, quiet: bool = False) -> None:
+        self.folder = folder
+        name = f"bnnkit.run.{id(self)}"
+        self.logger = logging.getLogger(name)
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(logging.WARNING if quiet else logging.INFO)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        self.logger.addHandler(console)
+        self.tb = None
+        if folder is not None:
+            os.makedirs(folder, exist_ok=True)
+            fh = logging.FileHandler(os.path.join(folder, "log.txt"))
+            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            self.logger.addHandler(fh)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self.tb = SummaryWriter(os.path.join(folder, "tensorboard"))
+                except Exception as exc:  # tensorboard missing or broken: the CSV still has everything
+                    self.logger.warning("no TensorBoard log (%s)", exc)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.logger.info(msg, *args)
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self.logger.debug(msg, *args)
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        with open(os.path.join(self.folder, "config.yaml"), "w") as fh:
+            fh.write(f"# resolved bnnkit train configuration, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            yaml.safe_dump(cfg, fh, sort_keys=False)
+
+    def epoch_row(self, row: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        path = os.path.join(self.folder, "metrics.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+        if self.tb is not None:
+            for k in COLUMNS[1:]:
+                if isinstance(row.get(k), (int, float)):
+                    self.tb.add_scalar(k, row[k], row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        for h in list(self.logger.handlers):
+            h.close()
+            self.logger.removeHandler(h)
+
+
+def progress(batches: Iterable, total: int, desc: str, log: RunLog, print_freq: int, enabled: bool) -> Iterator:
+    """Yield from `batches` with a tqdm bar (terminal) or a plain line every print_freq batches."""
+    if not enabled:
+        yield from batches
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        with tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True) as bar:
+            yield from bar
+        return
+    start = time.time()
+    for i, item in enumerate(batches, 1):
+        yield item
+        if i % max(print_freq, 1) == 0 or i == total:
+            spent = time.time() - start
+            log.debug(f"{desc} [{i}/{total}] {spent:.1f}s, eta {spent / i * (total - i):.1f}s")
