@@ -62,6 +62,7 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "device": (str, "auto", "auto, cpu or cuda"),
     "deterministic": (bool, False, "torch.use_deterministic_algorithms and single-threaded reproducible kernels"),
     "threads": (int, None, "torch CPU threads per process"),
+    "download": (bool, False, "download CIFAR into data_path if it is missing (needs the internet)"),
     "cache_dir": (str, None, "where archives are unpacked and decoded images cached"),
     "augment": (bool, True, "training augmentation and shuffling (False: validation transform, fixed order)"),
     "authors_torch": (str, "1.11", "PyTorch version whose CosineAnnealingLR stepping to reproduce: 1.11 or 2.x"),

@@ -19,7 +19,8 @@ def load_data(cfg: dict[str, Any], d: Dist, *, train: bool = True) -> tuple[Any,
     from ..data import build_loader
 
     common = dict(backend=cfg["backend"], workers=cfg["workers"], seed=cfg["seed"], rank=d.rank,
-                  world_size=d.world_size, device=d.device, cache_dir=cfg["cache_dir"])
+                  world_size=d.world_size, device=d.device, cache_dir=cfg["cache_dir"],
+                  download=cfg["download"])
     train_loader = None
     if train:
         lighting = cfg["method"] == "biper" and cfg["dataset"] == "imagenet" and cfg["backend"] != "dali"
