@@ -256,8 +256,6 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("--checkpoint_every must be >= 0 (0 turns it off)")
     if cfg["stage"] == 2 and cfg["epochs"] < 2:
         raise ConfigError("BiPer stage 2 runs epochs 1..E-1 (the authors' offset): give --epochs 2 or more")
-    if not cfg["data_path"] and not cfg.get("evaluate"):
-        raise ConfigError("no dataset given: pass --data_path DIR (or CIFAR's .tar.gz)")
 
 
 def run_dir_of(cfg: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
 from ._runlog import RunLog, holds_run
+from ._syncbn import convert_sync_bn
 
 
 class RunExistsError(ConfigError):
@@ -109,6 +110,8 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
 def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
     """Train one stage as configured; returns the summary (best epoch, top-1, paths)."""
     run_dir = run_dir or run_dir_of(cfg)
+    if not cfg["data_path"]:
+        raise ConfigError("no dataset given: pass --data_path DIR (or CIFAR's .tar.gz)")
     d = setup(cfg["device"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -139,8 +142,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     log.debug(str(bare))
     log.info(f"{ck.describe(bare.bnnkit_spec)}: {sum(p.numel() for p in bare.parameters())} parameters, "
              f"{d.world_size} process(es) on {d.device.type}, {train_loader.num_samples} training images per process")
-    if cfg["sync_bn"] and d.enabled:
-        bare = nn.SyncBatchNorm.convert_sync_batchnorm(bare)
+    if cfg["sync_bn"]:  # one process: the same float64 statistics, so results match N processes closely
+        bare = convert_sync_bn(bare, d.device, d.enabled)
     net: nn.Module = bare
     if d.enabled:
         net = nn.parallel.DistributedDataParallel(bare, device_ids=[d.device.index] if d.device.type == "cuda" else None)

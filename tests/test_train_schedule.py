@@ -1,0 +1,107 @@
+"""The learning rates, SiMaN percents and BiPer taus the trainer applies, epoch by epoch, equal
+REFERENCE.md §3.3-3.4's closed forms for the published recipes (stepping the schedules, no training)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import bnnkit
+from bnnkit.methods import method_of
+from bnnkit.train import load_recipe, lr_per_epoch, resolve
+from bnnkit.train._config import stages_of
+from bnnkit.train._main import schedule_hparams
+
+
+def applied(recipe: str, stage: int | None = None) -> tuple[dict, list, list]:
+    """(config, lr per epoch, method settings per epoch) exactly as bnnkit.train._main runs them."""
+    stages = stages_of(load_recipe(recipe))
+    cfg = resolve(stages[(stage or 1) - 1] if len(stages) > 1 else stages[0])
+    start = 0 if cfg["stage"] == 2 else -1
+    lrs = lr_per_epoch(cfg["lr"], cfg["epochs"], warm_up=cfg["warm_up"], start_epoch=start, lr_type=cfg["lr_type"],
+                       authors_torch=cfg["authors_torch"])
+    model = bnnkit.create_model("resnet20_1w1a", cfg["method"], "cifar10")
+    method = method_of(model)
+    sched = [method.schedule(e, cfg["epochs"], **schedule_hparams(cfg)) for e in range(cfg["epochs"])]
+    return cfg, lrs, sched
+
+
+def warm_cos(lr: float, e: int, E: int) -> float:
+    return lr * (e + 1) / 5 if e <= 4 else lr * (1 + math.cos(math.pi * (e - 4) / (E - 4))) / 2
+
+
+def test_siman_cifar_400_epochs():
+    cfg, lrs, sched = applied("recipes/cifar10/siman_resnet20.yaml")
+    assert (cfg["epochs"], cfg["lr"], cfg["warm_up"]) == (400, 0.1, True)
+    for e in range(400):
+        assert lrs[e] == pytest.approx(warm_cos(0.1, e, 400), rel=1e-12, abs=1e-15)
+        want = float(np.float32(15 * (1 - e / 400)))
+        assert sched[e]["percent"] == want
+    assert lrs[4] == pytest.approx(0.1) and lrs[399] > 0
+    assert sched[1]["percent"] == pytest.approx(14.9625) and sched[399]["percent"] == pytest.approx(0.0375)
+
+
+def test_fresh_cosine_equals_torch_scheduler_stepping():
+    """A fresh run's stepping is the same in every PyTorch version: compare with the installed one."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=400 - 4, eta_min=0, last_epoch=-1)
+    ours = lr_per_epoch(0.1, 400, warm_up=True)
+    for e in range(400):
+        if e < 5:
+            for g in opt.param_groups:
+                g["lr"] = 0.1 * (e + 1) / 5
+        assert opt.param_groups[0]["lr"] == pytest.approx(ours[e], rel=1e-9)
+        if e >= 4:
+            opt.step()
+            sch.step()
+
+
+def test_biper_cifar_600_plus_300():
+    cfg1, lrs1, s1 = applied("recipes/cifar10/biper_resnet18.yaml", 1)
+    cfg2, lrs2, s2 = applied("recipes/cifar10/biper_resnet18.yaml", 2)
+    assert (cfg1["epochs"], cfg1["lr"], cfg2["epochs"], cfg2["lr"]) == (600, 0.021, 300, 0.0037)
+    for e in range(600):
+        assert lrs1[e] == pytest.approx(warm_cos(0.021, e, 600), rel=1e-12, abs=1e-15)
+        assert s1[e]["tau"] == float(np.float32(0.037))  # --tau sets tau_min = tau_max: constant
+    assert s1[0]["tau"] == 0.03700000047683716
+    T = 300 - 4
+    assert lrs2[0] is None  # stage 2 starts at epoch 1 (Q14)
+    for e in range(1, 300):
+        want = 0.0037 * (e + 1) / 5 if e <= 4 else 0.0037 * (1 + math.cos(math.pi * (e - 3) / T)) / (1 + math.cos(math.pi / T))
+        assert lrs2[e] == pytest.approx(want, rel=1e-9, abs=1e-18)
+        assert s2[e]["tau"] == float(np.float32(0.0468))
+    assert lrs2[299] == pytest.approx(0.0, abs=1e-18)  # last epoch: lr = 0 exactly (only BN statistics change)
+    assert lrs2[5] / (0.0037 * (1 + math.cos(2 * math.pi / T)) / 2) == pytest.approx(2 / (1 + math.cos(math.pi / T)))
+
+
+def test_biper_imagenet_200_plus_100():
+    cfg1, lrs1, s1 = applied("recipes/imagenet/biper_resnet18.yaml", 1)
+    cfg2, lrs2, s2 = applied("recipes/imagenet/biper_resnet18.yaml", 2)
+    assert (cfg1["epochs"], cfg2["epochs"], cfg2["warm_up"]) == (200, 100, False)
+    for e in range(200):
+        assert lrs1[e] == pytest.approx(warm_cos(0.1, e, 200), rel=1e-12, abs=1e-15)
+        f32 = np.float32
+        a = (f32(0.99) - f32(0.85)) / (f32(math.e) - f32(1))
+        assert s1[e]["tau"] == pytest.approx(float(a * np.exp(f32(e) / f32(200)) + (f32(0.85) - a)), rel=1e-6)
+    assert s1[0]["tau"] == pytest.approx(0.8500000238, abs=1e-9)
+    assert s1[199]["tau"] == pytest.approx(0.98889536, abs=1e-7)
+    # The authors' PyTorch 1.11 (environment.yml): lr (1 + cos(pi e / E)) / 2 for e = 1..E-1, not the installed version's.
+    for e in range(1, 100):
+        assert lrs2[e] == pytest.approx(0.01 * (1 + math.cos(math.pi * e / 100)) / 2, rel=1e-9)
+    newer = lr_per_epoch(0.01, 100, start_epoch=0, authors_torch="2.x")
+    assert newer[1] == 0.01 and newer[2] == pytest.approx(0.01 * (1 + math.cos(2 * math.pi / 100)) / (1 + math.cos(math.pi / 100)))
+    assert s2[5]["tau"] == 0.0
+
+
+def test_no_warm_up_cosine():
+    lrs = lr_per_epoch(0.1, 150)
+    for e in range(150):
+        assert lrs[e] == pytest.approx(0.1 * (1 + math.cos(math.pi * e / 150)) / 2, rel=1e-12)
+
+
+def test_step_schedule():
+    lrs = lr_per_epoch(0.1, 10, lr_type="step", lr_decay_step=[3, 6])
+    assert lrs == pytest.approx([0.1] * 3 + [0.01] * 3 + [0.001] * 4)
