@@ -125,16 +125,22 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
         raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
     seed_everything(cfg["seed"])
-    train_loader, val_loader = load_data(cfg, d)  # data errors come before any file is written
-    log = RunLog(run_dir if d.main else None, tensorboard=cfg["tensorboard"], quiet=not d.main)
+    train_loader, val_loader = load_data(cfg, d)  # data and checkpoint errors come before any file is written
+    early = RunLog(None, quiet=not d.main)
     try:
-        return _train(cfg, run_dir, d, train_loader, val_loader, log)
+        model, ckpt = build_model(cfg, run_dir, early)
+    finally:
+        early.close()
+    log = RunLog(run_dir if d.main else None, tensorboard=cfg["tensorboard"], quiet=not d.main)
+    log.replay(early)
+    try:
+        return _train(cfg, run_dir, d, train_loader, val_loader, log, model, ckpt)
     finally:
         log.close()
 
 
-def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_loader: Any, log: RunLog) -> dict[str, Any]:
-    model, ckpt = build_model(cfg, run_dir, log)
+def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_loader: Any, log: RunLog,
+           model: nn.Module, ckpt: dict[str, Any] | None) -> dict[str, Any]:
     bare = model.to(d.device)
     method = method_of(bare)
     if not ckpt and d.main:

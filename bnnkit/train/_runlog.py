@@ -25,6 +25,7 @@ def holds_run(folder: str) -> bool:
 class RunLog:
     def __init__(self, folder: str | None, *, tensorboard: bool = True, quiet: bool = False) -> None:
         self.folder = folder
+        self.history: list[str] = []
         name = f"bnnkit.run.{id(self)}"
         self.logger = logging.getLogger(name)
         self.logger.setLevel(logging.DEBUG)
@@ -47,7 +48,15 @@ class RunLog:
                     self.logger.warning("no TensorBoard log (%s)", exc)
 
     def info(self, msg: str, *args: Any) -> None:
+        self.history.append(msg % args if args else msg)
         self.logger.info(msg, *args)
+
+    def replay(self, earlier: "RunLog") -> None:
+        """Write what an earlier console-only log said into this run's log file (not again to the console)."""
+        for h in self.logger.handlers:
+            if isinstance(h, logging.FileHandler):
+                for msg in earlier.history:
+                    h.handle(self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, msg, None, None))
 
     def debug(self, msg: str, *args: Any) -> None:
         self.logger.debug(msg, *args)

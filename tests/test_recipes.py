@@ -1,0 +1,74 @@
+"""Every published recipe row of REFERENCE.md §7 has its YAML, with the published hyper-parameters."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bnnkit.train import list_recipes, load_recipe, resolve
+from bnnkit.train._config import stages_of
+
+ROOT = Path(__file__).resolve().parents[1] / "recipes"
+KEYS = ("method", "model", "dataset", "epochs", "lr", "batch_size", "batch_size_test", "weight_decay", "momentum",
+        "lr_type", "warm_up", "seed", "use_dali")
+
+
+def cfg(name: str, stage: int | None = None) -> dict:
+    stages = stages_of(load_recipe(str(ROOT / name)))
+    return resolve(stages[stage - 1] if stage else stages[0])
+
+
+def pick(c: dict) -> tuple:
+    return tuple(c[k] for k in KEYS)
+
+
+@pytest.mark.parametrize("name, want", [
+    ("cifar10/siman_resnet18.yaml", ("siman", "resnet18_1w1a", "cifar10", 400, 0.1, 256, 128, 5e-4, 0.9, "cos", True, 123, False)),
+    ("cifar10/siman_resnet20.yaml", ("siman", "resnet20_1w1a", "cifar10", 400, 0.1, 256, 128, 5e-4, 0.9, "cos", True, 123, False)),
+    ("cifar10/siman_vgg_small.yaml", ("siman", "vgg_small_1w1a", "cifar10", 400, 0.1, 256, 128, 5e-4, 0.9, "cos", True, 123, False)),
+    ("imagenet/siman_resnet18.yaml", ("siman", "resnet18_1w1a", "imagenet", 150, 0.1, 512, 256, 1e-4, 0.9, "cos", False, 0, True)),
+    ("imagenet/siman_resnet34.yaml", ("siman", "resnet34_1w1a", "imagenet", 150, 0.1, 512, 256, 1e-4, 0.9, "cos", False, 0, True)),
+])
+def test_siman_rows(name, want):
+    c = cfg(name)
+    assert pick(c) == want
+    assert c["sync_bn"] is False  # unsynchronised BN (the authors' DataParallel behaviour) is the default
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet20", "vgg_small"])
+def test_biper_cifar_rows(model):
+    s1, s2 = cfg(f"cifar10/biper_{model}_stage1.yaml"), cfg(f"cifar10/biper_{model}_stage2.yaml")
+    full = f"{model}_1w1a"
+    assert pick(s1) == ("biper", full, "cifar10", 600, 0.021, 256, 128, 0.0016, 0.9, "cos", True, 0, False)
+    assert (s1["freq"], s1["tau"], s1["stage"]) == (20.0, 0.037, 1)
+    assert pick(s2) == ("biper", full, "cifar10", 300, 0.0037, 256, 128, 0.00016, 0.9, "cos", True, 0, False)
+    assert (s2["tau"], s2["stage"]) == (0.0468, 2) and "freq" not in s2["explicit"]  # f comes from stage 1's checkpoint
+    assert s2["load_ckpt_stage1"] == f"results/biper_{model}_stage1/best.pt"
+    b1, b2 = cfg(f"cifar10/biper_{model}.yaml", 1), cfg(f"cifar10/biper_{model}.yaml", 2)
+    assert pick(b1) == pick(s1) and pick(b2) == pick(s2) and (b1["tau"], b2["tau"]) == (0.037, 0.0468)
+    text = (ROOT / f"cifar10/biper_{model}.yaml").read_text()
+    if model != "resnet18":  # §7 rows 8-9: recipe unknown; rows 6 and 7's hyper-parameters, said so
+        assert "rows 6 and 7" in text
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet34"])
+def test_biper_imagenet_rows(model):
+    s1, s2 = cfg(f"imagenet/biper_{model}_stage1.yaml"), cfg(f"imagenet/biper_{model}_stage2.yaml")
+    full = f"{model}_1w1a"
+    assert pick(s1) == ("biper", full, "imagenet", 200, 0.1, 512, 256, 1e-4, 0.9, "cos", True, 0, True)
+    assert (s1["freq"], s1["tau_min"], s1["tau_max"], s1["print_freq"]) == (20.0, 0.85, 0.99, 250)
+    assert pick(s2) == ("biper", full, "imagenet", 100, 0.01, 512, 256, 1e-4, 0.9, "cos", False, 0, True)
+    assert (s2["tau_min"], s2["tau_max"], s2["stage"]) == (0.0, 0.0, 2)
+    assert s2["load_ckpt_stage1"] == f"results/{load_recipe(str(ROOT / f'imagenet/biper_{model}_stage1.yaml'))['save']}/best.pt"
+    b1, b2 = cfg(f"imagenet/biper_{model}.yaml", 1), cfg(f"imagenet/biper_{model}.yaml", 2)
+    assert pick(b1) == pick(s1) and pick(b2) == pick(s2)
+    if model == "resnet34":
+        assert "rows 10 and 11" in (ROOT / f"imagenet/biper_{model}.yaml").read_text()
+
+
+def test_every_recipe_resolves_and_is_listed():
+    names = list_recipes()
+    assert len(names) == 5 + 3 * 3 + 2 * 3  # SiMaN rows; BiPer stage 1, stage 2 and both, per row
+    for name in names:
+        for stage in stages_of(load_recipe(str(ROOT / f"{name}.yaml"))):
+            resolve(stage)
