@@ -121,6 +121,8 @@ def cmd_train(argv: list[str]) -> int:
 
     args = vars(train_parser().parse_args(argv))
     recipe, sets = args.pop("recipe"), args.pop("set")
+    if isinstance(args.get("resume"), str) and args["resume"].endswith((".yaml", ".yml")) and recipe is None:
+        recipe, args["resume"] = args["resume"], True  # `--resume RECIPE.yaml`: the flag took the recipe
     args.pop("type", None), args.pop("time_estimate", None)
     if "stage2" in args:
         if args.get("stage") not in (None, 2, "2"):
