@@ -14,7 +14,7 @@ PYTHON = sys.executable
 
 # A tiny but real run: ResNet-20 on 256 training and 256 validation images of CIFAR-10.
 TINY = ["--data_path", str(CIFAR), "--model", "resnet20_1w1a", "--subset", "128", "--val_subset", "128",
-        "-b", "64", "-bt", "128", "--workers", "1", "--print_freq", "1", "--set", "tensorboard=false"]
+        "-b", "64", "-bt", "128", "--workers", "1", "--threads", "1", "--print_freq", "1", "--set", "tensorboard=false"]
 
 
 def cli(*argv: str) -> tuple[int, str, str]:

@@ -76,6 +76,9 @@ def test_biper_two_stages_end_to_end_then_eval_and_qe(tmp_path):
     assert res["top1"] == pytest.approx(float(s2[0]["val_top1"]))
     assert res["loss"] == pytest.approx(float(s2[0]["val_loss"]))  # includes R (Q9)
 
+    code, _, err = cli("eval", best2, "--data_path", CIFAR, "--freq", "30")  # the authors' default f (Q17): refused
+    assert code == 2 and "contradicts the checkpoint's trained frequency 20.0" in err
+
     # The same weights as an authors' checkpoint (their key names, config.txt with freq beside it)
     authors = tmp_path / "authors"
     authors.mkdir()
@@ -98,7 +101,7 @@ def test_biper_two_stages_end_to_end_then_eval_and_qe(tmp_path):
     assert f"QE={want['qe']:.6f}" in out and f"b={want['b']:.6f}" in out
     assert "layer1.0.conv1" in out and len(want["layers"]) == 18
     f = 20.0
-    w = model.layer1[0].conv1.weight
+    w = model.layer1[0].conv1.weight.detach()
     assert want["layers"][0]["qe"] == pytest.approx(float((torch.sin(f * w) - torch.sign(torch.sin(f * w))).abs().mean()))
 
 

@@ -18,7 +18,7 @@ from ..methods import method_of
 from . import _checkpoint as ck
 from ._config import ConfigError, plain, resolve, run_dir_of, stages_of
 from ._data import load_data
-from ._distributed import Dist, setup
+from ._distributed import Dist, any_flag, setup
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
@@ -121,7 +121,8 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     if cfg["amp"] == "fp16" and d.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
-    if holds_run(run_dir) and not cfg["resume"]:
+    # every process looks before any writes (the all-reduce in any_flag is also a barrier)
+    if any_flag(holds_run(run_dir) and not cfg["resume"], d.device):
         raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
     seed_everything(cfg["seed"])
