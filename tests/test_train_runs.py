@@ -129,3 +129,14 @@ def test_biper_stage2_recipe_alone_starts_from_stage1_checkpoint(tmp_path):
                        "--results_dir", tmp_path, "--load_ckpt_stage1", stage1)
     assert code == 0, err
     assert read_checkpoint(str(tmp_path / "biper_resnet20_stage2" / "last.pt"))["spec"]["settings"]["stage"] == 2
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    code, _, err = cli("train", "--method", "siman", *TINY, "--epochs", "1", "--amp", "bf16", "--results_dir", tmp_path,
+                       "--save", "bf16")
+    assert code == 0, err
+    got = rows(tmp_path / "bf16" / "metrics.csv")
+    assert len(got) == 1 and math.isfinite(float(got[0]["train_loss"]))
+    assert read_checkpoint(str(tmp_path / "bf16" / "last.pt"))["config"]["amp"] == "bf16"
+    # weights stay float32 (autocast only changes the compute dtype)
+    assert read_checkpoint(str(tmp_path / "bf16" / "last.pt"))["state_dict"]["layer1.0.conv1.weight"].dtype == torch.float32
