@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bnnkit.data import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASETS, DataError, build_loader, read_source
+from tests._data_fixtures import CIFAR10_TRAIN_PER_CLASS
 from tests._data_helpers import make_cifar_pickles, make_image_folder, write_image
 
 
@@ -15,10 +16,10 @@ def test_cifar10_folder_classes_and_counts(cifar10_root):
     train = read_source("cifar10", cifar10_root, "train")
     val = read_source("cifar10", cifar10_root, "val")
     assert train.classes == CIFAR10_CLASSES == tuple(DATASETS["cifar10"].classes)
-    assert Counter(train.labels.tolist()) == {c: 5000 for c in range(10)}
+    assert Counter(train.labels.tolist()) == {c: CIFAR10_TRAIN_PER_CLASS for c in range(10)}  # as unpacked
     assert Counter(val.labels.tolist()) == {c: 1000 for c in range(10)}
     # label = CIFAR's own index of the folder the file sits in
-    for path, label in zip(train.paths[::4999], train.labels[::4999]):
+    for path, label in zip(train.paths[::199], train.labels[::199]):
         assert path.split("/")[-2] == CIFAR10_CLASSES[label]
     assert "/test/" in val.paths[0]
 

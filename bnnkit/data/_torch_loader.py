@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._loader import ShardedLoader
-from ._order import mix, sample_seeds
+from ._order import generator, mix, sample_seeds
 from ._source import Source
 
 
@@ -66,7 +66,8 @@ class TorchLoader(ShardedLoader):
         if not batches:
             return
         pin = self.device.type == "cuda"
+        # our own generator: DataLoader would otherwise draw its workers' base seed from the caller's RNG
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=pin,
-                            persistent_workers=False)
+                            generator=generator(self.seed, epoch, self.rank, 0xDA7A))
         for x, y in loader:
             yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
