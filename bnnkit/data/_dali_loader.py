@@ -105,7 +105,7 @@ class DaliLoader(ShardedLoader):
                 load_rgb(self.source.paths[i])  # raises DataError naming the file
                 raise
             with seeded_rngs(seed):
-                top, left, ch, cw = RandomResizedCrop.get_params(torch.empty(0).expand(3, h, w), list(IMAGENET_SCALE),
+                top, left, ch, cw = RandomResizedCrop.get_params(torch.empty(1).expand(3, h, w), list(IMAGENET_SCALE),
                                                                 list(IMAGENET_RATIO))
                 inc = lighting_offset(0.1) if self.lighting else np.zeros(3, np.float32)
                 flip = bool(torch.rand(1) < 0.5)
