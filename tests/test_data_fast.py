@@ -27,7 +27,7 @@ def _torchvision(img, top, left, flip, monkeypatch, name="cifar10"):
 def test_crop_flip_is_torchvision_for_every_offset(cifar10_root, monkeypatch, name):
     src = read_source("cifar10", cifar10_root, "val", subset=3)
     imgs = [src.load(i) for i in range(3)]
-    x = torch.stack([torch.from_numpy(np.array(im)) for im in imgs])  # uint8 NHWC
+    x = torch.stack([torch.from_numpy(np.array(im)) for im in imgs]).permute(0, 3, 1, 2)  # uint8 NCHW
     info = DATASETS[name]
     for top in range(9):
         for left in range(9):
