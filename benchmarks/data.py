@@ -1,6 +1,6 @@
 """Images per second of the CIFAR-10 training pipelines, measured in one run on this machine.
 
-    PYTHONPATH=. python benchmarks/data.py [--root PATH] [--subset 10000] [--batch 256] [--rounds 3]
+    PYTHONPATH=. python benchmarks/data.py [--root PATH] [--subset 10000] [--batch 256] [--rounds 3] [--threads N]
 
 Compares torchvision's per-image pipeline in a DataLoader (the authors' loader: ImageFolder +
 RandomCrop/flip/ToTensor/Normalize, 2 workers), bnnkit's torch backend (the same with per-sample
@@ -50,7 +50,11 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads of this process "
+                   "(the fast path's ops; default torch's). On a shared, oversubscribed machine 1 is faster.")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     kw = dict(subset=args.subset, workers=args.workers, cache_dir=args.cache_dir, seed=0)
     loaders = {"fast": build_loader("cifar10", args.root, "train", args.batch, backend="fast", **kw),
@@ -68,7 +72,8 @@ def main() -> None:
         for name, loader in loaders.items():
             rates[name].append(epoch_rate(loader, r))
     print(f"CIFAR-10 train, {len(src)} images, batch {args.batch}, {args.workers} workers/threads, "
-          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores; best of {args.rounds} epochs")
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; best of {args.rounds} epochs")
     base = max(rates["torchvision"])
     for name, rs in rates.items():
         print(f"{name:>14}: {max(rs):9.0f} img/s  ({max(rs) / base:5.1f}x torchvision)  rounds: "
