@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ CIFAR10_TRAIN_PER_CLASS = 200  # train/<class>/0000.jpg .. 0199.jpg are unpacked
 
 
 @pytest.fixture(scope="session")
-def cifar10_root(tmp_path_factory) -> Iterator[Path]:
+def cifar10_root(tmp_path_factory) -> Path:
     """`<tmp>/cifar10-jpeg`: the whole test/ split (10,000 images) and the first 200 train images a class.
 
     Writing all 60,000 small files costs 15-50 s on a busy CI disk; the tests need only these 12,000.
@@ -36,5 +35,4 @@ def cifar10_root(tmp_path_factory) -> Iterator[Path]:
         wanted = re.compile(r"cifar10-jpeg/(test/|train/[a-z]+/0[01]\d\d\.jpg$)")
         with tarfile.open(CIFAR10_TARBALL) as tar:
             tar.extractall(out, members=[m for m in tar if wanted.match(m.name)], filter="data")
-    yield out / "cifar10-jpeg"
-    shutil.rmtree(out, ignore_errors=True)  # pytest keeps old basetemps; 12,000 files each would pile up
+    return out / "cifar10-jpeg"
