@@ -98,3 +98,20 @@ def test_dali_missing_says_how_to_install(tmp_path, monkeypatch):
     make_cifar_pickles(tmp_path)
     with pytest.raises(DataError, match=r"pip install 'bnnkit\[dali\]'"):
         build_loader("cifar10", tmp_path, "train", 8, backend="dali")
+
+
+@pytest.mark.dali
+@pytest.mark.skipif(not HAVE_DALI, reason="NVIDIA DALI is not installed: pip install 'bnnkit[dali]'")
+def test_dali_converts_non_rgb_like_torch(smooth_imagenet):
+    src = smooth_imagenet / "val" / "n01" / "0.JPEG"
+    rgb = Image.open(src).convert("RGB")
+    rgb.convert("L").save(smooth_imagenet / "val" / "n01" / "gray.JPEG", quality=95)
+    rgb.convert("CMYK").save(smooth_imagenet / "val" / "n01" / "cmyk.JPEG", quality=95)
+    rgb.save(smooth_imagenet / "val" / "n01" / "png.JPEG", format="PNG")
+    torch_l = build_loader("imagenet", smooth_imagenet, "val", 8, backend="torch", workers=0)
+    dali_l = build_loader("imagenet", smooth_imagenet, "val", 8, backend="dali")
+    (x1, _), = list(torch_l)
+    (x2, _), = list(dali_l)
+    assert x1.shape == x2.shape == (7, 3, 224, 224)
+    err = (x1 - x2).abs().mean(dim=(1, 2, 3))
+    assert err.max() < 0.05, (torch_l.source.paths, err)  # each decoded to the same RGB picture
