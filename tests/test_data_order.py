@@ -1,13 +1,12 @@
 """Sample order and DDP sharding: disjoint, complete, equal batch counts, reshuffled per epoch."""
 import json
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bnnkit.data import build_loader
+from bnnkit.data import build_loader, read_source
 from bnnkit.data._order import batch_sizes, epoch_order, shard_order
 from tests._data_helpers import make_cifar_pickles
 
@@ -89,8 +88,6 @@ def test_two_gloo_processes_read_disjoint_complete_shards(tmp_path):
     mp.spawn(_worker, args=(2, init, str(tmp_path / "data"), str(out)), nprocs=2, join=True)
     results = json.loads(out.read_text())
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
-    from bnnkit.data import read_source
-
     labels = read_source("cifar10", tmp_path / "data", "train").labels
     for epoch in (0, 1):
         shards = [r[f"e{epoch}"] for r in results]

@@ -47,6 +47,11 @@ def test_cifar_tarball_unpacked_to_cache(tmp_path, cifar10_root):
     assert len(unpacked) == 1 and (unpacked[0] / "cifar10-jpeg" / "test" / "cat" / "0001.jpg").is_file()
     labels = torch.cat([y for _, y in loader])
     assert labels.tolist() == sorted(list(range(10)) * 2)
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(archive.read_bytes()[:3000])
+    with pytest.raises(DataError, match=r"cannot unpack .*broken.tar.gz .*unpack it yourself"):
+        build_loader("cifar10", broken, "val", 8, cache_dir=str(cache))
+    assert len(list((cache / "archives").iterdir())) == 1  # nothing half-unpacked left behind
 
 
 def test_subset_is_balanced_and_deterministic(cifar10_root):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 
-def crop_flip_params(n: int, gen: torch.Generator, size: int = 32, padding: int = 4) -> tuple[torch.Tensor, ...]:
+def crop_flip_params(n: int, gen: torch.Generator, padding: int = 4) -> tuple[torch.Tensor, ...]:
     """(top, left, flip) for n images from `gen` (a CPU generator, so results match across devices).
 
     Offsets are uniform in 0..2*padding inclusive, as torchvision's RandomCrop.get_params draws them.
