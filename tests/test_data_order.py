@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bnnkit.data import build_loader, read_source
+from bnnkit.data import DataError, build_loader, read_source
 from bnnkit.data._order import batch_sizes, epoch_order, shard_order
 from tests._data_helpers import make_cifar_pickles
 
@@ -59,6 +59,13 @@ def test_loader_shards_and_lengths(tmp_path):
     assert ranks[0].indices_for_epoch(0) != ranks[0].indices_for_epoch(1)
     dropped = build_loader("cifar10", tmp_path, "train", 8, rank=1, world_size=2, drop_last=True)
     assert dropped.num_samples == 24 and len(dropped) == 3
+    assert list(dropped.iter_from(3)) == []
+    with pytest.raises(DataError, match=r"iter_from\(4\) is outside this epoch's 0..3 batches"):
+        dropped.iter_from(4)
+    with pytest.raises(DataError, match="rank 2 is outside 0..1"):
+        build_loader("cifar10", tmp_path, "train", 8, rank=2, world_size=2)
+    with pytest.raises(DataError, match="batch_size must be a positive int"):
+        build_loader("cifar10", tmp_path, "train", 0)
 
 
 def _worker(rank: int, world: int, init: str, root: str, out: str) -> None:
