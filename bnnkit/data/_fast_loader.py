@@ -42,6 +42,7 @@ class FastLoader(ShardedLoader):
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices, _, sizes = self._plan(epoch)
+        indices = indices.to(self.device)  # one copy per epoch, then slices
         ends = list(accumulate(sizes))
         for b in range(start, len(sizes)):
             yield self.batch(indices[ends[b] - sizes[b]:ends[b]], epoch, b)
