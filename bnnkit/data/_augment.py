@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 
-def crop_flip_params(n: int, gen: torch.Generator, size: int = 32, padding: int = 4) -> tuple[torch.Tensor, ...]:
+def crop_flip_params(n: int, gen: torch.Generator, padding: int = 4) -> tuple[torch.Tensor, ...]:
     """(top, left, flip) for n images from `gen` (a CPU generator, so results match across devices).
 
     Offsets are uniform in 0..2*padding inclusive, as torchvision's RandomCrop.get_params draws them.
@@ -20,17 +20,19 @@ def crop_flip_params(n: int, gen: torch.Generator, size: int = 32, padding: int 
 
 
 def crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Crop each image of uint8 NHWC `x` at (top, left) of its zero-padded copy, mirror where `flip`.
+    """Crop each image of uint8 NCHW `x` at (top, left) of its zero-padded copy, mirror where `flip`.
 
-    Returns uint8 NCHW of the same height and width as `x`.
+    One torch.gather over each padded plane (flattened), with the flip folded into the column index:
+    about 4x faster on CPU than advanced indexing of NHWC pixels.
     """
-    n, h, w, c = x.shape
+    n, c, h, w = x.shape
     dev = x.device
     top, left, flip = top.to(dev), left.to(dev), flip.to(dev)
-    padded = x.new_zeros(n, h + 2 * padding, w + 2 * padding, c)
-    padded[:, padding:padding + h, padding:padding + w] = x
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = x.new_zeros(n, c, hp, wp)
+    padded[:, :, padding:padding + h, padding:padding + w] = x
     rows = top[:, None] + torch.arange(h, device=dev)
-    cols_fwd = torch.arange(w, device=dev)
-    cols = left[:, None] + torch.where(flip[:, None], w - 1 - cols_fwd, cols_fwd)
-    out = padded[torch.arange(n, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    cols = torch.arange(w, device=dev)
+    cols = left[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)
+    where = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.view(n, c, hp * wp).gather(2, where).view(n, c, h, w)

@@ -48,6 +48,8 @@ def build_loader(dataset: str, root: str | os.PathLike, split: str, batch_size: 
     Sample order and augmentation are pure functions of (seed, epoch, rank, world_size): call
     `set_epoch(e)` each epoch and `iter_from(k)` to resume after k batches.
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
     if backend not in BACKENDS:
         raise DataError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if lighting and dataset != "imagenet":

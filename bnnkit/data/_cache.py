@@ -43,13 +43,17 @@ def unpack_archive(path: str, cache_dir: str | None = None) -> str:
     os.makedirs(os.path.dirname(final), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(final))
     try:
-        with tarfile.open(path) as tar:
-            tar.extractall(tmp, filter="data")
-        os.rename(tmp, final)
-    except FileExistsError:  # another process finished first; its copy is as good as ours
-        pass
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"cannot unpack {path} ({e}): check the archive's sha256, or unpack it yourself and pass the folder") from None
+        try:
+            with tarfile.open(path) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"cannot unpack {path} ({' '.join(str(e).split())}): check the archive's sha256, or unpack it yourself "
+                            f"and pass the folder") from None
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process (a DDP rank) finished first; its copy is as good as ours
+            if not os.path.isdir(final):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -28,7 +28,9 @@ class FastLoader(ShardedLoader):
         super().__init__(source, batch_size, **kw)
         self.train, self.mean, self.std = train, mean, std
         images, labels = decoded_split(source, cache_dir, threads)
-        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        # NCHW once here, so that batches need no permute: uint8 [N, 3, H, W] on the delivery device
+        self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.labels = labels.to(self.device)
 
     def batch(self, indices: torch.Tensor, epoch: int, batch_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of `indices` exactly as the epoch's `batch_index`-th batch delivers it."""
@@ -36,12 +38,11 @@ class FastLoader(ShardedLoader):
         x = self.images[indices]
         if self.train:
             x = crop_flip(x, *crop_flip_params(len(indices), generator(self.seed, epoch, self.rank, batch_index)))
-        else:
-            x = x.permute(0, 3, 1, 2).contiguous()
         return normalize_uint8(x, self.mean, self.std), self.labels[indices]
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         indices, _, sizes = self._plan(epoch)
+        indices = indices.to(self.device)  # one copy per epoch, then slices
         ends = list(accumulate(sizes))
         for b in range(start, len(sizes)):
             yield self.batch(indices[ends[b] - sizes[b]:ends[b]], epoch, b)

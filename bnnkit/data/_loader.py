@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from ._errors import DataError
 from ._order import batch_sizes, shard_order
 from ._source import Source
 
@@ -16,7 +17,7 @@ def default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, i
     rank = (dist.get_rank() if live else 0) if rank is None else rank
     world_size = (dist.get_world_size() if live else 1) if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}: pass rank < world_size")
+        raise DataError(f"rank {rank} is outside 0..{world_size - 1}: pass 0 <= rank < world_size")
     return rank, world_size
 
 
@@ -70,6 +71,9 @@ class ShardedLoader:
 
     def iter_from(self, batch_index: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate the current epoch from batch `batch_index` on, exactly as an uninterrupted run would."""
+        if not 0 <= batch_index <= len(self):
+            raise DataError(f"iter_from({batch_index}) is outside this epoch's 0..{len(self)} batches: "
+                            f"pass the number of batches already done this epoch")
         return self._batches(self.epoch, batch_index)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

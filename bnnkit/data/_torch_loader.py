@@ -8,27 +8,34 @@ from itertools import accumulate
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ._loader import ShardedLoader
-from ._order import mix, sample_seeds
+from ._order import generator, mix, sample_seeds
 from ._source import Source
 
 
 @contextmanager
 def seeded_rngs(seed: int):
-    """Seed torch's, numpy's and Python's global generators (which torchvision transforms and BiPer's
-    Lighting draw from) for one sample, restoring them after so the caller's streams are untouched."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    torch.manual_seed(seed)
+    """Seed torch's (CPU), numpy's and Python's global generators, which torchvision transforms and
+    BiPer's Lighting draw from, for one sample.
+
+    In a DataLoader worker the global streams are ours alone, so they are just reseeded; in the main
+    process (workers=0) they are the caller's, so they are restored afterwards. Only the CPU generator
+    is seeded: torch.manual_seed would also seed every accelerator, at ~200 us a call.
+    """
+    own = get_worker_info() is not None
+    states = None if own else (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    torch.default_generator.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
     try:
         yield
     finally:
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
+        if states is not None:
+            torch.set_rng_state(states[0])
+            np.random.set_state(states[1])
+            random.setstate(states[2])
 
 
 class SeededDataset(Dataset):
@@ -66,7 +73,16 @@ class TorchLoader(ShardedLoader):
         if not batches:
             return
         pin = self.device.type == "cuda"
+        # our own generator: DataLoader would otherwise draw its workers' base seed from the caller's RNG
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=pin,
-                            persistent_workers=False)
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+                            generator=generator(self.seed, epoch, self.rank, 0xDA7A))
+        it = iter(loader)
+        try:
+            for x, y in it:
+                yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+        finally:
+            # A worker's DataError keeps this iterator alive in its traceback; shut the workers down now
+            # (private API, present since torch 1.x): left to the garbage collector, it stalls ~5 s a worker.
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
