@@ -43,3 +43,20 @@ def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path):
     # the epoch metrics of the interrupted epoch are those of the straight run
     assert (tmp_path / "straight" / "metrics.csv").read_text().splitlines()[2].split(",")[:8] == \
         (tmp_path / "crash" / "metrics.csv").read_text().splitlines()[2].split(",")[:8]
+
+
+def test_two_stage_run_resumes_in_stage_2(tmp_path):
+    args = ["train", "recipes/cifar10/biper_resnet20.yaml", "--data_path", CIFAR, "--subset", "64", "--val_subset", "64",
+            "-b", "32", "-bt", "64", "--workers", "1", "--threads", "1", "--checkpoint_every", "1",
+            "--set", "stage1.epochs=1", "--set", "stage2.epochs=3", "--set", "tensorboard=false",
+            "--results_dir", tmp_path]
+    killed = cli_subprocess(*args, BNNKIT_DEBUG_KILL_AT="2:1")  # stage 1 has only epoch 0: this is in stage 2
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stage1 = (tmp_path / "biper_resnet20" / "stage1" / "metrics.csv").read_text()
+    again = cli_subprocess(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "biper_resnet20" / "stage1" / "metrics.csv").read_text() == stage1  # stage 1 not rerun
+    last = read_checkpoint(str(tmp_path / "biper_resnet20" / "stage2" / "last.pt"))
+    assert last["finished"] and last["epoch"] == 2 and last["spec"]["settings"]["stage"] == 2
+    epochs = [l.split(",")[0] for l in (tmp_path / "biper_resnet20" / "stage2" / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]

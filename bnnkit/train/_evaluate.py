@@ -73,7 +73,6 @@ def evaluate_checkpoint(path: str, opts: dict[str, Any]) -> dict[str, float]:
     d = setup(cfg["device"])
     _, val_loader = load_data(cfg, d, train=False)
     model = model.to(d.device)
-    import torch
     res = evaluate(model, nn.CrossEntropyLoss(), val_loader, method=method_of(model), device=d.device,
                    amp=cfg["amp"], log=None)
     return {**res, "images": val_loader.num_samples * d.world_size}

@@ -308,13 +308,10 @@ def main(raw: dict[str, Any]) -> list[dict[str, Any]]:
                              f"or a new --save NAME (or --results_dir) for a new run")
     dir1, dir2 = os.path.join(top, "stage1"), os.path.join(top, "stage2")
     out = []
-    done1 = False
-    if cfg1["resume"] and os.path.exists(os.path.join(dir1, "last.pt")):
-        done1 = bool(ck.read_checkpoint(os.path.join(dir1, "last.pt")).get("finished"))
-    if not (cfg1["resume"] and not os.path.exists(os.path.join(dir1, "last.pt"))):
-        cfg1["resume"] = cfg1["resume"] and os.path.exists(os.path.join(dir1, "last.pt"))
-        if not done1:
-            out.append(train_stage(cfg1, dir1))
+    last1 = os.path.join(dir1, "last.pt")
+    cfg1["resume"] = bool(cfg1["resume"]) and os.path.exists(last1)  # resume stage 1 only if it has a checkpoint
+    if not (cfg1["resume"] and ck.read_checkpoint(last1).get("finished")):
+        out.append(train_stage(cfg1, dir1))
     cfg2["load_ckpt_stage1"] = os.path.join(dir1, "best.pt")
     cfg2["resume"] = bool(cfg2["resume"]) and os.path.exists(os.path.join(dir2, "last.pt"))
     out.append(train_stage(cfg2, dir2))
