@@ -76,6 +76,14 @@ def test_biper_two_stages_end_to_end_then_eval_and_qe(tmp_path):
     assert res["top1"] == pytest.approx(float(s2[0]["val_top1"]))
     assert res["loss"] == pytest.approx(float(s2[0]["val_loss"]))  # includes R (Q9)
 
+    # stage 1's best checkpoint: eval reproduces its best epoch's logged numbers; qe works on it too
+    code, out, err = cli("eval", run / "stage1" / "best.pt", "--data_path", CIFAR, "--val_subset", "128", "--json")
+    assert code == 0, err
+    best1 = max(s1, key=lambda r: float(r["val_top1"]))
+    assert json.loads(out)["top1"] == pytest.approx(float(best1["val_top1"]))
+    code, out, err = cli("qe", run / "stage1" / "best.pt")
+    assert code == 0 and "QE=" in out, err
+
     code, _, err = cli("eval", best2, "--data_path", CIFAR, "--freq", "30")  # the authors' default f (Q17): refused
     assert code == 2 and "contradicts the checkpoint's trained frequency 20.0" in err
 
