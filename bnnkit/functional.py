@@ -100,20 +100,22 @@ def percentile(values: Tensor, q: float) -> Tensor:
     """numpy.percentile(values, q) with numpy's default 'linear' method, on the tensor's device.
 
     The position q/100*(n-1) in ascending order, linearly interpolated between its two
-    neighbours (numpy's own two-sided lerp, for the last ulp). No host synchronisation."""
+    neighbours (numpy's own two-sided lerp, for the last ulp). One selection finds the lower
+    neighbour; the upper one is the smallest larger value, or the same value when it repeats.
+    No host synchronisation."""
     flat = values.flatten()
     n = flat.numel()
     pos = q / 100.0 * (n - 1)
     lo = min(int(pos), n - 1)
-    hi = min(lo + 1, n - 1)
     t = pos - lo
     a = torch.kthvalue(flat, lo + 1).values
-    b = a if hi == lo else torch.kthvalue(flat, hi + 1).values
+    if t == 0 or lo == n - 1:
+        return a
+    repeats = (flat <= a).sum() > lo + 1  # rank lo + 1 holds the same value as rank lo
+    b = torch.where(repeats, a, torch.where(flat > a, flat, torch.full_like(flat, float("inf"))).min())
     if t >= 0.5:
         return b - (b - a) * (1 - t)
     return a + (b - a) * t
-
-
 
 # --- fused input quantizers ------------------------------------------------------------------
 # The math of SiMaN's and BiPer's activation paths as plain functions of whole tensors. They run
