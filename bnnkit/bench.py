@@ -10,6 +10,7 @@ timed in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -61,33 +62,37 @@ def _timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t
 
 
-def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool):
+def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool, amp: str | None = None):
+    """Closures for one training step, one training-mode forward and one eval forward."""
+    autocast = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if amp == "bf16" else contextlib.nullcontext
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     method = method_of(model) if binary else None
 
     def train_step() -> None:
         model.train()
-        loss = F.cross_entropy(model(x), y)
-        if method is not None:
-            loss = loss + method.regularizer(model)
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+            if method is not None:
+                loss = loss + method.regularizer(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     def train_forward() -> None:
         model.train()
-        model(x)
+        with autocast():
+            model(x)
 
     def evaluate() -> None:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(x)
 
     return {"train": train_step, "train_fwd": train_forward, "eval": evaluate}
 
 
 def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, warmup: int,
-               channels_last: bool = False) -> dict:
+               channels_last: bool = False, amp: str | None = None) -> dict:
     from . import create_model
 
     torch.manual_seed(0)
@@ -98,7 +103,7 @@ def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, 
     if channels_last:
         binary, fp, x = binary.to(memory_format=torch.channels_last), fp.to(memory_format=torch.channels_last), \
             x.contiguous(memory_format=torch.channels_last)
-    steps = {"binary": make_steps(binary, x, y, True), "float": make_steps(fp, x, y, False)}
+    steps = {"binary": make_steps(binary, x, y, True, amp), "float": make_steps(fp, x, y, False, amp)}
     for _ in range(warmup):
         for kind in steps.values():
             for fn in kind.values():
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--amp", choices=["bf16"], default=None,
+                        help="bf16 autocast for binary and float alike (never a faithful recipe's default)")
     parser.add_argument("--compile", action="store_true",
                         help="run the fused quantizer kernels through torch.compile (the float twin stays eager)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per case")
@@ -167,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
-          f"compiled kernels={compiled_enabled()}")
+          f"compiled kernels={compiled_enabled()}, amp={args.amp or 'off (float32)'}")
     peak = matmul_gflops()
     print(f"float32 4096x4096 matmul: {peak:.1f} GFLOP/s")
     print(HEADER, flush=True)
     for name, method, settings in cases:
-        r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last)
+        r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)
         print(format_row(r, peak), flush=True)
         if args.profile:
             print(profile_case(name, method, settings, args.batch), flush=True)
