@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--matmul_size", type=int, default=4096, help="side of the float32 matmul that measures the peak")
     parser.add_argument("--amp", choices=["bf16"], default=None,
                         help="bf16 autocast for binary and float alike (never a faithful recipe's default)")
     parser.add_argument("--compile", action="store_true",
@@ -175,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
           f"compiled kernels={compiled_enabled()}, amp={args.amp or 'off (float32)'}")
-    peak = matmul_gflops()
-    print(f"float32 4096x4096 matmul: {peak:.1f} GFLOP/s")
+    peak = matmul_gflops(args.matmul_size)
+    print(f"float32 {args.matmul_size}x{args.matmul_size} matmul: {peak:.1f} GFLOP/s")
     print(HEADER, flush=True)
     for name, method, settings in cases:
         r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)

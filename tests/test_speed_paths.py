@@ -80,7 +80,7 @@ def test_float_twin_has_no_binary_layers_and_same_shapes():
 
 
 def test_bench_runs_and_prints_its_ratios(capsys):
-    assert bench_main(["--models", "resnet20_1w1a", "--methods", "biper2", "--batch", "8", "--rounds", "1", "--warmup", "0"]) == 0
+    assert bench_main(["--models", "resnet20_1w1a", "--methods", "biper2", "--batch", "8", "--rounds", "1", "--warmup", "0", "--matmul_size", "512"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("resnet20_1w1a"))
     assert "biper s2" in row and row.count("x") >= 2
