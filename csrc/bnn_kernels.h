@@ -40,6 +40,7 @@ typedef struct {
     int64_t G, Cg, Cw, pad_h, pad_w;
     int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) */
     uint64_t* out; int64_t out_len;
+    float* thr_out; int64_t thr_len;     /* receives the N thresholds used */
 } PackArgs;
 
 /* One implementation per instruction set; each processes tasks [t0, t1) of the same decomposition. */

@@ -148,14 +148,15 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     int isa, nt;
     PyObject* seq;
     if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
-    int64_t v[14];
-    if (read_ints(seq, v, 14, "pack") < 0) return NULL;
+    int64_t v[16];
+    if (read_ints(seq, v, 16, "pack") < 0) return NULL;
     if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
     PackArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.C = v[5];
     a.G = v[6]; a.Cg = v[7]; a.Cw = v[8]; a.pad_h = v[9]; a.pad_w = v[10]; a.center = v[11];
     a.out = (uint64_t*)(uintptr_t)v[12]; a.out_len = v[13];
+    a.thr_out = (float*)(uintptr_t)v[14]; a.thr_len = v[15];
     if (nt < 1) nt = 1;
     std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);
     void (*fn)(const PackArgs*, const float*, int64_t, int64_t) =
@@ -170,6 +171,7 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
             thr[(size_t)n] = (float)(sum(a.x + n * per, per) / (double)per);
         }
     }
+    for (int64_t n = 0; n < a.N; ++n) a.thr_out[BNN_AT("pack thresholds", n, 1, a.thr_len)] = thr[(size_t)n];
     memset(a.out, 0, (size_t)a.out_len * sizeof(uint64_t));
     if (nt == 1) {
         fn(&a, thr.data(), 0, rows);

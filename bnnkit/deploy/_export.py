@@ -115,6 +115,10 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
     tensors = {"weight": b.tensor(name, "weight", pack_signs(wb < 0)),
                "scale": b.tensor(name, "scale", scale.float()),
                "bias": b.tensor(name, "bias", bias.float())}
+    if bool(zero.any()):
+        # weights that are exactly 0 (sign 0): packed as +1, listed here so the runtime subtracts
+        # what the +1 added; rows are (out channel, in channel within the group, ky, kx)
+        tensors["zeros"] = b.tensor(name, "zeros", torch.nonzero(wb == 0).to(torch.int32))
     b.add(name, "bconv" if binary_input else "wconv", [{"ref": x.name}], attrs=attrs, tensors=tensors)
 
 
@@ -260,7 +264,8 @@ def export(model: nn.Module, path: str | os.PathLike, *, example_input_shape: tu
     finally:
         model.train(was_training)
     if zeros:
-        warnings.warn(f"{zeros} binary weight(s) are exactly 0 (sign 0); the 1-bit file stores them as +1", stacklevel=2)
+        warnings.warn(f"{zeros} binary weight(s) are exactly 0 (sign 0); the file packs them as +1 and lists "
+                      "them, and the runtime corrects for them exactly (slower for those layers)", stacklevel=2)
     spec = getattr(model, "bnnkit_spec", None)
     graph.update({
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "input_shape": shape,

@@ -75,10 +75,11 @@ def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) ->
     _need(t.numel() == numel, f"{what}: {t.numel()} elements, expected {numel}")
 
 
-def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str, threads: int) -> torch.Tensor:
+def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
+         threads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Binarize x (N,C,H,W float32, any memory format) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
-    per-sample mean over (C,H,W) when `center`."""
+    per-sample mean over (C,H,W) when `center`. Returns the bits and the thresholds t [N]."""
     _need(x.dim() == 4, f"binary conv input: expected 4 dimensions, got shape {tuple(x.shape)}")
     N, C, H, W = x.shape
     _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
@@ -88,11 +89,12 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     Cw = words(Cg)
     out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
     nhwc = x.permute(0, 2, 3, 1)
+    thr = torch.empty(N, dtype=torch.float32)
     _check_tensor(nhwc, torch.float32, N * H * W * C, "pack input")
     lib().pack(ISA_CODES[isa], threads, (
         nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], int(center),
-        out.data_ptr(), out.numel()))
-    return out
+        out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel()))
+    return out, thr
 
 
 class PackedConv:

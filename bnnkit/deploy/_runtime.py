@@ -217,10 +217,18 @@ class Runtime:
             bias = self._tensor(node, "bias", torch.float32, (cout,))
             if not unused_bits_clear(w, cg):
                 raise self._fail(f"node {name!r}: packed weights have bits set beyond channel {cg}")
+            zeros = self._tensor(node, "zeros", torch.int32, dims=2, optional=True)
+            if zeros is not None:
+                lim = torch.tensor([cout, cg, kernel[0], kernel[1]], dtype=torch.int32)
+                if zeros.shape[1] != 4 or zeros.shape[0] == 0 or bool(((zeros < 0) | (zeros >= lim)).any()):
+                    raise self._fail(f"node {name!r}: its list of zero weights has rows outside the weight's shape")
+                zeros = zeros.long()
             info = {"in_channels": cin, "out_channels": cout, "kernel": kernel, "stride": stride, "padding": padding,
                     "dilation": dilation, "groups": groups, "center": center}
             if op == "wconv":
                 wf = unpack_signs(w, cg, (kernel[0], kernel[1]))
+                if zeros is not None:
+                    wf[zeros[:, 0], zeros[:, 1], zeros[:, 2], zeros[:, 3]] = 0.0
                 s4, b4 = scale.view(1, -1, 1, 1).clone(), bias.view(1, -1, 1, 1).clone()
 
                 def run_wconv(env, ctx):
@@ -234,6 +242,17 @@ class Runtime:
             pad = pack_groups.setdefault(key, [0, 0])
             pad[0], pad[1] = max(pad[0], padding[0]), max(pad[1], padding[1])
 
+            fix = None
+            if zeros is not None:
+                # out[:, o] -= scale[o] * (sum of xb over the zero weights' taps), computed as a small
+                # conv of the binarized input with a 0/1 mask, only for the affected channels
+                sel, inv = torch.unique(zeros[:, 0], return_inverse=True)
+                mask = torch.zeros(len(sel), cin, kernel[0], kernel[1])
+                cabs = (zeros[:, 0] // (cout // groups)) * cg + zeros[:, 1]
+                mask[inv, cabs, zeros[:, 2], zeros[:, 3]] = 1.0
+                fix = (sel, mask, scale[sel].view(1, -1, 1, 1).clone())
+                info["zero_weights"] = int(zeros.shape[0])
+
             def run_bconv(env, ctx):
                 x = env[src]
                 _check_input(x, cin, name)
@@ -241,7 +260,12 @@ class Runtime:
                 if packed is None:
                     packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa, threads=ctx["threads"])
                     ctx[key] = packed
-                return conv(packed, x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"])
+                out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"])
+                if fix is not None:
+                    sel, mask, s = fix
+                    xb = torch.where(x < packed[1].view(-1, 1, 1, 1), -1.0, 1.0)
+                    out.index_add_(1, sel, F.conv2d(xb, mask, None, stride, padding, dilation) * s, alpha=-1.0)
+                return out
             return run_bconv, info
         if op == "conv":
             src = one_input().slot
