@@ -1,0 +1,49 @@
+"""The binary convolution every bnnkit model is built from."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .methods import Method
+
+
+class BinaryConv2d(nn.Conv2d):
+    """y = conv2d(input_quantizer(x), weight_quantizer(w)) * alpha.
+
+    `weight` holds the latent real weights; `alpha` is the method's learned per-output-channel
+    scale [O,1,1] (None when the method has none). Padding is zero padding of the already
+    binarized input, as in both published codes. With `binary_input=False` the input stays real
+    (BiPer's 1w32a variant).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, dilation: int = 1, groups: int = 1, *, method: "Method",
+                 binary_input: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
+        # Order matters for seeded runs: the parent has drawn the weight; the method may draw alpha next.
+        alpha = method.make_scale(self)
+        self.register_parameter("alpha", alpha)
+        self.binary_input = binary_input
+        self.weight_quantizer = method.make_weight_quantizer(self)
+        self.input_quantizer = method.make_input_quantizer(self) if binary_input else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv2d(self.input_quantizer(x), self.weight_quantizer(self.weight), None,
+                     self.stride, self.padding, self.dilation, self.groups)
+        return y if self.alpha is None else y * self.alpha
+
+    @torch.no_grad()
+    def binary_weight(self) -> Tensor:
+        """The eval-mode effective weight (±1, or ±scale for XNOR), without side effects."""
+        return self.weight_quantizer.export(self.weight)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.binary_input else ", binary_input=False")
+
+
+def binary_convs(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]

@@ -1,0 +1,119 @@
+"""SiMaN: Sign-to-Magnitude Network Binarization (Lin et al., IEEE TPAMI 2022).
+
+Weights: the larger-magnitude half of each standardised filter becomes +1, the rest -1; learned
+per-channel scale alpha. Activations: per-sample standardisation, then sign with ApproxSign's
+gradient. Reproduces lmbxmu/SiMaN as REFERENCE.md §1.1 specifies, quirks included (Q1-Q3).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..functional import EPS, approx_sign, per_row_standardize, percentile
+from ..layers import BinaryConv2d
+from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
+from . import METHODS, Method
+
+
+@QUANTIZERS.register()
+class SimanWeight(WeightQuantizer):
+    """SiMaN's weight binarizer.
+
+    Forward, for latent W [O, C, K, K] and clip percent p:
+      1. no grad, train and eval (quirk Q1): U = W - mean_r(W); l, h = percentile(|U|, p),
+         percentile(|U|, 100 - p) over all entries; W <- sign(U) * clamp(|U|, l, h) in place.
+      2. S = (W - mean_r W) / sqrt(var_r + 1e-5) (unbiased), X = |S| per row [O, k].
+      3. training only: code[o, j] = 1 if X[o, j] > lower median of row o, else 0
+         ('quick': 1 at the first floor(k/2) positions of a descending sort).
+      4. W_b = 2 * code - 1 in {-1, +1}.
+    Backward: straight through X: dL/dS = sign(S) * dL/dW_b, then through step 2's
+    standardisation to W. Nothing flows through step 1 or through the code.
+    Reference: Lin et al., "SiMaN: Sign-to-Magnitude Network Binarization", TPAMI 2022, Eq. 12-15.
+    """
+
+    name = "siman_weight"
+    settings = ("percent", "sort")
+    reference_state = {"code": "B"}
+    reference_settings = {"percent": "percent"}
+
+    def __init__(self, weight: Tensor, percent: float = 0.0, sort: str = "median") -> None:
+        super().__init__()
+        if sort not in ("median", "quick"):
+            raise ValueError(f"siman sort must be 'median' or 'quick', not {sort!r}")
+        self.percent = float(percent)
+        self.sort = sort
+        # The authors' B: a non-trainable parameter (so it counts in their parameter totals),
+        # initialised from the weights *before* the model re-initialises them (quirk Q3).
+        code = ((torch.sign(weight.detach()) + 1) / 2).reshape(weight.shape[0], -1)
+        self.code = nn.Parameter(code, requires_grad=False)
+
+    @torch.no_grad()
+    def _center_and_clip(self, weight: Tensor) -> None:
+        u = weight - weight.mean(dim=(1, 2, 3), keepdim=True)
+        if self.percent > 0:
+            mag = u.abs()
+            low, high = percentile(mag, self.percent), percentile(mag, 100.0 - self.percent)
+            u = torch.sign(u) * torch.minimum(torch.maximum(mag, low), high)
+        weight.copy_(u)
+
+    @torch.no_grad()
+    def _update_code(self, magnitude: Tensor) -> None:
+        if self.sort == "median":
+            median = magnitude.median(dim=1, keepdim=True).values  # the lower median, as torch.median
+            self.code.copy_((magnitude > median).to(self.code.dtype))
+        else:
+            order = magnitude.sort(dim=1, descending=True).indices[:, : magnitude.shape[1] // 2]
+            self.code.zero_().scatter_(1, order, 1.0)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        self._center_and_clip(weight)
+        magnitude = per_row_standardize(weight).abs().reshape(weight.shape[0], -1)
+        if self.training:
+            self._update_code(magnitude.detach())
+        return (magnitude - magnitude.detach() + (2 * self.code - 1)).view_as(weight)
+
+    @torch.no_grad()
+    def export(self, weight: Tensor) -> Tensor:
+        return (2 * self.code - 1).view_as(weight).clone()
+
+
+@QUANTIZERS.register()
+class SimanInput(InputQuantizer):
+    """SiMaN's activation binarizer, train and eval alike.
+
+    Forward: A' = (A - mean_n) / sqrt(var_n + 1e-5) per sample over (C, H, W) (unbiased);
+    A_b = sign(A'). Backward: dL/dA' = max(0, 2 - 2|A'|) * dL/dA_b (ApproxSign), then through
+    the standardisation to A. Reference: SiMaN (TPAMI 2022) code; ApproxSign from Bi-Real Net.
+    """
+
+    name = "siman_input"
+    centered = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        return approx_sign(centred / torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + EPS))
+
+
+@METHODS.register()
+class Siman(Method):
+    """SiMaN. Settings: percent (weight clipping percentile, scheduled 15*(1 - e/E)), sort."""
+
+    name = "siman"
+    architecture = "siman"
+    defaults = {"percent": 0.0, "sort": "median"}
+
+    def make_scale(self, conv: BinaryConv2d) -> nn.Parameter:
+        # mean |W| of the parent's default init, not of the re-initialised weights (quirk Q3).
+        return nn.Parameter(conv.weight.detach().abs().mean(dim=(1, 2, 3)).reshape(-1, 1, 1).clone())
+
+    def make_weight_quantizer(self, conv: BinaryConv2d) -> SimanWeight:
+        return SimanWeight(conv.weight, self.settings["percent"], self.settings["sort"])
+
+    def make_input_quantizer(self, conv: BinaryConv2d) -> SimanInput:
+        return SimanInput()
+
+    def schedule(self, epoch: int, epochs: int, **hparams: Any) -> dict[str, Any]:
+        # float32 as the authors store it: torch.tensor(15 * (1 - e / E)) then .item()
+        return {"percent": float(torch.tensor(15.0 * (1 - epoch / epochs), dtype=torch.float32))}

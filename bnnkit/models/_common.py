@@ -1,0 +1,36 @@
+"""Pieces shared by the model files: activations and shortcuts as the two methods publish them."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def activation(arch: str, channels: int, stem: bool = False) -> nn.Module:
+    """SiMaN: ReLU in the stem, PReLU(channels) in blocks; BiPer: Hardtanh everywhere."""
+    if arch == "siman":
+        return nn.ReLU(inplace=True) if stem else nn.PReLU(channels)
+    return nn.Hardtanh(inplace=True)
+
+
+class PadShortcut(nn.Module):
+    """Downsample by 2 (option A: x[:, :, ::2, ::2], or 2x2 average pooling) and zero-pad
+    `pad` channels on each side of the channel axis. Stateless."""
+
+    def __init__(self, pad: int, pool: str) -> None:
+        super().__init__()
+        self.pad, self.pool = pad, pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, ::2, ::2] if self.pool == "slice" else F.avg_pool2d(x, 2)
+        return F.pad(x, (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}, pool={self.pool!r}"
+
+
+def kaiming_normal_convs(model: nn.Module, linear: bool = False) -> None:
+    """kaiming_normal_ (fan_in, gain sqrt 2) on every Conv2d (binary ones included), in
+    registration order; also on Linear weights when `linear`."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) or (linear and isinstance(m, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)

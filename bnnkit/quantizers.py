@@ -1,0 +1,92 @@
+"""Quantizers: the small named units that turn latent weights or real activations into binary ones.
+
+As in larq, weights and inputs get separate quantizers, each a module whose docstring gives its
+forward and backward math and its reference. A method (bnnkit.methods) picks one of each for its
+binary convolutions. Quantizers are registered by name so that tests can run over all of them.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ._registry import Registry
+from .functional import approx_sign, clipped_sign
+
+QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantizer")
+
+
+class Quantizer(nn.Module):
+    """Base of weight and input quantizers.
+
+    `settings` names the plain attributes a training schedule may change (SiMaN's percent, BiPer's
+    tau); `configure` sets them. The authors kept some of our state and settings on the conv
+    itself under other names: `reference_state` maps our local state names to theirs and
+    `reference_settings` maps their state names to our setting attributes (bnnkit.compat).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]  # "weight" or "input"
+    settings: ClassVar[tuple[str, ...]] = ()
+    reference_state: ClassVar[dict[str, str]] = {}
+    reference_settings: ClassVar[dict[str, str]] = {}
+
+    def configure(self, **values: Any) -> None:
+        for key, value in values.items():
+            if key not in self.settings:
+                raise TypeError(f"{self.name} has no setting {key!r}; its settings: {', '.join(self.settings) or 'none'}")
+            setattr(self, key, value)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in self.settings)
+
+
+class WeightQuantizer(Quantizer):
+    kind = "weight"
+
+    def export(self, weight: Tensor) -> Tensor:
+        """The eval-mode binary weight, computed without side effects (for deployment)."""
+        raise NotImplementedError
+
+
+class InputQuantizer(Quantizer):
+    kind = "input"
+    centered: ClassVar[bool] = False  # True: binarizes x - mean over (C,H,W) of each sample
+
+
+@QUANTIZERS.register()
+class ApproxSignInput(InputQuantizer):
+    """x_b = sign(x).  Backward: max(0, 2 - 2|x|) * g.
+    Bi-Real Net's ApproxSign (Liu et al., ECCV 2018), without any rescaling of x."""
+
+    name = "approx_sign"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return approx_sign(x)
+
+
+@QUANTIZERS.register()
+class SteSignInput(InputQuantizer):
+    """x_b = sign(x).  Backward: g * 1{|x| <= 1}.
+    Straight-through estimator of BinaryNet (Courbariaux et al., 2016)."""
+
+    name = "ste_sign"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return clipped_sign(x)
+
+
+@QUANTIZERS.register()
+class SteSignWeight(WeightQuantizer):
+    """w_b = sign(w).  Backward: g * 1{|w| <= 1}.
+    BinaryConnect's deterministic binarization (Courbariaux et al., NeurIPS 2015 / 2016)."""
+
+    name = "ste_sign_weight"
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return clipped_sign(weight)
+
+    @torch.no_grad()
+    def export(self, weight: Tensor) -> Tensor:
+        return torch.sign(weight)

@@ -1,0 +1,171 @@
+"""Every registered model with every method that builds it: counts, forward, backward, values."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bnnkit
+from bnnkit.layers import binary_convs
+from bnnkit.methods import METHODS
+from bnnkit.models import _MODELS
+
+# REFERENCE.md §2.8: (model, family) -> {method: (all parameters, trainable parameters)}
+PARAMETER_COUNTS = {
+    ("resnet20_1w1a", "cifar"): {"siman": (538_458, 271_194), "biper": (271_194, 270_522)},
+    ("resnet20_1w32a", "cifar"): {"biper": (270_522, 270_522)},
+    ("resnet18_1w1a", "cifar"): {"siman": (22_337_226, 11_179_722), "biper": (11_008_842, 11_005_002)},
+    ("resnet18A_1w1a", "cifar"): {"siman": (1_466_442, 736_330), "biper": (725_418, 724_394)},
+    ("resnet18B_1w1a", "cifar"): {"siman": (5_589_866, 2_800_490), "biper": (2_758_058, 2_756_138)},
+    ("resnet18C_1w1a", "cifar"): {"siman": (5_853_322, 2_932_874), "biper": (2_888_522, 2_886_474)},
+    ("vgg_small_1w1a", "cifar"): {"siman": (9_234_698, 4_663_562), "biper": (4_663_434, 4_661_770)},
+    ("resnet18_1w1a", "imagenet"): {"siman": (22_683_688, 11_698_216), "biper": (11_694_376, 11_694_376)},
+    ("resnet34_1w1a", "imagenet"): {"siman": (42_900_008, 21_813_800), "biper": (21_806_248, 21_806_248)},
+    ("mobilenet_1w1a", "imagenet"): {"biper": (8_768_296, 8_768_296)},
+}
+DATASET = {"cifar": "cifar10", "imagenet": "imagenet"}
+
+
+def _buildable():
+    for name, families in sorted(_MODELS.items()):
+        for family, entry in sorted(families.items()):
+            for method in METHODS.names():
+                if METHODS.get(method).architecture in entry.architectures:
+                    yield name, family, method
+
+
+BUILDABLE = list(_buildable())
+
+
+def test_every_published_model_has_its_counts_checked():
+    published = {(n, f, m) for n, f, m in BUILDABLE if m in ("siman", "biper")}
+    assert published == {(n, f, m) for (n, f), ms in PARAMETER_COUNTS.items() for m in ms}
+
+
+@pytest.mark.parametrize("name,family,method", [(n, f, m) for (n, f), ms in PARAMETER_COUNTS.items() for m in ms])
+def test_parameter_counts_equal_the_spec(name, family, method):
+    model = bnnkit.create_model(name, method, dataset=DATASET[family])
+    all_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (all_params, trainable) == PARAMETER_COUNTS[(name, family)][method]
+
+
+def _input(family, batch=2):
+    size = 32 if family == "cifar" else 64  # ImageNet models run at 64px here to stay quick
+    return torch.randn(batch, 3, size, size)
+
+
+def _imagenet_small(model):
+    # The ImageNet head pools 7x7 for 224px inputs; at 64px the last map is 2x2.
+    if hasattr(model, "avgpool") and isinstance(model.avgpool, torch.nn.AvgPool2d):
+        model.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+    return model
+
+
+@pytest.mark.parametrize("name,family,method", BUILDABLE, ids=[f"{f}-{n}-{m}" for n, f, m in BUILDABLE])
+def test_forward_backward_and_binary_values(name, family, method):
+    torch.manual_seed(0)
+    settings = {"stage": 2} if method == "biper" else {}
+    model = _imagenet_small(bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10, **settings))
+    seen = {}
+    hooks = [conv.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, (m.input_quantizer(i[0]), m.weight_quantizer(m.weight))))
+             for n, conv in binary_convs(model)]
+    x = _input(family)
+    loss = F.cross_entropy(model(x), torch.tensor([1, 2]))
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    assert seen and len(seen) == len(binary_convs(model))
+    for conv_name, (xb, wb) in seen.items():
+        conv = dict(binary_convs(model))[conv_name]
+        if conv.binary_input:
+            assert set(xb.unique().tolist()) <= {-1.0, 0.0, 1.0}, conv_name
+        if method == "xnor":  # ±(mean |w|) per output channel
+            scale = conv.weight.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+            expected = torch.where(conv.weight == 0, 0.0, scale.expand_as(wb))
+            assert torch.allclose(wb.detach().abs(), expected), conv_name
+        else:  # ±1, and 0 only where the latent weight is exactly 0 (sign(0) = 0, as published)
+            wb = wb.detach()
+            assert ((wb == 1) | (wb == -1) | ((wb == 0) & (conv.weight == 0))).all(), conv_name
+    for pname, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{pname} received no gradient"
+            assert torch.isfinite(p.grad).all(), pname
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name,family,method", BUILDABLE, ids=[f"{f}-{n}-{m}" for n, f, m in BUILDABLE])
+def test_forward_and_backward_never_leave_the_device(name, family, method, monkeypatch):
+    """No numpy round-trips, host synchronisations or .cuda() calls inside forward or backward."""
+    model = _imagenet_small(bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10, percent=5.0)
+                            if method == "siman" else
+                            bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10))
+    x = _input(family)
+
+    def forbidden(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} called inside the forward/backward pass")
+        return fail
+
+    for attr in ("item", "cpu", "numpy", "tolist", "cuda"):
+        monkeypatch.setattr(torch.Tensor, attr, forbidden(f"Tensor.{attr}"))
+    for mode in (True, False):
+        model.train(mode)
+        out = model(x)
+        if mode:
+            out.sum().backward()
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(bnnkit.UnknownNameError, match="valid models: .*resnet20_1w1a"):
+        bnnkit.create_model("resnet21_1w1a")
+    with pytest.raises(bnnkit.UnknownNameError, match="valid methods: biper, siman, ste, xnor"):
+        bnnkit.create_model("resnet20_1w1a", method="sman")
+    with pytest.raises(bnnkit.UnknownNameError, match="only for architecture"):
+        bnnkit.create_model("mobilenet_1w1a", method="siman")
+    with pytest.raises(TypeError, match="has no setting freq"):
+        bnnkit.create_model("resnet20_1w1a", method="siman", freq=20.0)
+
+
+def test_dataset_picks_the_family_of_shared_names():
+    cifar = bnnkit.create_model("resnet18_1w1a", "biper")
+    imagenet = bnnkit.create_model("resnet18_1w1a", "biper", dataset="imagenet")
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.bnnkit_spec["num_classes"] == 10
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.fc.out_features == 1000
+
+
+def test_seeded_construction_is_reproducible():
+    models = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        models.append(bnnkit.create_model("resnet20_1w1a", "biper"))
+    for (k, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_configure_sets_method_state_on_every_binary_layer():
+    model = bnnkit.create_model("resnet20_1w1a", "biper", freq=20.0)
+    bnnkit.configure(model, tau=0.5, stage=2)
+    assert {c.weight_quantizer.tau for _, c in binary_convs(model)} == {0.5}
+    assert {c.weight_quantizer.stage for _, c in binary_convs(model)} == {2}
+    with pytest.raises(TypeError, match="percent"):
+        bnnkit.configure(model, percent=3.0)
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        bnnkit.configure(model, stage=3)
+    # 1w32a convs keep tau = 1 under the schedule, as the authors' trainer leaves them (Q12)
+    model = bnnkit.create_model("resnet20_1w32a", "biper")
+    bnnkit.configure(model, tau=0.037)
+    assert {c.weight_quantizer.tau for _, c in binary_convs(model)} == {1.0}
+
+
+def test_siman_weight_code_is_the_larger_half_of_each_row():
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", "siman").train()
+    model(torch.randn(2, 3, 32, 32))
+    conv = model.layer2[0].conv2
+    standardized = conv.weight.detach()
+    standardized = (standardized - standardized.mean(dim=(1, 2, 3), keepdim=True)).abs().flatten(1)
+    k = standardized.shape[1]
+    code = conv.weight_quantizer.code
+    assert (code.sum(dim=1) == k // 2).all()
+    # every +1 entry is larger than every -1 entry of its row
+    for row, bits in zip(standardized, code):
+        assert row[bits == 1].min() > row[bits == 0].max()

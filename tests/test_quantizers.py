@@ -1,0 +1,136 @@
+"""Every registered quantizer: forward values, and autograd's gradient against an independently
+written formula of its surrogate (not autograd of the same code)."""
+import pytest
+import torch
+
+from bnnkit.quantizers import QUANTIZERS
+
+EPS = 1e-5
+
+
+def standardize_grad(x, g, centred):
+    """dL/dx of y = (x - mu)/s (centred) or y = x/s, s = sqrt(var_unbiased + eps), per row of x [N, n]."""
+    n = x.shape[1]
+    mu = x.mean(1, keepdim=True)
+    s = torch.sqrt(((x - mu) ** 2).sum(1, keepdim=True) / (n - 1) + EPS)
+    xs = x - mu if centred else x
+    first = (g - g.mean(1, keepdim=True)) if centred else g
+    return first / s - (x - mu) * (g * xs).sum(1, keepdim=True) / ((n - 1) * s ** 3)
+
+
+def approx(y):
+    return (2 - 2 * y.abs()).clamp_min(0)
+
+
+def ref_approx_sign(x, g):
+    return torch.sign(x), g * approx(x)
+
+
+def ref_ste(x, g):
+    return torch.sign(x), g * (x.abs() <= 1).float()
+
+
+def ref_siman_input(x, g):
+    flat = x.flatten(1)
+    mu = flat.mean(1, keepdim=True)
+    s = torch.sqrt(((flat - mu) ** 2).sum(1, keepdim=True) / (flat.shape[1] - 1) + EPS)
+    y = (flat - mu) / s
+    return torch.sign(y).view_as(x), standardize_grad(flat, (g.flatten(1) * approx(y)), True).view_as(x)
+
+
+def ref_biper_input(x, g):
+    flat = x.flatten(1)
+    mu = flat.mean(1, keepdim=True)
+    s = torch.sqrt(((flat - mu) ** 2).sum(1, keepdim=True) / (flat.shape[1] - 1) + EPS)
+    y = flat / s
+    return torch.sign(y).view_as(x), standardize_grad(flat, g.flatten(1) * approx(y), False).view_as(x)
+
+
+def ref_siman_weight(w, g):
+    # w is the weight as the forward left it (centred in place); the gradient goes straight
+    # through |S| (times sign S) and then through the per-row standardisation.
+    flat = w.flatten(1)
+    mu = flat.mean(1, keepdim=True)
+    s = torch.sqrt(((flat - mu) ** 2).sum(1, keepdim=True) / (flat.shape[1] - 1) + EPS)
+    mag = ((flat - mu) / s).abs()
+    k = flat.shape[1]
+    ranks = mag.argsort(1).argsort(1)
+    values = torch.where(ranks >= k - k // 2, 1.0, -1.0)  # the larger floor(k/2) magnitudes (distinct values)
+    grad_s = torch.sign((flat - mu) / s) * g.flatten(1)
+    return values.view_as(w), standardize_grad(flat, grad_s, True).view_as(w)
+
+
+def ref_biper_weight(stage, freq=20.0):
+    def ref(w, g):
+        wave = torch.sin(freq * w)
+        return (torch.sign(wave) if stage == 2 else wave), freq * torch.cos(freq * w) * g
+    return ref
+
+
+def ref_xnor(w, g):
+    n = w[0].numel()
+    a = w.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    sign = torch.sign(w)
+    return a * sign, a * (w.abs() <= 1).float() * g + sign / n * (sign * g).flatten(1).sum(1).view(-1, 1, 1, 1)
+
+
+# name -> list of (constructor, reference(x, g) -> (forward value, gradient))
+CASES = {
+    "approx_sign": [(lambda: QUANTIZERS.get("approx_sign")(), ref_approx_sign)],
+    "ste_sign": [(lambda: QUANTIZERS.get("ste_sign")(), ref_ste)],
+    "ste_sign_weight": [(lambda: QUANTIZERS.get("ste_sign_weight")(), ref_ste)],
+    "siman_input": [(lambda: QUANTIZERS.get("siman_input")(), ref_siman_input)],
+    "biper_input": [(lambda: QUANTIZERS.get("biper_input")(), ref_biper_input)],
+    "siman_weight": [(lambda: QUANTIZERS.get("siman_weight")(torch.randn(6, 4, 3, 3)), ref_siman_weight)],
+    "biper_weight": [(lambda: QUANTIZERS.get("biper_weight")(6, freq=20.0, stage=1), ref_biper_weight(1)),
+                     (lambda: QUANTIZERS.get("biper_weight")(6, freq=20.0, stage=2), ref_biper_weight(2))],
+    "xnor_weight": [(lambda: QUANTIZERS.get("xnor_weight")(), ref_xnor)],
+}
+
+
+def test_every_registered_quantizer_has_a_reference():
+    assert set(QUANTIZERS.names()) == set(CASES)
+
+
+@pytest.mark.parametrize("name,index", [(n, i) for n, cs in CASES.items() for i in range(len(cs))])
+def test_gradient_matches_independent_formula(name, index):
+    make, reference = CASES[name][index]
+    torch.manual_seed(index)
+    quantizer = make().train()
+    x = (torch.randn(6, 4, 3, 3) * 0.8).double().float().requires_grad_(True)
+    g = torch.randn(6, 4, 3, 3)
+    if quantizer.kind == "weight":
+        x = torch.nn.Parameter(x.detach().clone())
+    y = quantizer(x)
+    y.backward(g)
+    want_y, want_grad = reference(x.detach(), g)
+    assert torch.allclose(y.detach(), want_y, atol=1e-6), f"{name}: forward"
+    assert torch.isfinite(x.grad).all()
+    assert torch.allclose(x.grad, want_grad, rtol=1e-4, atol=1e-5), f"{name}: gradient"
+
+
+def test_siman_weight_rewrites_latent_weights_in_eval_too():
+    """Quirk Q1: centring and clipping happen in every forward pass, eval included."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4, 3, 3) + 0.3)
+    q = QUANTIZERS.get("siman_weight")(w.detach(), percent=10.0).eval()
+    code_before = q.code.clone()
+    centred = (w - w.mean(dim=(1, 2, 3), keepdim=True)).detach()
+    low, high = torch.quantile(centred.abs().flatten(), torch.tensor([0.10, 0.90]))
+    q(w)
+    want = torch.sign(centred) * centred.abs().clamp(low, high)
+    assert torch.allclose(w.detach(), want, atol=1e-6)
+    assert not torch.allclose(centred, want)  # the clipping did something
+    assert torch.equal(q.code, code_before)  # eval keeps the stale code (Q2)
+
+
+def test_percentile_matches_numpy_linear():
+    import numpy as np
+
+    from bnnkit.functional import percentile
+
+    torch.manual_seed(0)
+    for n in (1, 2, 7, 1000):
+        v = torch.rand(n)
+        for q in (0.0, 0.0375, 7.5, 14.962499618530273, 50.0, 92.5, 100.0):
+            assert float(percentile(v, q)) == pytest.approx(float(np.percentile(v.numpy(), q)), rel=1e-6, abs=1e-7)
