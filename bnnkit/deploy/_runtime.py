@@ -77,6 +77,7 @@ class Runtime:
         self.input_shape: list[int] = []
         self.meta = {k: v for k, v in graph.items() if k not in ("nodes", "digests")}
         self._tensors = tensors
+        self.kernels: dict[str, tuple] = {}  # bconv node -> (PackedConv, packing (pad, center, groups))
         self._build(graph)
 
     # ---- loading -----------------------------------------------------------------------
@@ -241,6 +242,7 @@ class Runtime:
             key = (src, center, groups)
             pad = pack_groups.setdefault(key, [0, 0])
             pad[0], pad[1] = max(pad[0], padding[0]), max(pad[1], padding[1])
+            self.kernels[name] = (conv, (pad, center, groups))
 
             fix = None
             if zeros is not None:
@@ -314,8 +316,10 @@ class Runtime:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
 
-    def run(self, x: torch.Tensor, profile: dict[str, float] | None = None) -> torch.Tensor:
-        """Logits for x; with `profile`, also accumulate seconds per node name into it."""
+    def run(self, x: torch.Tensor, profile: dict[str, float] | None = None,
+            shapes: dict[str, tuple] | None = None) -> torch.Tensor:
+        """Logits for x; with `profile`, also accumulate seconds per node name into it; with
+        `shapes`, record the input shape of every conv-like node."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or list(x.shape[1:]) != self.input_shape[1:]:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape[1:]))}), got {got}")
@@ -325,6 +329,8 @@ class Runtime:
         with torch.inference_mode():
             env[0] = x.detach().to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
             for k, step in enumerate(self._steps[1:], 1):
+                if shapes is not None and step.op in ("bconv", "wconv", "conv") and step.reads:
+                    shapes[step.name] = tuple(env[step.reads[0]].shape)
                 if profile is None:
                     env[step.slot] = step.run(env, ctx)
                 else:
