@@ -67,6 +67,7 @@ struct Avx2Policy {
 #include "bnn_impl.h"
 
 extern "C" {
+int64_t bconv_num_tasks_avx2(const BConvArgs* a) { return bconv_task_count(a); }
 void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a, t0, t1); }
 void pack_rows_avx2(const PackArgs* a, const float* thr, int64_t r0, int64_t r1) { pack_run(a, thr, r0, r1); }
 }

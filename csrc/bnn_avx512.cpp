@@ -41,9 +41,11 @@ struct Avx512Policy {
 
 #define BNN_POLICY Avx512Policy
 #define BNN_TILE 8
+#define BNN_BLOCKS 2
 #include "bnn_impl.h"
 
 extern "C" {
+int64_t bconv_num_tasks_avx512(const BConvArgs* a) { return bconv_task_count(a); }
 void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a, t0, t1); }
 void pack_rows_avx512(const PackArgs* a, const float* thr, int64_t r0, int64_t r1) { pack_run(a, thr, r0, r1); }
 

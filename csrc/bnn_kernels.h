@@ -41,10 +41,13 @@ typedef struct {
     int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) */
     uint64_t* out; int64_t out_len;
     float* thr_out; int64_t thr_len;     /* receives the N thresholds used */
+    const float* thr_in;                 /* center == 2: the N thresholds to use (thr_len of them) */
 } PackArgs;
 
 /* One implementation per instruction set; each processes tasks [t0, t1) of the same decomposition. */
-int64_t bconv_num_tasks(const BConvArgs* a);
+int64_t bconv_num_tasks_portable(const BConvArgs* a);
+int64_t bconv_num_tasks_avx2(const BConvArgs* a);
+int64_t bconv_num_tasks_avx512(const BConvArgs* a);
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1);

@@ -119,7 +119,8 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.scale = (const float*)(uintptr_t)v[28]; a.bias = (const float*)(uintptr_t)v[29]; a.sb_len = v[30];
     a.out = (float*)(uintptr_t)v[31]; a.out_len = v[32];
     if (nt < 1) nt = 1;
-    const int64_t tasks = bconv_num_tasks(&a);
+    const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
+                          : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);
     if (tasks < nt) nt = (int)(tasks > 0 ? tasks : 1);
     void (*fn)(const BConvArgs*, int64_t, int64_t) =
         isa == ISA_AVX512 ? bconv_tasks_avx512 : isa == ISA_AVX2 ? bconv_tasks_avx2 : bconv_tasks_portable;
@@ -148,8 +149,8 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     int isa, nt;
     PyObject* seq;
     if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
-    int64_t v[16];
-    if (read_ints(seq, v, 16, "pack") < 0) return NULL;
+    int64_t v[17];
+    if (read_ints(seq, v, 17, "pack") < 0) return NULL;
     if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
     PackArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
@@ -157,6 +158,8 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     a.G = v[6]; a.Cg = v[7]; a.Cw = v[8]; a.pad_h = v[9]; a.pad_w = v[10]; a.center = v[11];
     a.out = (uint64_t*)(uintptr_t)v[12]; a.out_len = v[13];
     a.thr_out = (float*)(uintptr_t)v[14]; a.thr_len = v[15];
+    a.thr_in = (const float*)(uintptr_t)v[16];
+    if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");
     if (nt < 1) nt = 1;
     std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);
     void (*fn)(const PackArgs*, const float*, int64_t, int64_t) =
@@ -165,7 +168,9 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     const int64_t per = a.H * a.W * a.C, rows = a.N * a.H;
     if (rows < nt) nt = (int)(rows > 0 ? rows : 1);
     Py_BEGIN_ALLOW_THREADS
-    if (a.center) {
+    if (a.center == 2) {
+        for (int64_t n = 0; n < a.N; ++n) thr[(size_t)n] = a.thr_in[BNN_AT("pack thresholds in", n, 1, a.thr_len)];
+    } else if (a.center) {
         for (int64_t n = 0; n < a.N; ++n) {
             if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
             thr[(size_t)n] = (float)(sum(a.x + n * per, per) / (double)per);

@@ -41,7 +41,7 @@ struct PortablePolicy {
 
 extern "C" {
 
-int64_t bconv_num_tasks(const BConvArgs* a) { return a->N * a->Ho * a->G * a->OBg; }
+int64_t bconv_num_tasks_portable(const BConvArgs* a) { return bconv_task_count(a); }
 
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a, t0, t1); }
 

@@ -85,20 +85,22 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise DeployExportError(f"{name}: only numeric zero padding is supported (got {conv.padding_mode}, {conv.padding})")
     try:
-        wb = conv.binary_weight().detach().cpu().double()
+        wb = conv.binary_weight().detach().cpu().float()
     except Exception as e:
         raise DeployExportError(f"{name}: its weights are not binary in eval mode ({e}); "
                                 "export a model whose binary convs give ±1 weights (BiPer: stage 2)") from None
-    if not torch.isfinite(wb).all():
-        raise DeployExportError(f"{name}: binary weights contain NaN or inf")
     O = wb.shape[0]
     mag = wb.abs().reshape(O, -1)
-    m = mag.max(1).values
+    m = mag.amax(1)
+    if not bool(torch.isfinite(m).all()):
+        raise DeployExportError(f"{name}: binary weights contain NaN or inf")
     zero = mag == 0
-    if bool(((mag - m[:, None]).abs() > 1e-6 * m[:, None]).logical_and(~zero).any()):
+    off = (mag != m[:, None]) & ~zero
+    if bool(off.any()) and bool(((mag - m[:, None]).abs() > 1e-6 * m[:, None])[off].any()):
         raise DeployExportError(f"{name}: binary_weight() is not ±c per output channel, so it cannot be packed to 1 bit")
-    b.zero_weights += int(zero.sum())
-    scale = m.clone()
+    n_zero = int(zero.sum())
+    b.zero_weights += n_zero
+    scale = m.double()
     if getattr(conv, "alpha", None) is not None:
         scale = scale * conv.alpha.detach().cpu().double().reshape(-1)
     if getattr(conv, "bias", None) is not None:
@@ -115,7 +117,7 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
     tensors = {"weight": b.tensor(name, "weight", pack_signs(wb < 0)),
                "scale": b.tensor(name, "scale", scale.float()),
                "bias": b.tensor(name, "bias", bias.float())}
-    if bool(zero.any()):
+    if n_zero:
         # weights that are exactly 0 (sign 0): packed as +1, listed here so the runtime subtracts
         # what the +1 added; rows are (out channel, in channel within the group, ky, kx)
         tensors["zeros"] = b.tensor(name, "zeros", torch.nonzero(wb == 0).to(torch.int32))

@@ -76,10 +76,11 @@ def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) ->
 
 
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
-         threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+         threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Binarize x (N,C,H,W float32, any memory format) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
-    per-sample mean over (C,H,W) when `center`. Returns the bits and the thresholds t [N]."""
+    per-sample mean over (C,H,W) when `center` (computed natively in double precision, or the
+    given float32 `thresholds` [N]). Returns the bits and the thresholds t [N]."""
     _need(x.dim() == 4, f"binary conv input: expected 4 dimensions, got shape {tuple(x.shape)}")
     N, C, H, W = x.shape
     _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
@@ -90,10 +91,15 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
     nhwc = x.permute(0, 2, 3, 1)
     thr = torch.empty(N, dtype=torch.float32)
+    mode = int(center)
+    if center and thresholds is not None:
+        thr_in = thresholds.detach().to(torch.float32).reshape(-1).contiguous()
+        _check_tensor(thr_in, torch.float32, N, "pack thresholds")
+        mode = 2
     _check_tensor(nhwc, torch.float32, N * H * W * C, "pack input")
     lib().pack(ISA_CODES[isa], threads, (
-        nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], int(center),
-        out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel()))
+        nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
+        out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0))
     return out, thr
 
 

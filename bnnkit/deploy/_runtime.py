@@ -260,7 +260,11 @@ class Runtime:
                 _check_input(x, cin, name)
                 packed = ctx.get(key)
                 if packed is None:
-                    packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa, threads=ctx["threads"])
+                    thr = None
+                    if center and os.environ.get("BNNKIT_TORCH_MEAN"):
+                        thr = x.contiguous().mean(dim=(1, 2, 3))
+                    packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
+                                          threads=ctx["threads"], thresholds=thr)
                     ctx[key] = packed
                 out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"])
                 if fix is not None:
@@ -327,7 +331,9 @@ class Runtime:
         ctx: dict[Any, Any] = {"threads": max(1, int(threads))}
         env: list[Any] = [None] * len(self._steps)
         with torch.inference_mode():
-            env[0] = x.detach().to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
+            # the input keeps PyTorch's default layout, so the real stem computes exactly as the model's;
+            # binary convs produce channels_last, which the torch ops after them keep
+            env[0] = x.detach().to("cpu", torch.float32).contiguous()
             for k, step in enumerate(self._steps[1:], 1):
                 if shapes is not None and step.op in ("bconv", "wconv", "conv") and step.reads:
                     shapes[step.name] = tuple(env[step.reads[0]].shape)
