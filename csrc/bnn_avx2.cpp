@@ -49,13 +49,20 @@ struct Avx2Policy {
             for (int j = 0; j < nch; ++j) out[j] = tmp[j];
         }
     }
-    static inline uint64_t pack_word(const float* x, int nb, float thr) {
-        uint64_t w = 0;
+    static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
+        uint64_t w = 0, e = 0;
         int i = 0;
         const __m256 t = _mm256_set1_ps(thr);
-        for (; i + 8 <= nb; i += 8)
-            w |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t, _CMP_LT_OQ)) << i;
-        for (; i < nb; ++i) w |= (uint64_t)(x[i] < thr) << i;
+        for (; i + 8 <= nb; i += 8) {
+            const __m256 v = _mm256_loadu_ps(x + i);
+            w |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_LT_OQ)) << i;
+            e |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_EQ_OQ)) << i;
+        }
+        for (; i < nb; ++i) {
+            w |= (uint64_t)(x[i] < thr) << i;
+            e |= (uint64_t)(x[i] == thr) << i;
+        }
+        *eq = e;
         return w;
     }
 };

@@ -24,15 +24,17 @@ struct Avx512Policy {
         const __m256 r = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(scale8)), _mm256_loadu_ps(bias8));
         _mm256_mask_storeu_ps(out, (__mmask8)((1u << nch) - 1u), r);
     }
-    static inline uint64_t pack_word(const float* x, int nb, float thr) {
-        uint64_t w = 0;
+    static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
+        uint64_t w = 0, e = 0;
         const __m512 t = _mm512_set1_ps(thr);
         for (int i = 0; i < nb; i += 16) {
             const int left = nb - i;
             const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-            const __mmask16 lt = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, x + i), t, _CMP_LT_OQ);
-            w |= (uint64_t)lt << i;
+            const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+            w |= (uint64_t)_mm512_mask_cmp_ps_mask(m, v, t, _CMP_LT_OQ) << i;
+            e |= (uint64_t)_mm512_mask_cmp_ps_mask(m, v, t, _CMP_EQ_OQ) << i;
         }
+        *eq = e;
         return w;
     }
 };

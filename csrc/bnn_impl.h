@@ -13,7 +13,8 @@
  *   static void  epilogue(acc_t acc, const int32_t* corr8, int32_t kc, const float* scale8,
  *                         const float* bias8, float* out, int nch);
  *            out[j] = (kc - 2*acc[j] - corr8[j]) * scale8[j] + bias8[j] for j < nch
- *   static uint64_t pack_word(const float* x, int nb, float thr);  bit i = x[i] < thr, i < nb <= 64
+ *   static uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq);
+ *            bit i = x[i] < thr, i < nb <= 64; *eq gets bit i = (x[i] == thr)
  */
 #ifndef BNN_POLICY
 #error "define the policy before including bnn_impl.h"
@@ -179,7 +180,17 @@ static void pack_run(const PackArgs* a, const float* thr, int64_t r0, int64_t r1
                     if (nb > 64) nb = 64;
                     const int64_t c0 = g * a->Cg + 64 * w;
                     const float* src = a->x + BNN_AT("pack input", xi + c0, nb, a->x_len);
-                    a->out[BNN_AT("pack output", oi + g * a->Cw + w, 1, a->out_len)] = P::pack_word(src, (int)nb, th);
+                    uint64_t eq = 0;
+                    a->out[BNN_AT("pack output", oi + g * a->Cw + w, 1, a->out_len)] = P::pack_word(src, (int)nb, th, &eq);
+                    while (eq) {  /* exact ties are rare: record them for the convs' fix-up */
+                        const int bit = __builtin_ctzll(eq);
+                        eq &= eq - 1;
+                        const int64_t slot = __atomic_fetch_add(a->ties_count, 1, __ATOMIC_RELAXED);
+                        if (slot < a->ties_cap) {
+                            int32_t* row = a->ties + 4 * slot;
+                            row[0] = (int32_t)n; row[1] = (int32_t)y; row[2] = (int32_t)x; row[3] = (int32_t)(c0 + bit);
+                        }
+                    }
                 }
             }
         }

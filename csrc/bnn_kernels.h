@@ -32,6 +32,7 @@ typedef struct {
     const int32_t* corr; int64_t corr_len;
     const float* scale; const float* bias; int64_t sb_len;
     float* out; int64_t out_len;
+    const int32_t* ties; int64_t nties;  /* input activations that are exactly 0 after centring */
 } BConvArgs;
 
 typedef struct {
@@ -42,6 +43,8 @@ typedef struct {
     uint64_t* out; int64_t out_len;
     float* thr_out; int64_t thr_len;     /* receives the N thresholds used */
     const float* thr_in;                 /* center == 2: the N thresholds to use (thr_len of them) */
+    int32_t* ties; int64_t ties_cap;     /* receives (n, y, x, c) of every x == threshold (sign 0), */
+    int64_t* ties_count;                 /* up to ties_cap rows; *ties_count = how many there were  */
 } PackArgs;
 
 /* One implementation per instruction set; each processes tasks [t0, t1) of the same decomposition. */
@@ -51,6 +54,9 @@ int64_t bconv_num_tasks_avx512(const BConvArgs* a);
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1);
+
+/* After the main loop: the packed bits read each tie as +1; remove what it added (sign 0 adds 0). */
+void bconv_fix_ties(const BConvArgs* a);
 
 /* pack rows [r0, r1) of the N*H input rows; thr[n] is the threshold of sample n */
 void pack_rows_portable(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);

@@ -105,8 +105,8 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
     PyObject* seq;
     if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
-    int64_t v[33];
-    if (read_ints(seq, v, 33, "bconv") < 0) return NULL;
+    int64_t v[35];
+    if (read_ints(seq, v, 35, "bconv") < 0) return NULL;
     if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
@@ -118,6 +118,7 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.corr = (const int32_t*)(uintptr_t)v[26]; a.corr_len = v[27];
     a.scale = (const float*)(uintptr_t)v[28]; a.bias = (const float*)(uintptr_t)v[29]; a.sb_len = v[30];
     a.out = (float*)(uintptr_t)v[31]; a.out_len = v[32];
+    a.ties = (const int32_t*)(uintptr_t)v[33]; a.nties = v[34];
     if (nt < 1) nt = 1;
     const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
                           : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);
@@ -139,6 +140,7 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
             fn(&a, b, e);
         }
     }
+    if (a.nties > 0 && a.ties) bconv_fix_ties(&a);
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
     Py_RETURN_NONE;
@@ -149,8 +151,8 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     int isa, nt;
     PyObject* seq;
     if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
-    int64_t v[17];
-    if (read_ints(seq, v, 17, "pack") < 0) return NULL;
+    int64_t v[20];
+    if (read_ints(seq, v, 20, "pack") < 0) return NULL;
     if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
     PackArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
@@ -159,6 +161,9 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     a.out = (uint64_t*)(uintptr_t)v[12]; a.out_len = v[13];
     a.thr_out = (float*)(uintptr_t)v[14]; a.thr_len = v[15];
     a.thr_in = (const float*)(uintptr_t)v[16];
+    a.ties = (int32_t*)(uintptr_t)v[17]; a.ties_cap = v[18]; a.ties_count = (int64_t*)(uintptr_t)v[19];
+    if (!a.ties_count) return PyErr_Format(PyExc_ValueError, "pack: a tie counter is required");
+    *a.ties_count = 0;
     if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");
     if (nt < 1) nt = 1;
     std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);

@@ -33,23 +33,28 @@ CASES = [
 
 
 def reference(x, thr, w_sign, scale, bias, stride, pad, dil, groups):
-    """The runtime's definition: x_b = -1 where x < threshold else +1, zero padding after binarization."""
-    xb = torch.where(x < thr.view(-1, 1, 1, 1), -1.0, 1.0)
+    """PyTorch's definition: x_b = sign(x - threshold) (0 where equal), zero padding after binarization."""
+    xb = torch.sign(x - thr.view(-1, 1, 1, 1))
     y = F.conv2d(xb.double(), w_sign.double(), None, stride, pad, dil, groups)
     return (y * scale.double().view(1, -1, 1, 1) + bias.double().view(1, -1, 1, 1)).float()
 
 
-def run_case(case, isa, threads=2, seed=0):
+def run_case(case, isa, threads=2, seed=0, ties=False):
     N, C, O, H, W, k, s, p, d, g, center, bpad = case
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C, H, W, generator=gen) + 0.3
+    if ties:  # values on a coarse grid with zero mean: many activations exactly at the threshold
+        x = torch.round(torch.randn(N, C, H, W, generator=gen) * 1.5)
+        x[:, 0] -= x.sum(dim=(1, 2, 3)).view(N, 1, 1) / (H * W)
+        x = torch.round(x * 8) / 8
+        x[:, 0, 0, 0] -= x.sum(dim=(1, 2, 3))
     w = torch.where(torch.randn(O, C // g, k, k, generator=gen) < 0, -1.0, 1.0)
     scale, bias = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
     conv = _native.PackedConv(pack_signs(w < 0), scale, bias, in_channels=C, kernel=(k, k), stride=(s, s),
                               padding=(p, p), dilation=(d, d), groups=g)
     bp = (p, p) if bpad is None else (bpad, bpad)
-    bits, thr = _native.pack(x, groups=g, pad=bp, center=center, isa=isa, threads=threads)
-    out = conv(bits, H, W, bp, isa=isa, threads=threads)
+    bits, thr, tie_rows = _native.pack(x, groups=g, pad=bp, center=center, isa=isa, threads=threads)
+    out = conv(bits, H, W, bp, isa=isa, threads=threads, ties=tie_rows)
     return out, reference(x, thr, w, scale, bias, s, p, d, g), x, thr
 
 
@@ -60,6 +65,27 @@ def test_bconv_matches_float_reference(case, isa):
     assert out.shape == ref.shape
     # integer dot products, then one multiply and one add in float32: equal up to rounding
     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5), (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6)], ids=lambda c: "x".join(map(str, c[:6])))
+def test_activations_exactly_at_the_threshold_count_zero(case, isa):
+    """sign(0) = 0: ties are recorded by the packer and removed from the conv's sums."""
+    out, ref, x, thr = run_case(case, isa, ties=True)
+    n_ties = (x == thr.view(-1, 1, 1, 1)).sum().item()
+    assert n_ties > 10 and thr.abs().max().item() == 0.0 if case[10] else n_ties > 10
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-4), (out - ref).abs().max()
+    wrong = reference(torch.where(x == thr.view(-1, 1, 1, 1), x + 1e-3, x), thr, *_same_weights(case))
+    assert not torch.allclose(out, wrong, rtol=1e-6, atol=1e-4)  # reading ties as +1 would be caught
+
+
+def _same_weights(case):
+    N, C, O, H, W, k, s, p, d, g, center, bpad = case
+    gen = torch.Generator().manual_seed(0)
+    torch.round(torch.randn(N, C, H, W, generator=gen) * 1.5)  # same draws as run_case(ties=True)
+    w = torch.where(torch.randn(O, C // g, k, k, generator=gen) < 0, -1.0, 1.0)
+    scale, bias = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
+    return w, scale, bias, s, p, d, g
 
 
 def test_isa_paths_and_thread_counts_agree_bitwise():
@@ -85,7 +111,8 @@ def test_pack_bit_layout():
     x[0, 69, 1, 0] = -2.0      # word 1 bit 5
     x[0, 5, 1, 0] = 0.0        # exactly 0 (sign 0) -> +1: bit stays 0
     for isa in ISAS:
-        bits, _ = _native.pack(x, groups=1, pad=(1, 1), center=False, isa=isa, threads=1)
+        bits, _, ties = _native.pack(x, groups=1, pad=(1, 1), center=False, isa=isa, threads=1)
+        assert ties.tolist() == [[0, 1, 0, 5]]  # the exact 0 at channel 5 of pixel (1, 0)
         assert bits.shape == (1, 4, 3, 2)
         u = bits.view(torch.int64)
         assert u[0, 1, 1, 0].item() == 1 and u[0, 1, 1, 1].item() == 0
@@ -119,7 +146,7 @@ def test_kernel_refuses_inconsistent_buffers():
     w = torch.ones(O, C, k, k)
     conv = _native.PackedConv(pack_signs(w < 0), torch.ones(O), torch.zeros(O), in_channels=C, kernel=(k, k),
                               stride=(s, s), padding=(p, p), dilation=(d, d), groups=g)
-    bits, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(p, p), center=False, isa="portable", threads=1)
+    bits, _, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(p, p), center=False, isa="portable", threads=1)
     with pytest.raises(DeployFormatError, match="do not match"):
         conv(bits, H + 1, W, (p, p), isa="portable", threads=1)
     with pytest.raises(DeployFormatError, match="less padding"):
@@ -171,15 +198,22 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
     N, C, O, H, W, k = 1, 64, 8, 4, 4, 3
     conv = _native.PackedConv(pack_signs(torch.ones(O, C, k, k) < 0), torch.ones(O), torch.zeros(O), in_channels=C,
                               kernel=(k, k), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
-    bits, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(1, 1), center=False, isa="portable", threads=1)
+    bits, _, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(1, 1), center=False, isa="portable", threads=1)
     out = torch.empty(N, H, W, O)
     args = [bits.data_ptr(), bits.numel() - 7, N, H, W, H + 2, W + 2, 1, 1, 1, C, 1, O, 1, k, k, 1, 1, 1, 1, 1, 1, H, W,
             conv.wk.data_ptr(), conv.wk.numel(), conv.corr.data_ptr(), conv.corr.numel(),
-            conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel()]
+            conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel(), 0, 0]
     for isa in ISAS:
         with pytest.raises(RuntimeError, match="bounds check failed.*bconv activations"):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
     args[1] = bits.numel()
-    args[-1] = out.numel() - 1
+    args[-3] = out.numel() - 1
     with pytest.raises(RuntimeError, match="bconv output"):
         debug_lib.bconv(_native.ISA_CODES["portable"], 2, args)
+    args[-3] = out.numel()
+    ties = torch.tensor([[0, 1, 1, 3]], dtype=torch.int32)
+    args[-2:] = [ties.data_ptr(), 1]
+    debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)     # a tie inside the image: fine
+    args[6] = W + 4                                            # lie about the row length: caught
+    with pytest.raises(RuntimeError, match="bounds check failed"):
+        debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)

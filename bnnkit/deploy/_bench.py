@@ -101,8 +101,8 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
                             tf = timeit(lambda: F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, groups), min_time / 4)
 
                         def packed():
-                            bits, _ = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa, threads=th)
-                            return conv(bits, H, W, tuple(pad), isa=isa, threads=th)
+                            bits, _, ties = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa, threads=th)
+                            return conv(bits, H, W, tuple(pad), isa=isa, threads=th, ties=ties)
                         tb = timeit(packed, min_time / 4)
                         row = {"layer": lname, "threads": th, "batch": bs, "input": [C, H, W], "out": conv.out_channels,
                                "kernel": list(conv.kernel), "stride": list(conv.stride), "float_ms": tf * 1e3,

@@ -76,11 +76,13 @@ def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) ->
 
 
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
-         threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Binarize x (N,C,H,W float32, any memory format) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
     per-sample mean over (C,H,W) when `center` (computed natively in double precision, or the
-    given float32 `thresholds` [N]). Returns the bits and the thresholds t [N]."""
+    given float32 `thresholds` [N]). Returns the bits, the thresholds t [N] and the ties: int32
+    [Z, 4] rows (n, y, x, c) of the activations exactly equal to t, which sign() maps to 0 and the
+    bits to +1 (the conv removes their contribution, see PackedConv)."""
     _need(x.dim() == 4, f"binary conv input: expected 4 dimensions, got shape {tuple(x.shape)}")
     N, C, H, W = x.shape
     _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
@@ -97,10 +99,18 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
         _check_tensor(thr_in, torch.float32, N, "pack thresholds")
         mode = 2
     _check_tensor(nhwc, torch.float32, N * H * W * C, "pack input")
-    lib().pack(ISA_CODES[isa], threads, (
-        nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
-        out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0))
-    return out, thr
+    count = torch.zeros(1, dtype=torch.int64)
+    cap = min(nhwc.numel(), 1024)
+    while True:
+        ties = torch.empty((cap, 4), dtype=torch.int32)
+        lib().pack(ISA_CODES[isa], threads, (
+            nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
+            out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
+            ties.data_ptr(), cap, count.data_ptr()))
+        found = int(count.item())
+        if found <= cap:
+            return out, thr, ties[:found]
+        cap = found  # more ties than room (rare): pack again with room for all
 
 
 class PackedConv:
@@ -135,13 +145,19 @@ class PackedConv:
         sb[0, :, :Og] = scale.float().reshape(G, Og)
         sb[1, :, :Og] = bias.float().reshape(G, Og)
         self.scale, self.bias = sb[0].contiguous(), sb[1].contiguous()
+        # the kernel's constant buffers are built here and never change: check them once
+        _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
+        _check_tensor(self.corr, torch.int32, G * OBg * K * 8, "kernel corrections")
+        _check_tensor(self.scale, torch.float32, G * OBg * 8, "kernel scale")
+        _check_tensor(self.bias, torch.float32, G * OBg * 8, "kernel bias")
 
     def out_size(self, H: int, W: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
-    def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int) -> torch.Tensor:
-        """packed: output of pack() for an input of spatial size H x W with padding bpad."""
+    def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
+                 ties: torch.Tensor | None = None) -> torch.Tensor:
+        """packed, ties: outputs of pack() for an input of spatial size H x W with padding bpad."""
         _need(packed.dim() == 4, "packed activations must be 4-d")
         N, Hp, Wp, PW = packed.shape
         _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
@@ -156,16 +172,17 @@ class PackedConv:
         _check_tensor(packed, torch.int64, N * Hp * Wp * PW, "packed activations")
         O = self.out_channels
         out = torch.empty((N, O, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
-        _check_tensor(self.wk, torch.int64, self.groups * self.OBg * self.K * self.Cw * 8, "kernel weights")
-        _check_tensor(self.corr, torch.int32, self.groups * self.OBg * self.K * 8, "kernel corrections")
-        _check_tensor(self.scale, torch.float32, self.groups * self.OBg * 8, "kernel scale")
-        _check_tensor(self.bias, torch.float32, self.groups * self.OBg * 8, "kernel bias")
+        nties = 0
+        if ties is not None and ties.numel():
+            _need(ties.dim() == 2 and ties.shape[1] == 4, "ties must be rows of (n, y, x, c)")
+            _check_tensor(ties, torch.int32, ties.shape[0] * 4, "ties")
+            nties = ties.shape[0]
         lib().bconv(ISA_CODES[isa], threads, (
             packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
             self.groups, self.Cg, self.Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
             self.wk.data_ptr(), self.wk.numel(), self.corr.data_ptr(), self.corr.numel(),
             self.scale.data_ptr(), self.bias.data_ptr(), self.scale.numel(),
-            out.data_ptr(), out.numel()))
+            out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties))
         return out
 
 

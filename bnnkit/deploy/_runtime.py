@@ -266,10 +266,11 @@ class Runtime:
                     packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
                                           threads=ctx["threads"], thresholds=thr)
                     ctx[key] = packed
-                out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"])
+                out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
+                           ties=packed[2])
                 if fix is not None:
                     sel, mask, s = fix
-                    xb = torch.where(x < packed[1].view(-1, 1, 1, 1), -1.0, 1.0)
+                    xb = torch.sign(x - packed[1].view(-1, 1, 1, 1))  # ties are 0 here as in the bits' fix-up
                     out.index_add_(1, sel, F.conv2d(xb, mask, None, stride, padding, dilation) * s, alpha=-1.0)
                 return out
             return run_bconv, info
