@@ -104,6 +104,17 @@ def test_centering_threshold_is_the_per_sample_mean():
     assert torch.equal(thr, torch.zeros(2))
 
 
+def test_pack_accepts_given_thresholds():
+    x = torch.randn(3, 20, 5, 4)
+    thr = torch.tensor([0.5, -0.25, 0.0])
+    for isa in ISAS:
+        bits, used, _ = _native.pack(x, groups=1, pad=(0, 0), center=True, isa=isa, threads=1, thresholds=thr)
+        assert torch.equal(used, thr)
+        want = (x < thr.view(-1, 1, 1, 1)).permute(0, 2, 3, 1).long()  # [N, H, W, C] bits
+        got = torch.stack([(bits[..., 0] >> c) & 1 for c in range(20)], -1)
+        assert torch.equal(got, want)
+
+
 def test_pack_bit_layout():
     x = torch.ones(1, 70, 2, 1)
     x[0, 0, 0, 0] = -1.0       # word 0 bit 0

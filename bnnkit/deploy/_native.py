@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from types import ModuleType
 
 import torch
@@ -20,6 +21,8 @@ from ._errors import DeployFormatError
 
 ISA_CODES = {"portable": 1, "avx2": 2, "avx512": 3}
 _lib: ModuleType | None = None
+_scratch = threading.local()  # per-thread reusable tie buffers of pack()
+_NO_TIES = torch.empty((0, 4), dtype=torch.int32)
 
 
 def lib() -> ModuleType:
@@ -99,18 +102,20 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
         _check_tensor(thr_in, torch.float32, N, "pack thresholds")
         mode = 2
     _check_tensor(nhwc, torch.float32, N * H * W * C, "pack input")
-    count = torch.zeros(1, dtype=torch.int64)
-    cap = min(nhwc.numel(), 1024)
+    if not hasattr(_scratch, "ties"):
+        _scratch.count = torch.zeros(1, dtype=torch.int64)
+        _scratch.ties = torch.empty((1024, 4), dtype=torch.int32)
+    count, ties = _scratch.count, _scratch.ties
     while True:
-        ties = torch.empty((cap, 4), dtype=torch.int32)
+        cap = ties.shape[0]
         lib().pack(ISA_CODES[isa], threads, (
             nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
             out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
             ties.data_ptr(), cap, count.data_ptr()))
-        found = int(count.item())
+        found = int(count[0])
         if found <= cap:
-            return out, thr, ties[:found]
-        cap = found  # more ties than room (rare): pack again with room for all
+            return out, thr, (ties[:found].clone() if found else _NO_TIES)
+        ties = _scratch.ties = torch.empty((found, 4), dtype=torch.int32)  # rare: room for all, pack again
 
 
 class PackedConv:

@@ -260,11 +260,8 @@ class Runtime:
                 _check_input(x, cin, name)
                 packed = ctx.get(key)
                 if packed is None:
-                    thr = None
-                    if center and os.environ.get("BNNKIT_TORCH_MEAN"):
-                        thr = x.contiguous().mean(dim=(1, 2, 3))
                     packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
-                                          threads=ctx["threads"], thresholds=thr)
+                                          threads=ctx["threads"])
                     ctx[key] = packed
                 out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
                            ties=packed[2])
