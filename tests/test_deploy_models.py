@@ -32,6 +32,27 @@ def build(name, method, dataset, seed=0):
     return randomize(bnnkit.create_model(name, method=method, dataset=dataset, **kw), seed)
 
 
+_EXPORTED = {}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model, export summary, runtime); the ImageNet ResNet-18s, used twice, are kept."""
+    def get(name, method, dataset):
+        key = (name, method, dataset)
+        if key in _EXPORTED:
+            return _EXPORTED[key]
+        model = build(name, method, dataset)
+        shape = (4, 3, 32, 32) if dataset == "cifar10" else (1, 3, 224, 224)
+        path = tmp_path_factory.mktemp("models") / f"{name}-{method}-{dataset}.bnn"
+        result = (model, *export_load(model, path, shape))
+        if (name, dataset) == ("resnet18_1w1a", "imagenet"):
+            _EXPORTED[key] = result
+        return result
+    yield get
+    _EXPORTED.clear()
+
+
 def export_load(model, path, shape):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random init can hold weights exactly 0: handled, and tested below
@@ -48,10 +69,9 @@ def compare(model, net, x):
 
 
 @pytest.mark.parametrize("name, method, dataset", CASES, ids=[f"{m}-{meth}-{d}" for m, meth, d in CASES])
-def test_runtime_matches_eval_logits(tmp_path, name, method, dataset):
-    model = build(name, method, dataset)
+def test_runtime_matches_eval_logits(exported, name, method, dataset):
+    model, info, net = exported(name, method, dataset)
     shape = (4, 3, 32, 32) if dataset == "cifar10" else (1, 3, 224, 224)
-    info, net = export_load(model, tmp_path / "m.bnn", shape)
     n_binary = sum(1 for m in model.modules() if is_binary_conv(m))
     assert info["binary_convs"] == n_binary > 0
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
@@ -92,11 +112,10 @@ def test_weights_exactly_zero_are_exact(tmp_path):
     assert (ref_plus - ref).abs().max() > 1e3 * (out - ref).abs().max()
 
 
-def test_imagenet_resnet18_file_size(tmp_path):
+def test_imagenet_resnet18_file_size(exported):
     sizes = {}
     for method in ("siman", "biper"):
-        model = build("resnet18_1w1a", method, "imagenet")
-        info, _ = export_load(model, tmp_path / f"{method}.bnn", (1, 3, 224, 224))
+        model, info, _ = exported("resnet18_1w1a", method, "imagenet")
         state = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
         bconvs = [m for m in model.modules() if is_binary_conv(m)]
         binary = sum(m.weight.numel() for m in bconvs)

@@ -95,10 +95,13 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
     if not bool(torch.isfinite(m).all()):
         raise DeployExportError(f"{name}: binary weights contain NaN or inf")
     zero = mag == 0
-    off = (mag != m[:, None]) & ~zero
-    if bool(off.any()) and bool(((mag - m[:, None]).abs() > 1e-6 * m[:, None])[off].any()):
-        raise DeployExportError(f"{name}: binary_weight() is not ±c per output channel, so it cannot be packed to 1 bit")
-    n_zero = int(zero.sum())
+    n_zero = int(zero.count_nonzero())
+    n_at_m = int((mag == m[:, None]).count_nonzero())
+    n_dead = int((m == 0).count_nonzero()) * mag.shape[1]  # rows that are all 0 count in both
+    if n_at_m + n_zero - n_dead != mag.numel():  # some |w| is neither 0 nor the row's magnitude
+        off = (mag != m[:, None]) & ~zero
+        if bool(((mag - m[:, None]).abs() > 1e-6 * m[:, None])[off].any()):
+            raise DeployExportError(f"{name}: binary_weight() is not ±c per output channel, so it cannot be packed to 1 bit")
     b.zero_weights += n_zero
     scale = m.double()
     if getattr(conv, "alpha", None) is not None:

@@ -15,6 +15,7 @@ import os
 import threading
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from ._errors import DeployFormatError
@@ -193,6 +194,10 @@ class PackedConv:
 
 def _popcount(words_: torch.Tensor) -> torch.Tensor:
     """Number of set bits of each int64 word (as int64)."""
-    b = words_.contiguous().view(torch.uint8)
-    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
-    return table[b.long()].reshape(*words_.shape, 8).sum(-1)
+    x = words_.contiguous().numpy().view(np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return torch.from_numpy(np.bitwise_count(x).astype(np.int64))
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return torch.from_numpy(((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64))
