@@ -121,6 +121,8 @@ static inline void bconv_tiles(const BConvArgs* a, const int64_t* offs, int64_t 
                                int64_t ob, bool rows_ok) {
     int64_t ox = 0;
     for (; ox + T <= a->Wo; ox += T) bconv_tile<T, NB>(a, offs, n, oy, ox, g, ob, rows_ok);
+    if (T > 8)
+        for (; ox + 8 <= a->Wo; ox += 8) bconv_tile<(T > 8 ? 8 : T), NB>(a, offs, n, oy, ox, g, ob, rows_ok);
     switch (a->Wo - ox) {  /* the remainder as one tile */
         case 0: break;
         case 1: bconv_tile<1, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;

@@ -175,11 +175,10 @@ def calibrate(model, images, seed=0):
     return model.eval()
 
 
-# The CIFAR models of the published tables, by cost; the larger ones (resnet18/B/C, vgg_small, about
-# 0.6 GFLOP an image for the float reference) were measured once on the same 1,000 images with
-# this test's code, see docs/deploy.md.
-CIFAR_CASES = [("resnet20_1w1a", "siman"), ("resnet20_1w1a", "biper"), ("resnet20_1w32a", "biper"),
-               ("resnet18A_1w1a", "siman"), ("resnet18A_1w1a", "biper")]
+# The ResNet-20s here (the float reference of the others costs 0.15-0.6 GFLOP an image, too slow for
+# CI on two cores); every CIFAR model was measured on the same 1,000 images with agreement_on_1000,
+# see docs/deploy.md (all within these bounds). On random inputs all of them are tested above.
+CIFAR_CASES = [("resnet20_1w1a", "siman"), ("resnet20_1w1a", "biper"), ("resnet20_1w32a", "biper")]
 
 
 def agreement_on_1000(name, method, images, path):

@@ -260,8 +260,13 @@ class Runtime:
                 _check_input(x, cin, name)
                 packed = ctx.get(key)
                 if packed is None:
+                    thr = None
+                    if center and x.is_contiguous():
+                        # a tensor in PyTorch's default layout came from real layers computed exactly as
+                        # in the model: take its mean the way the model does, to the last bit
+                        thr = x.mean(dim=(1, 2, 3))
                     packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
-                                          threads=ctx["threads"])
+                                          threads=ctx["threads"], thresholds=thr)
                     ctx[key] = packed
                 out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
                            ties=packed[2])
