@@ -334,9 +334,9 @@ class Runtime:
         ctx: dict[Any, Any] = {"threads": max(1, int(threads))}
         env: list[Any] = [None] * len(self._steps)
         with torch.inference_mode():
-            # the input keeps PyTorch's default layout, so the real stem computes exactly as the model's;
-            # binary convs produce channels_last, which the torch ops after them keep
-            env[0] = x.detach().to("cpu", torch.float32).contiguous()
+            # channels_last throughout: the binary convs read and write NHWC, and PyTorch's CPU conv and
+            # pooling are several times faster in it (max_pool2d of the ImageNet stem: 0.4 vs 7 ms)
+            env[0] = x.detach().to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
             for k, step in enumerate(self._steps[1:], 1):
                 if shapes is not None and step.op in ("bconv", "wconv", "conv") and step.reads:
                     shapes[step.name] = tuple(env[step.reads[0]].shape)
