@@ -130,7 +130,8 @@ def test_percentile_matches_numpy_linear():
     from bnnkit.functional import percentile
 
     torch.manual_seed(0)
-    for n in (1, 2, 7, 1000):
-        v = torch.rand(n)
+    samples = [torch.rand(n) for n in (1, 2, 7, 1000)]
+    samples += [torch.randint(0, 5, (1001,)).float(), torch.tensor([1.0, 1.0, 1.0, 2.0])]  # repeated values
+    for v in samples:
         for q in (0.0, 0.0375, 7.5, 14.962499618530273, 50.0, 92.5, 100.0):
             assert float(percentile(v, q)) == pytest.approx(float(np.percentile(v.numpy(), q)), rel=1e-6, abs=1e-7)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import approx_sign, identity_sign, per_sample_std
+from ..functional import approx_sign, identity_sign, scaled_approx_sign
 from ..layers import BinaryConv2d, binary_convs
 from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method
@@ -79,8 +79,8 @@ class BiperInput(InputQuantizer):
     name = "biper_input"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            x = x / per_sample_std(x)
+        if self.training and torch.is_grad_enabled():
+            return scaled_approx_sign(x)
         return approx_sign(x)
 
 

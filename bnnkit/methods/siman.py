@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import EPS, approx_sign, per_row_standardize, percentile
+from ..functional import per_row_standardize, percentile, standardized_approx_sign
 from ..layers import BinaryConv2d
 from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method
@@ -69,6 +69,8 @@ class SimanWeight(WeightQuantizer):
 
     def forward(self, weight: Tensor) -> Tensor:
         self._center_and_clip(weight)
+        if not self.training and not torch.is_grad_enabled():  # eval reads the stored code only (Q2)
+            return (2 * self.code - 1).view_as(weight)
         magnitude = per_row_standardize(weight).abs().reshape(weight.shape[0], -1)
         if self.training:
             self._update_code(magnitude.detach())
@@ -92,8 +94,9 @@ class SimanInput(InputQuantizer):
     centered = True
 
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - x.mean(dim=(1, 2, 3), keepdim=True)
-        return approx_sign(centred / torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + EPS))
+        if not torch.is_grad_enabled():  # the value needs only the mean: sign((x - mean) / std) = sign(x - mean)
+            return torch.sign(x - x.mean(dim=(1, 2, 3), keepdim=True))
+        return standardized_approx_sign(x)
 
 
 @METHODS.register()

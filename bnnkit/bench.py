@@ -1,0 +1,189 @@
+"""Training and evaluation throughput of binary models against the float network of the same
+topology, measured interleaved in one run (`bnnkit bench`, benchmarks/train_step.py).
+
+The float twin replaces every BinaryConv2d with a plain nn.Conv2d of the same shape and keeps
+everything else (activations, shortcuts, batch norm), so the ratio isolates what binarization
+costs. Figures are medians over rounds; GFLOP/s counts 2 FLOPs a multiply-accumulate and a
+training step as 3 forward passes' worth of convolution work, against a 4096x4096 float32 matmul
+timed in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import BinaryConv2d
+from .methods import method_of
+from .summary import summarize
+
+DEFAULT_CASES = [
+    ("resnet20_1w1a", "siman", {}), ("resnet20_1w1a", "biper", {"stage": 1}), ("resnet20_1w1a", "biper", {"stage": 2}),
+    ("resnet18_1w1a", "siman", {}), ("resnet18_1w1a", "biper", {"stage": 1}), ("resnet18_1w1a", "biper", {"stage": 2}),
+    ("vgg_small_1w1a", "siman", {}), ("vgg_small_1w1a", "biper", {"stage": 1}), ("vgg_small_1w1a", "biper", {"stage": 2}),
+]
+
+
+def float_twin(model: nn.Module) -> nn.Module:
+    """The same network with every binary conv replaced by a float nn.Conv2d of the same shape."""
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, BinaryConv2d):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                 child.padding, child.dilation, child.groups, bias=False)
+                with torch.no_grad():
+                    conv.weight.copy_(child.weight)
+                setattr(module, child_name, conv)
+    return twin
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times) / 1e9
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool, amp: str | None = None):
+    """Closures for one training step, one training-mode forward and one eval forward."""
+    autocast = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if amp == "bf16" else contextlib.nullcontext
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    method = method_of(model) if binary else None
+
+    def train_step() -> None:
+        model.train()
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+            if method is not None:
+                loss = loss + method.regularizer(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def train_forward() -> None:
+        model.train()
+        with autocast():
+            model(x)
+
+    def evaluate() -> None:
+        model.eval()
+        with torch.no_grad(), autocast():
+            model(x)
+
+    return {"train": train_step, "train_fwd": train_forward, "eval": evaluate}
+
+
+def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, warmup: int,
+               channels_last: bool = False, amp: str | None = None) -> dict:
+    from . import create_model
+
+    torch.manual_seed(0)
+    binary = create_model(name, method, **settings)
+    fp = float_twin(binary)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    if channels_last:
+        binary, fp, x = binary.to(memory_format=torch.channels_last), fp.to(memory_format=torch.channels_last), \
+            x.contiguous(memory_format=torch.channels_last)
+    steps = {"binary": make_steps(binary, x, y, True, amp), "float": make_steps(fp, x, y, False, amp)}
+    for _ in range(warmup):
+        for kind in steps.values():
+            for fn in kind.values():
+                fn()
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):  # interleaved, so that machine noise hits both alike
+        for net, kind in steps.items():
+            for what, fn in kind.items():
+                times.setdefault((net, what), []).append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    macs = summarize(binary).binary_macs + summarize(binary).real_macs
+    return {"model": name, "method": method + (f" s{settings['stage']}" if "stage" in settings else ""),
+            "batch": batch, "median_s": med, "macs_per_image": macs}
+
+
+def format_row(r: dict, peak: float) -> str:
+    m, b = r["median_s"], r["batch"]
+    train_b, train_f = b / m[("binary", "train")], b / m[("float", "train")]
+    ratio = m[("binary", "train")] / m[("float", "train")]
+    eval_b = b / m[("binary", "eval")]
+    eval_speedup = m[("binary", "train_fwd")] / m[("binary", "eval")]
+    gflops = 3 * 2 * r["macs_per_image"] * train_b / 1e9
+    return (f"{r['model']:<16} {r['method']:<9} {b:>5} {train_b:>9.1f} {train_f:>9.1f} {ratio:>7.2f}x "
+            f"{eval_b:>9.1f} {b / m[('float', 'eval')]:>9.1f} {eval_speedup:>7.2f}x {gflops:>7.1f} {100 * gflops / peak:>5.1f}%")
+
+
+HEADER = (f"{'model':<16} {'method':<9} {'batch':>5} {'train/s':>9} {'float/s':>9} {'t ratio':>8} "
+          f"{'eval/s':>9} {'feval/s':>9} {'ev gain':>8} {'GFLOP/s':>7} {'peak':>6}")
+
+
+def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 15) -> str:
+    from . import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, method, **settings)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    step = make_steps(model, x, y, True)["train"]
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
+    parser.add_argument("--methods", nargs="*", default=None, help="e.g. siman biper1 biper2")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--matmul_size", type=int, default=4096, help="side of the float32 matmul that measures the peak")
+    parser.add_argument("--amp", choices=["bf16"], default=None,
+                        help="bf16 autocast for binary and float alike (never a faithful recipe's default)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the fused quantizer kernels through torch.compile (the float twin stays eager)")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per case")
+    args = parser.parse_args(argv)
+    if args.compile:
+        from .functional import set_compiled
+
+        if not set_compiled(True):
+            print("torch.compile is unavailable here; measuring the eager kernels")
+    chosen = {"siman": ("siman", {}), "biper1": ("biper", {"stage": 1}), "biper2": ("biper", {"stage": 2})}
+    cases = [(n, m, s) for n, m, s in DEFAULT_CASES
+             if (args.models is None or n in args.models)
+             and (args.methods is None or any(chosen[c] == (m, s) for c in args.methods))]
+    from .functional import compiled_enabled
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
+          f"compiled kernels={compiled_enabled()}, amp={args.amp or 'off (float32)'}")
+    peak = matmul_gflops(args.matmul_size)
+    print(f"float32 {args.matmul_size}x{args.matmul_size} matmul: {peak:.1f} GFLOP/s")
+    print(HEADER, flush=True)
+    for name, method, settings in cases:
+        r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)
+        print(format_row(r, peak), flush=True)
+        if args.profile:
+            print(profile_case(name, method, settings, args.batch), flush=True)
+    print("t ratio = binary train-step time / float train-step time (target <= 1.0 for resnet20, 1.1 others);"
+          " ev gain = binary train-mode forward time / eval time (target >= 2)")
+    return 0

@@ -1,0 +1,44 @@
+"""Deployment of binary networks: export to a packed file, run it with native XOR-popcount kernels.
+
+    from bnnkit import deploy
+    deploy.export(model, "model.bnn", example_input_shape=(1, 3, 32, 32))
+    net = deploy.load("model.bnn")          # callable; runs on CPU from the file alone
+    logits = net(images)
+
+File format: docs/deploy_format.md. Command lines: `bnnkit export` (cli_export) and
+`bnnkit bench-deploy` (cli_bench). The runtime part (load) does not import bnnkit's training code.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import DeployExportError, DeployFormatError
+from ._ops import FORMAT_VERSION
+from ._runtime import Runtime, load
+
+__all__ = ["DeployExportError", "DeployFormatError", "FORMAT_VERSION", "Runtime", "available_isas", "cli_bench",
+           "cli_export", "export", "load"]
+
+
+def export(model, path, *, example_input_shape, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export `model` to a packed .bnn file; see bnnkit.deploy._export.export."""
+    from ._export import export as _export
+    return _export(model, path, example_input_shape=example_input_shape, source=source)
+
+
+def available_isas() -> list[str]:
+    """Instruction-set paths of the native kernels this CPU can run (portable, avx2, avx512)."""
+    from ._native import available_isas as _a
+    return _a()
+
+
+def cli_export(argv: list[str] | None = None) -> int:
+    """`bnnkit export CKPT -o model.bnn`: see bnnkit.deploy._cli."""
+    from ._cli import cli_export as _c
+    return _c(argv)
+
+
+def cli_bench(argv: list[str] | None = None) -> int:
+    """`bnnkit bench-deploy`: see bnnkit.deploy._cli."""
+    from ._cli import cli_bench as _c
+    return _c(argv)

@@ -1,0 +1,155 @@
+"""Command lines of the deployment path (the lead wires them into `bnnkit`):
+
+    bnnkit export CKPT -o model.bnn [--input-shape 1,3,32,32]
+        CKPT: a bnnkit checkpoint (self-describing), or an authors' checkpoint with
+        --method/--model/--dataset (and BiPer --stage 2 --freq F), loaded by bnnkit.compat.
+    bnnkit bench-deploy [--model resnet18_1w1a --method biper --dataset imagenet | --checkpoint CKPT]
+        latency of the packed runtime against PyTorch float32 eager, per layer and end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import DeployExportError, DeployFormatError
+
+INPUT_SHAPES = {"cifar": (1, 3, 32, 32), "imagenet": (1, 3, 224, 224)}
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W such as 1,3,32,32, got {text!r}") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected 4 positive sizes N,C,H,W, got {text!r}")
+    return shape
+
+
+def _settings(a: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("freq", "stage", "tau", "percent"):
+        v = getattr(a, key, None)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def load_model(path: str, *, method: str | None = None, model: str | None = None, dataset: str | None = None,
+               num_classes: int | None = None, **settings: Any) -> nn.Module:
+    """A model from a bnnkit checkpoint (format 'bnnkit-checkpoint': rebuilt from its spec) or,
+    given method and model, from an authors' checkpoint via bnnkit.compat.load_reference."""
+    from .. import create_model
+    from ..compat import CheckpointError, load_reference
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path!r} does not exist; check the path") from None
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                              "is it a complete PyTorch checkpoint?") from None
+    if isinstance(obj, dict) and obj.get("format") == "bnnkit-checkpoint" and isinstance(obj.get("spec"), dict):
+        spec = obj["spec"]
+        for key, want in (("method", method), ("model", model), ("dataset", dataset)):
+            if want is not None and spec.get(key) != want:
+                raise CheckpointError(f"{path} is a {spec.get('method')} {spec.get('model')} ({spec.get('dataset')}) "
+                                      f"checkpoint, not {key} {want!r}; drop --{key} or pass the right checkpoint")
+        net = create_model(spec["model"], method=spec["method"], dataset=spec["dataset"],
+                           num_classes=spec.get("num_classes"), **{**spec.get("settings", {}), **settings})
+        try:
+            net.load_state_dict(obj["state_dict"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit its own spec ({str(exc).splitlines()[0][:160]}); "
+                                  "the file is damaged or from another bnnkit version") from None
+        return net
+    if method is None or model is None:
+        raise CheckpointError(f"{path} is not a bnnkit checkpoint; for an authors' checkpoint pass --method and --model "
+                              "(and --dataset, and for BiPer --stage 2 --freq F)")
+    return load_reference(obj, method, model, num_classes=num_classes, dataset=dataset, **settings)
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="authors' checkpoints: siman or biper (bnnkit checkpoints say it themselves)")
+    p.add_argument("--model", help="authors' checkpoints: the model name, e.g. resnet20_1w1a")
+    p.add_argument("--dataset", help="cifar10, cifar100, imagenet or tinyimagenet")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--stage", type=int, help="BiPer stage (deployment needs stage 2)")
+    p.add_argument("--freq", type=float, help="BiPer frequency")
+
+
+def cli_export(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bnnkit export", description="Export a trained binary network to a packed .bnn file "
+                                "for the CPU runtime (bnnkit.deploy.load).")
+    p.add_argument("checkpoint", help="bnnkit checkpoint, or the authors' checkpoint with --method/--model")
+    p.add_argument("-o", "--output", required=True, help="the .bnn file to write")
+    p.add_argument("--input-shape", type=_shape, help="N,C,H,W the model takes (default 1,3,32,32 for CIFAR, 1,3,224,224 for ImageNet)")
+    _common_model_args(p)
+    a = p.parse_args(argv)
+    from ..compat import CheckpointError
+    from ._export import export
+    try:
+        net = load_model(a.checkpoint, method=a.method, model=a.model, dataset=a.dataset, num_classes=a.num_classes,
+                         **_settings(a))
+        spec = getattr(net, "bnnkit_spec", {})
+        shape = a.input_shape or INPUT_SHAPES.get(spec.get("family", "cifar"), INPUT_SHAPES["cifar"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            info = export(net, a.output, example_input_shape=shape)
+    except (CheckpointError, DeployExportError, DeployFormatError, ValueError) as e:
+        print(f"bnnkit export: error: {e}", file=sys.stderr)
+        return 2
+    for w in caught:
+        print(f"bnnkit export: warning: {w.message}", file=sys.stderr)
+    ratio = info["float32_params_bytes"] / max(info["bytes"], 1)
+    print(f"wrote {a.output}: {info['bytes'] / 1e6:.2f} MB, {info['binary_convs']} binary convs packed, "
+          f"1/{ratio:.1f} of the float32 state_dict ({info['float32_params_bytes'] / 1e6:.2f} MB)")
+    return 0
+
+
+def cli_bench(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bnnkit bench-deploy", description="Latency of the packed CPU runtime against "
+                                "PyTorch float32 eager (same network with plain float convs), per layer and end to end.")
+    p.add_argument("--checkpoint", help="benchmark this checkpoint's model (default: a randomly initialised --model)")
+    p.add_argument("--model", help="model name (default resnet18_1w1a; with --checkpoint: for authors' checkpoints)")
+    p.add_argument("--method", help="siman or biper (default biper, stage 2)")
+    p.add_argument("--dataset", help="default imagenet")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--stage", type=int)
+    p.add_argument("--freq", type=float)
+    p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core (default 1,all)")
+    p.add_argument("--batch", default="1,32", help="comma list of batch sizes (default 1,32)")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of repeats per measurement (at least 3 runs)")
+    p.add_argument("--isa", help="force avx512, avx2 or portable (default: best available, or $BNNKIT_ISA)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    a = p.parse_args(argv)
+    from ._bench import run_bench
+    settings = _settings(a)
+    try:
+        threads = [os.cpu_count() or 1 if t.strip() == "all" else int(t) for t in a.threads.split(",")]
+        batches = [int(b) for b in a.batch.split(",")]
+    except ValueError:
+        p.error("--threads and --batch take comma lists of integers ('all' allowed for --threads)")
+    if a.checkpoint:
+        net = load_model(a.checkpoint, method=a.method, model=a.model, dataset=a.dataset, num_classes=a.num_classes,
+                         **settings)
+    else:
+        from .. import create_model
+        method = a.method or "biper"
+        if method == "biper":
+            settings.setdefault("stage", 2)
+        net = create_model(a.model or "resnet18_1w1a", method=method, dataset=a.dataset or "imagenet",
+                           num_classes=a.num_classes, **settings)
+    run_bench(net, threads=threads, batches=batches, layers=not a.no_layers, min_time=a.min_time, isa=a.isa,
+              json_path=a.json)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_bench(sys.argv[1:]))

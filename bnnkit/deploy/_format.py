@@ -1,0 +1,78 @@
+"""Reading and writing .bnn files: safetensors with JSON metadata (docs/deploy_format.md).
+
+The safetensors header's `__metadata__` holds three strings: `format` ("bnnkit-deploy"),
+`format_version` ("1") and `graph` (the JSON graph, including a sha256 of every tensor's bytes).
+No pickle anywhere. Every problem is reported as DeployFormatError with one line naming it and
+the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ._errors import DeployFormatError
+from ._ops import FORMAT_NAME, FORMAT_VERSION
+
+REEXPORT = "re-export the model with `bnnkit export CKPT -o FILE`"
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def write(path: str | os.PathLike, graph: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    graph = dict(graph, digests={k: tensor_digest(v) for k, v in sorted(tensors.items())})
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+            "graph": json.dumps(graph, separators=(",", ":"), allow_nan=True)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The graph and the tensors of a .bnn file, after checking format, version and checksums."""
+    path = str(path)
+
+    def fail(problem: str, fix: str = REEXPORT) -> DeployFormatError:
+        return DeployFormatError(f"{path}: {problem}; {fix}")
+
+    if not os.path.isfile(path):
+        raise fail("no such file", "check the path")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            names = list(f.keys())
+            tensors = {k: f.get_tensor(k) for k in names}
+    except DeployFormatError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for bad headers and sizes
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise fail(f"not a readable .bnn (safetensors) file, it is corrupt or truncated ({msg})") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise fail(f"not a bnnkit deployment file (format {meta.get('format')!r}, expected {FORMAT_NAME!r})")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise fail(f"unreadable format version {meta.get('format_version')!r}") from None
+    if version != FORMAT_VERSION:
+        newer = version > FORMAT_VERSION
+        raise fail(f"format version {version}, this bnnkit reads version {FORMAT_VERSION}",
+                   "upgrade bnnkit" if newer else REEXPORT)
+    try:
+        graph = json.loads(meta.get("graph", ""))
+    except ValueError as e:
+        raise fail(f"its graph metadata is not valid JSON ({e})") from None
+    if not isinstance(graph, dict):
+        raise fail("its graph metadata is not a JSON object")
+    digests = graph.get("digests")
+    if not isinstance(digests, dict) or set(digests) != set(tensors):
+        raise fail("its tensor checksums do not list exactly the tensors in the file")
+    for k, t in tensors.items():
+        if tensor_digest(t) != digests[k]:
+            raise fail(f"tensor {k!r} does not match its checksum (the file is corrupt)")
+    return graph, tensors

@@ -1,0 +1,203 @@
+"""The native kernels (csrc/, built by the package install as bnnkit.deploy._kernels): loading,
+instruction-set choice, and checked wrappers.
+
+Every wrapper validates the shapes, dtypes, memory layout and the largest index the kernel will
+touch against the actual tensors before it passes raw addresses to native code, so a malformed
+file or a wrong input raises DeployFormatError instead of reading out of bounds.
+
+Instruction set: `BNNKIT_ISA=avx512|avx2|portable` forces one (an error if the CPU lacks it);
+unset or `auto` picks the best the CPU supports.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from ._errors import DeployFormatError
+
+ISA_CODES = {"portable": 1, "avx2": 2, "avx512": 3}
+_lib: ModuleType | None = None
+_scratch = threading.local()  # per-thread reusable tie buffers of pack()
+_NO_TIES = torch.empty((0, 4), dtype=torch.int32)
+
+
+def lib() -> ModuleType:
+    global _lib
+    if _lib is None:
+        try:
+            _lib = importlib.import_module("bnnkit.deploy._kernels")
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("bnnkit's native deployment kernels are not built; reinstall with "
+                              "`pip install -e .` or run `python setup.py build_ext --inplace`") from e
+    return _lib
+
+
+def set_library(module: ModuleType | None) -> ModuleType | None:
+    """Use another build of the kernels (tests load the bounds-checked debug build); None restores
+    the installed one. Returns the previous module."""
+    global _lib
+    old, _lib = _lib, module
+    return old
+
+
+def available_isas() -> list[str]:
+    feats = lib().cpu_features()
+    return ["portable"] + (["avx2"] if feats["avx2"] else []) + (["avx512"] if feats["avx512"] else [])
+
+
+def resolve_isa(isa: str | None = None) -> str:
+    """The instruction set to use: `isa`, else $BNNKIT_ISA, else the best available."""
+    want = (isa or os.environ.get("BNNKIT_ISA") or "auto").lower()
+    have = available_isas()
+    if want == "auto":
+        return have[-1]
+    if want not in ISA_CODES:
+        raise ValueError(f"unknown instruction set {want!r} (from isa= or BNNKIT_ISA); use one of auto, {', '.join(ISA_CODES)}")
+    if want not in have:
+        raise ValueError(f"instruction set {want!r} is not supported by this CPU; it supports {', '.join(have)}")
+    return want
+
+
+def words(channels: int) -> int:
+    return (channels + 63) // 64
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise DeployFormatError(msg)
+
+
+def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) -> None:
+    _need(t.dtype == dtype, f"{what}: dtype {t.dtype}, expected {dtype}")
+    _need(t.device.type == "cpu", f"{what}: tensor on {t.device}, the runtime runs on CPU")
+    _need(t.is_contiguous(), f"{what}: not contiguous")
+    _need(t.numel() == numel, f"{what}: {t.numel()} elements, expected {numel}")
+
+
+def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
+         threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Binarize x (N,C,H,W float32, any memory format) to bits and pack them:
+    int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
+    per-sample mean over (C,H,W) when `center` (computed natively in double precision, or the
+    given float32 `thresholds` [N]). Returns the bits, the thresholds t [N] and the ties: int32
+    [Z, 4] rows (n, y, x, c) of the activations exactly equal to t, which sign() maps to 0 and the
+    bits to +1 (the conv removes their contribution, see PackedConv)."""
+    _need(x.dim() == 4, f"binary conv input: expected 4 dimensions, got shape {tuple(x.shape)}")
+    N, C, H, W = x.shape
+    _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
+    _need(pad[0] >= 0 and pad[1] >= 0, "negative padding")
+    x = x.float().contiguous(memory_format=torch.channels_last)
+    Cg = C // groups
+    Cw = words(Cg)
+    out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
+    nhwc = x.permute(0, 2, 3, 1)
+    thr = torch.empty(N, dtype=torch.float32)
+    mode = int(center)
+    if center and thresholds is not None:
+        thr_in = thresholds.detach().to(torch.float32).reshape(-1).contiguous()
+        _check_tensor(thr_in, torch.float32, N, "pack thresholds")
+        mode = 2
+    _check_tensor(nhwc, torch.float32, N * H * W * C, "pack input")
+    if not hasattr(_scratch, "ties"):
+        _scratch.count = torch.zeros(1, dtype=torch.int64)
+        _scratch.ties = torch.empty((1024, 4), dtype=torch.int32)
+    count, ties = _scratch.count, _scratch.ties
+    while True:
+        cap = ties.shape[0]
+        lib().pack(ISA_CODES[isa], threads, (
+            nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
+            out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
+            ties.data_ptr(), cap, count.data_ptr()))
+        found = int(count[0])
+        if found <= cap:
+            return out, thr, (ties[:found].clone() if found else _NO_TIES)
+        ties = _scratch.ties = torch.empty((found, 4), dtype=torch.int32)  # rare: room for all, pack again
+
+
+class PackedConv:
+    """A binary convolution in the kernel's layout, built from the file's weights [O, KH*KW, Cw].
+
+    w_bits: int64 [O, K, Cw]; scale, bias: float32 [O] (out = dot * scale + bias)."""
+
+    def __init__(self, w_bits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, *, in_channels: int,
+                 kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                 dilation: tuple[int, int], groups: int) -> None:
+        O, K, Cw = w_bits.shape
+        G = groups
+        _need(G >= 1 and O % G == 0 and in_channels % G == 0, f"binary conv: channels {in_channels}->{O} not divisible by groups {G}")
+        _need(kernel[0] >= 1 and kernel[1] >= 1 and K == kernel[0] * kernel[1], f"binary conv: {K} kernel positions for a {kernel} kernel")
+        _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0, "binary conv: stride/dilation must be >= 1 and padding >= 0")
+        Cg, Og = in_channels // G, O // G
+        _need(Cw == words(Cg), f"binary conv: {Cw} words per position for {Cg} channels per group, expected {words(Cg)}")
+        _need(scale.shape == (O,) and bias.shape == (O,), "binary conv: scale/bias must have one value per output channel")
+        self.in_channels, self.out_channels, self.groups = in_channels, O, G
+        self.Cg, self.Og, self.Cw, self.K = Cg, Og, Cw, K
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        OBg = (Og + 7) // 8
+        self.OBg = OBg
+        w = w_bits.to(torch.int64).reshape(G, Og, K, Cw)
+        w = torch.cat([w, w.new_zeros(G, OBg * 8 - Og, K, Cw)], 1) if OBg * 8 != Og else w
+        self.wk = w.reshape(G, OBg, 8, K, Cw).permute(0, 1, 3, 4, 2).contiguous()
+        ones = _popcount(w_bits.reshape(G, Og, K, Cw)).sum(-1)  # [G, Og, K] number of -1 weights
+        corr = (Cg - 2 * ones).to(torch.int32)
+        corr = torch.cat([corr, corr.new_zeros(G, OBg * 8 - Og, K)], 1) if OBg * 8 != Og else corr
+        self.corr = corr.reshape(G, OBg, 8, K).permute(0, 1, 3, 2).contiguous()
+        sb = torch.zeros(2, G, OBg * 8, dtype=torch.float32)
+        sb[0, :, :Og] = scale.float().reshape(G, Og)
+        sb[1, :, :Og] = bias.float().reshape(G, Og)
+        self.scale, self.bias = sb[0].contiguous(), sb[1].contiguous()
+        # the kernel's constant buffers are built here and never change: check them once
+        _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
+        _check_tensor(self.corr, torch.int32, G * OBg * K * 8, "kernel corrections")
+        _check_tensor(self.scale, torch.float32, G * OBg * 8, "kernel scale")
+        _check_tensor(self.bias, torch.float32, G * OBg * 8, "kernel bias")
+
+    def out_size(self, H: int, W: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
+                 ties: torch.Tensor | None = None) -> torch.Tensor:
+        """packed, ties: outputs of pack() for an input of spatial size H x W with padding bpad."""
+        _need(packed.dim() == 4, "packed activations must be 4-d")
+        N, Hp, Wp, PW = packed.shape
+        _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
+        _need(Hp == H + 2 * bpad[0] and Wp == W + 2 * bpad[1] and PW == self.groups * self.Cw,
+              f"packed activations of shape {tuple(packed.shape)} do not match this conv")
+        Ho, Wo = self.out_size(H, W)
+        _need(Ho >= 1 and Wo >= 1, f"binary conv: input {H}x{W} is smaller than its kernel")
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        # the last row/column the kernel reads, in the padded buffer
+        _need((Ho - 1) * sh - ph + (kh - 1) * dh + bpad[0] < Hp and (Wo - 1) * sw - pw + (kw - 1) * dw + bpad[1] < Wp,
+              "binary conv would read past its input")
+        _check_tensor(packed, torch.int64, N * Hp * Wp * PW, "packed activations")
+        O = self.out_channels
+        out = torch.empty((N, O, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
+        nties = 0
+        if ties is not None and ties.numel():
+            _need(ties.dim() == 2 and ties.shape[1] == 4, "ties must be rows of (n, y, x, c)")
+            _check_tensor(ties, torch.int32, ties.shape[0] * 4, "ties")
+            nties = ties.shape[0]
+        lib().bconv(ISA_CODES[isa], threads, (
+            packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
+            self.groups, self.Cg, self.Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+            self.wk.data_ptr(), self.wk.numel(), self.corr.data_ptr(), self.corr.numel(),
+            self.scale.data_ptr(), self.bias.data_ptr(), self.scale.numel(),
+            out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties))
+        return out
+
+
+def _popcount(words_: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of each int64 word (as int64)."""
+    x = words_.contiguous().numpy().view(np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return torch.from_numpy(np.bitwise_count(x).astype(np.int64))
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return torch.from_numpy(((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64))

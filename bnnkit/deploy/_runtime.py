@@ -1,0 +1,405 @@
+"""The deployment runtime: runs a .bnn file on CPU from the file alone.
+
+Binary convolutions run in the native XOR-popcount kernels (bnnkit.deploy._kernels); real layers
+(stem conv, real shortcuts, BatchNorm1d, classifier, pooling, activations) through PyTorch.
+Imports nothing of bnnkit's training code (models, methods, layers) and runs under
+torch.inference_mode(). Every node of the file is validated when it is loaded.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import _native
+from ._bits import unpack_signs, unused_bits_clear
+from ._errors import DeployFormatError
+from ._format import read
+from ._ops import FUNCTIONS, METHODS, NODE_OPS
+
+
+class _Ref:
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+
+def _materialize(obj: Any, env: list) -> Any:
+    if isinstance(obj, _Ref):
+        return env[obj.slot]
+    if isinstance(obj, tuple):
+        return tuple(_materialize(o, env) for o in obj)
+    if isinstance(obj, list):
+        return [_materialize(o, env) for o in obj]
+    if isinstance(obj, slice):
+        return slice(_materialize(obj.start, env), _materialize(obj.stop, env), _materialize(obj.step, env))
+    if isinstance(obj, dict):
+        return {k: _materialize(v, env) for k, v in obj.items()}
+    return obj
+
+
+def _has_ref(obj: Any) -> bool:
+    if isinstance(obj, _Ref):
+        return True
+    if isinstance(obj, (tuple, list)):
+        return any(_has_ref(o) for o in obj)
+    if isinstance(obj, slice):
+        return any(_has_ref(o) for o in (obj.start, obj.stop, obj.step))
+    if isinstance(obj, dict):
+        return any(_has_ref(o) for o in obj.values())
+    return False
+
+
+class _Step:
+    __slots__ = ("name", "op", "slot", "run", "reads", "info")
+
+    def __init__(self, name: str, op: str, slot: int, run: Callable[[list, dict], Any], reads: list[int], info: dict) -> None:
+        self.name, self.op, self.slot, self.run, self.reads, self.info = name, op, slot, run, reads, info
+
+
+class Runtime:
+    """A loaded .bnn network: `runtime(x)` returns the logits for a float32 batch x (N, C, H, W).
+
+    threads: native threads for the binary convs (None: torch.get_num_threads() at each call; the
+    real layers use PyTorch's own setting). isa: 'avx512', 'avx2', 'portable' or None/'auto'
+    (default: $BNNKIT_ISA, else the best this CPU has)."""
+
+    def __init__(self, graph: dict[str, Any], tensors: dict[str, torch.Tensor], *, threads: int | None = None,
+                 isa: str | None = None, source: str = "<memory>") -> None:
+        self.source = source
+        self.graph = graph
+        self.threads = threads
+        self.isa = _native.resolve_isa(isa)
+        self.input_shape: list[int] = []
+        self.meta = {k: v for k, v in graph.items() if k not in ("nodes", "digests")}
+        self._tensors = tensors
+        self.kernels: dict[str, tuple] = {}  # bconv node -> (PackedConv, packing (pad, center, groups))
+        self._build(graph)
+
+    # ---- loading -----------------------------------------------------------------------
+    def _fail(self, problem: str) -> DeployFormatError:
+        return DeployFormatError(f"{self.source}: {problem}; re-export the model with `bnnkit export CKPT -o FILE`")
+
+    def _tensor(self, node: dict, key: str, dtype: torch.dtype, shape: tuple | None = None, dims: int | None = None,
+                optional: bool = False) -> torch.Tensor | None:
+        names = node["tensors"]
+        if key not in names:
+            if optional:
+                return None
+            raise self._fail(f"node {node['name']!r} lacks tensor {key!r}")
+        tname = names[key]
+        if not isinstance(tname, str) or tname not in self._tensors:
+            raise self._fail(f"node {node['name']!r} names a tensor {tname!r} that is not in the file")
+        t = self._tensors[tname]
+        if t.dtype != dtype:
+            raise self._fail(f"tensor {tname!r} has dtype {t.dtype}, expected {dtype}")
+        if dims is not None and t.dim() != dims:
+            raise self._fail(f"tensor {tname!r} has shape {tuple(t.shape)}, expected {dims} dimensions")
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            raise self._fail(f"tensor {tname!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        return t
+
+    def _ints(self, node: dict, key: str, n: int, minimum: int) -> list[int]:
+        v = node["attrs"].get(key)
+        if n == 1:
+            v = [v]
+        if (not isinstance(v, list) or len(v) != n
+                or not all(isinstance(i, int) and not isinstance(i, bool) and minimum <= i < 2 ** 31 for i in v)):
+            raise self._fail(f"node {node['name']!r}: attribute {key!r} must be {n} integer(s) >= {minimum}, got {node['attrs'].get(key)!r}")
+        return v
+
+    def _decode(self, a: Any, slots: dict[str, int], node: str) -> Any:
+        if a is None or isinstance(a, (bool, int, float, str)):
+            return a
+        if isinstance(a, dict) and len(a) == 1:
+            (k, v), = a.items()
+            if k == "ref":
+                if not isinstance(v, str) or v not in slots:
+                    raise self._fail(f"node {node!r} refers to {v!r}, which is not an earlier node")
+                return _Ref(slots[v])
+            if k == "slice" and isinstance(v, list) and len(v) == 3:
+                return slice(*(self._decode(x, slots, node) for x in v))
+            if k == "tuple" and isinstance(v, list):
+                return tuple(self._decode(x, slots, node) for x in v)
+            if k == "list" and isinstance(v, list):
+                return [self._decode(x, slots, node) for x in v]
+            if k == "ellipsis":
+                return Ellipsis
+        raise self._fail(f"node {node!r} has an argument of unknown form {str(a)[:60]}")
+
+    def _build(self, graph: dict[str, Any]) -> None:
+        nodes = graph.get("nodes")
+        if not isinstance(nodes, list) or len(nodes) < 2:
+            raise self._fail("the graph has no node list")
+        shape = graph.get("input_shape")
+        if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape)):
+            raise self._fail("the graph's input_shape must be 4 positive integers")
+        self.input_shape = shape
+        slots: dict[str, int] = {}
+        steps: list[_Step] = []
+        pack_groups: dict[tuple, list] = {}  # (input slot, center, groups) -> [pad_h, pad_w]
+        for i, node in enumerate(nodes):
+            if not (isinstance(node, dict) and isinstance(node.get("name"), str) and node.get("op") in NODE_OPS
+                    and isinstance(node.get("args", []), list) and isinstance(node.get("kwargs", {}), dict)
+                    and isinstance(node.get("attrs", {}), dict) and isinstance(node.get("tensors", {}), dict)):
+                raise self._fail(f"graph node {i} is malformed or has an unknown operation {str(node.get('op') if isinstance(node, dict) else node)[:40]!r} "
+                                 "(a newer bnnkit may have written it)")
+            node = {"args": [], "kwargs": {}, "attrs": {}, "tensors": {}, **node}
+            name, op = node["name"], node["op"]
+            if name in slots:
+                raise self._fail(f"node name {name!r} is used twice")
+            if (op == "input") != (i == 0) or (op == "output") != (i == len(nodes) - 1):
+                raise self._fail("the graph must start with its input node and end with its output node")
+            args = [self._decode(a, slots, name) for a in node["args"]]
+            kwargs = {k: self._decode(v, slots, name) for k, v in node["kwargs"].items()}
+            reads = sorted({r.slot for r in _refs((args, kwargs))})
+            slot = len(slots)
+            run, info = self._make(node, op, args, kwargs, pack_groups, slot)
+            slots[name] = slot
+            steps.append(_Step(name, op, slot, run, reads, info))
+        self._steps = steps
+        self._pack_groups = pack_groups
+        # last use of every value, to free intermediates early
+        last = {}
+        for k, s in enumerate(steps):
+            for r in s.reads:
+                last[r] = k
+        self._free_after: list[list[int]] = [[] for _ in steps]
+        for slot, k in last.items():
+            if k < len(steps) - 1:
+                self._free_after[k].append(slot)
+        self._tensors = {}  # everything needed is now held by the steps
+
+    def _make(self, node: dict, op: str, args: list, kwargs: dict, pack_groups: dict, slot: int):
+        name, attrs = node["name"], node["attrs"]
+        info: dict[str, Any] = {}
+
+        def one_input() -> _Ref:
+            if len(args) != 1 or not isinstance(args[0], _Ref) or kwargs:
+                raise self._fail(f"node {name!r} ({op}) takes exactly one input")
+            return args[0]
+
+        if op == "input":
+            return (lambda env, ctx: None), info
+        if op == "output":
+            if len(args) != 1:
+                raise self._fail("the output node takes one value")
+            out = args[0]
+            return (lambda env, ctx: _materialize(out, env)), info
+        if op == "alias":
+            src = one_input().slot
+            return (lambda env, ctx: env[src]), info
+        if op == "constant":
+            t = self._tensors.get(node["tensors"].get("value")) if isinstance(node["tensors"].get("value"), str) else None
+            if t is None:
+                raise self._fail(f"constant {name!r} lacks its tensor")
+            return (lambda env, ctx: t), info
+        if op in ("bconv", "wconv"):
+            src = one_input().slot
+            cin = self._ints(node, "in_channels", 1, 1)[0]
+            cout = self._ints(node, "out_channels", 1, 1)[0]
+            kernel = self._ints(node, "kernel", 2, 1)
+            stride = self._ints(node, "stride", 2, 1)
+            padding = self._ints(node, "padding", 2, 0)
+            dilation = self._ints(node, "dilation", 2, 1)
+            groups = self._ints(node, "groups", 1, 1)[0]
+            center = attrs.get("center", False)
+            if not isinstance(center, bool):
+                raise self._fail(f"node {name!r}: attribute 'center' must be true or false")
+            if cin % groups or cout % groups:
+                raise self._fail(f"node {name!r}: channels {cin}->{cout} are not divisible by groups {groups}")
+            cg = cin // groups
+            w = self._tensor(node, "weight", torch.int64, (cout, kernel[0] * kernel[1], _native.words(cg)))
+            scale = self._tensor(node, "scale", torch.float32, (cout,))
+            bias = self._tensor(node, "bias", torch.float32, (cout,))
+            if not unused_bits_clear(w, cg):
+                raise self._fail(f"node {name!r}: packed weights have bits set beyond channel {cg}")
+            zeros = self._tensor(node, "zeros", torch.int32, dims=2, optional=True)
+            if zeros is not None:
+                lim = torch.tensor([cout, cg, kernel[0], kernel[1]], dtype=torch.int32)
+                if zeros.shape[1] != 4 or zeros.shape[0] == 0 or bool(((zeros < 0) | (zeros >= lim)).any()):
+                    raise self._fail(f"node {name!r}: its list of zero weights has rows outside the weight's shape")
+                zeros = zeros.long()
+            info = {"in_channels": cin, "out_channels": cout, "kernel": kernel, "stride": stride, "padding": padding,
+                    "dilation": dilation, "groups": groups, "center": center}
+            if op == "wconv":
+                wf = unpack_signs(w, cg, (kernel[0], kernel[1]))
+                if zeros is not None:
+                    wf[zeros[:, 0], zeros[:, 1], zeros[:, 2], zeros[:, 3]] = 0.0
+                s4, b4 = scale.view(1, -1, 1, 1).clone(), bias.view(1, -1, 1, 1).clone()
+
+                def run_wconv(env, ctx):
+                    x = env[src]
+                    _check_input(x, cin, name)
+                    return torch.addcmul(b4, F.conv2d(x, wf, None, stride, padding, dilation, groups), s4)
+                return run_wconv, info
+            conv = _native.PackedConv(w, scale, bias, in_channels=cin, kernel=tuple(kernel), stride=tuple(stride),
+                                      padding=tuple(padding), dilation=tuple(dilation), groups=groups)
+            key = (src, center, groups)
+            pad = pack_groups.setdefault(key, [0, 0])
+            pad[0], pad[1] = max(pad[0], padding[0]), max(pad[1], padding[1])
+            self.kernels[name] = (conv, (pad, center, groups))
+
+            fix = None
+            if zeros is not None:
+                # out[:, o] -= scale[o] * (sum of xb over the zero weights' taps), computed as a small
+                # conv of the binarized input with a 0/1 mask, only for the affected channels
+                sel, inv = torch.unique(zeros[:, 0], return_inverse=True)
+                mask = torch.zeros(len(sel), cin, kernel[0], kernel[1])
+                cabs = (zeros[:, 0] // (cout // groups)) * cg + zeros[:, 1]
+                mask[inv, cabs, zeros[:, 2], zeros[:, 3]] = 1.0
+                fix = (sel, mask, scale[sel].view(1, -1, 1, 1).clone())
+                info["zero_weights"] = int(zeros.shape[0])
+
+            def run_bconv(env, ctx):
+                x = env[src]
+                _check_input(x, cin, name)
+                packed = ctx.get(key)
+                if packed is None:
+                    thr = None
+                    if center and x.is_contiguous():
+                        # a tensor in PyTorch's default layout came from real layers computed exactly as
+                        # in the model: take its mean the way the model does, to the last bit
+                        thr = x.mean(dim=(1, 2, 3))
+                    packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
+                                          threads=ctx["threads"], thresholds=thr)
+                    ctx[key] = packed
+                out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
+                           ties=packed[2])
+                if fix is not None:
+                    sel, mask, s = fix
+                    xb = torch.sign(x - packed[1].view(-1, 1, 1, 1))  # ties are 0 here as in the bits' fix-up
+                    out.index_add_(1, sel, F.conv2d(xb, mask, None, stride, padding, dilation) * s, alpha=-1.0)
+                return out
+            return run_bconv, info
+        if op == "conv":
+            src = one_input().slot
+            w = self._tensor(node, "weight", torch.float32, dims=4)
+            groups = self._ints(node, "groups", 1, 1)[0]
+            b = self._tensor(node, "bias", torch.float32, (w.shape[0],), optional=True)
+            stride, padding, dilation = (self._ints(node, "stride", 2, 1), self._ints(node, "padding", 2, 0),
+                                         self._ints(node, "dilation", 2, 1))
+            if w.shape[0] % groups:
+                raise self._fail(f"node {name!r}: {w.shape[0]} output channels not divisible by groups {groups}")
+            return (lambda env, ctx: F.conv2d(env[src], w, b, stride, padding, dilation, groups)), info
+        if op == "linear":
+            src = one_input().slot
+            w = self._tensor(node, "weight", torch.float32, dims=2)
+            b = self._tensor(node, "bias", torch.float32, (w.shape[0],), optional=True)
+            return (lambda env, ctx: F.linear(env[src], w, b)), info
+        if op == "batchnorm":
+            src = one_input().slot
+            rm = self._tensor(node, "running_mean", torch.float32, dims=1)
+            c = rm.shape[0]
+            rv = self._tensor(node, "running_var", torch.float32, (c,))
+            bw = self._tensor(node, "weight", torch.float32, (c,), optional=True)
+            bb = self._tensor(node, "bias", torch.float32, (c,), optional=bw is None)
+            eps = attrs.get("eps")
+            if not isinstance(eps, float) or not eps >= 0:
+                raise self._fail(f"node {name!r}: eps must be a non-negative number")
+            return (lambda env, ctx: F.batch_norm(env[src], rm, rv, bw, bb, False, 0.0, eps)), info
+        if op == "prelu":
+            src = one_input().slot
+            w = self._tensor(node, "weight", torch.float32, dims=1)
+            return (lambda env, ctx: F.prelu(env[src], w)), info
+        if op == "call":
+            fn = FUNCTIONS.get(attrs.get("fn"))
+            if fn is None:
+                raise self._fail(f"node {name!r} calls {attrs.get('fn')!r}, which the runtime does not provide")
+            return _caller(fn, args, kwargs), info
+        if op == "method":
+            meth = attrs.get("method")
+            if meth not in METHODS or not args or not isinstance(args[0], _Ref):
+                raise self._fail(f"node {name!r} calls tensor method {meth!r}, which the runtime does not provide")
+            getter = _caller(lambda obj, *a, **k: getattr(obj, meth)(*a, **k), args, kwargs)
+            return getter, info
+        raise self._fail(f"unknown operation {op!r}")  # pragma: no cover
+
+    # ---- running -----------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
+
+    def run(self, x: torch.Tensor, profile: dict[str, float] | None = None,
+            shapes: dict[str, tuple] | None = None) -> torch.Tensor:
+        """Logits for x; with `profile`, also accumulate seconds per node name into it; with
+        `shapes`, record the input shape of every conv-like node."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or list(x.shape[1:]) != self.input_shape[1:]:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape[1:]))}), got {got}")
+        threads = self.threads or torch.get_num_threads()
+        ctx: dict[Any, Any] = {"threads": max(1, int(threads))}
+        env: list[Any] = [None] * len(self._steps)
+        with torch.inference_mode():
+            # channels_last throughout: the binary convs read and write NHWC, and PyTorch's CPU conv and
+            # pooling are several times faster in it (max_pool2d of the ImageNet stem: 0.4 vs 7 ms)
+            env[0] = x.detach().to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
+            for k, step in enumerate(self._steps[1:], 1):
+                if shapes is not None and step.op in ("bconv", "wconv", "conv") and step.reads:
+                    shapes[step.name] = tuple(env[step.reads[0]].shape)
+                if profile is None:
+                    env[step.slot] = step.run(env, ctx)
+                else:
+                    t0 = time.perf_counter()
+                    env[step.slot] = step.run(env, ctx)
+                    profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - t0
+                for s in self._free_after[k]:
+                    env[s] = None
+                    for key in [key for key in ctx if isinstance(key, tuple) and key[0] == s]:
+                        del ctx[key]
+            out = env[self._steps[-1].slot]
+        return out.contiguous() if isinstance(out, torch.Tensor) else out
+
+    # ---- introspection -------------------------------------------------------------------
+    def layers(self) -> list[tuple[str, str, dict]]:
+        """(name, op, attributes) of every node, in execution order."""
+        return [(s.name, s.op, dict(s.info)) for s in self._steps]
+
+
+def _refs(obj: Any):
+    if isinstance(obj, _Ref):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _refs(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _refs(o)
+    elif isinstance(obj, slice):
+        for o in (obj.start, obj.stop, obj.step):
+            yield from _refs(o)
+
+
+def _caller(fn: Callable, args: list, kwargs: dict) -> Callable[[list, dict], Any]:
+    if all(isinstance(a, _Ref) for a in args) and not kwargs:
+        slots = [a.slot for a in args]
+        if len(slots) == 1:
+            s0 = slots[0]
+            return lambda env, ctx: fn(env[s0])
+        if len(slots) == 2:
+            s0, s1 = slots
+            return lambda env, ctx: fn(env[s0], env[s1])
+    dyn_args = [_has_ref(a) for a in args]
+    dyn_kwargs = _has_ref(kwargs)
+
+    def run(env, ctx):
+        a = [_materialize(v, env) if d else v for v, d in zip(args, dyn_args)]
+        k = _materialize(kwargs, env) if dyn_kwargs else kwargs
+        return fn(*a, **k)
+    return run
+
+
+def _check_input(x: Any, channels: int, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DeployFormatError(f"binary conv {name!r} expects (N, {channels}, H, W) input, got {got}; "
+                                "the file's graph is inconsistent, re-export the model")
+
+
+def load(path: str | os.PathLike, *, threads: int | None = None, isa: str | None = None) -> Runtime:
+    """Load a .bnn file (see docs/deploy_format.md) as a callable network."""
+    graph, tensors = read(path)
+    return Runtime(graph, tensors, threads=threads, isa=isa, source=str(path))

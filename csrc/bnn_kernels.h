@@ -1,0 +1,86 @@
+/* bnnkit native deployment kernels: shared declarations.
+ *
+ * Layouts (all little-endian 64-bit words; bit j of word w holds channel 64*w + j of a group;
+ * bit value 1 means -1, 0 means +1; unused bits of the last word are 0):
+ *   packed activations  [N][Hp][Wp][G][Cw]        Hp = H + 2*bpad_h, Wp = W + 2*bpad_w, zero border
+ *   kernel weights      [G][OBg][K][Cw][8]        8 output channels interleaved per block (OBg = ceil(Og/8))
+ *   border corrections  [G][OBg][K][8] int32      Cg - 2*popcount(w[o][k]): what a (+1) padded
+ *                                                 position adds to the dot product, subtracted back
+ *   scale, bias         [G][OBg][8] float32       folded BN * alpha (zero for padding channels)
+ *   output              [N][Ho][Wo][G*Og] float32 (NHWC, i.e. PyTorch channels_last)
+ *
+ * Every pointer comes with its length in elements. The Python side validates all shapes before a
+ * call; with BNNKIT_DEBUG defined every single access is also checked against these lengths.
+ */
+#ifndef BNNKIT_KERNELS_H
+#define BNNKIT_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    const uint64_t* act; int64_t act_len;
+    int64_t N, H, W, Hp, Wp, bpad_h, bpad_w;
+    int64_t G, Cg, Cw;
+    int64_t Og, OBg;
+    int64_t KH, KW, sh, sw, ph, pw, dh, dw;
+    int64_t Ho, Wo;
+    const uint64_t* wk; int64_t wk_len;
+    const int32_t* corr; int64_t corr_len;
+    const float* scale; const float* bias; int64_t sb_len;
+    float* out; int64_t out_len;
+    const int32_t* ties; int64_t nties;  /* input activations that are exactly 0 after centring */
+} BConvArgs;
+
+typedef struct {
+    const float* x; int64_t x_len;       /* NHWC float32 */
+    int64_t N, H, W, C;
+    int64_t G, Cg, Cw, pad_h, pad_w;
+    int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) */
+    uint64_t* out; int64_t out_len;
+    float* thr_out; int64_t thr_len;     /* receives the N thresholds used */
+    const float* thr_in;                 /* center == 2: the N thresholds to use (thr_len of them) */
+    int32_t* ties; int64_t ties_cap;     /* receives (n, y, x, c) of every x == threshold (sign 0), */
+    int64_t* ties_count;                 /* up to ties_cap rows; *ties_count = how many there were  */
+} PackArgs;
+
+/* One implementation per instruction set; each processes tasks [t0, t1) of the same decomposition. */
+int64_t bconv_num_tasks_portable(const BConvArgs* a);
+int64_t bconv_num_tasks_avx2(const BConvArgs* a);
+int64_t bconv_num_tasks_avx512(const BConvArgs* a);
+void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1);
+void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1);
+void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1);
+
+/* After the main loop: the packed bits read each tie as +1; remove what it added (sign 0 adds 0). */
+void bconv_fix_ties(const BConvArgs* a);
+
+/* pack rows [r0, r1) of the N*H input rows; thr[n] is the threshold of sample n */
+void pack_rows_portable(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
+void pack_rows_avx2(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
+void pack_rows_avx512(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
+
+double sample_sum_portable(const float* x, int64_t n);
+double sample_sum_avx512(const float* x, int64_t n);
+
+/* Bounds checking (debug builds only): BNN_AT(what, idx, span, len) is idx when elements
+ * [idx, idx+span) lie inside a buffer of len elements; otherwise the failure is recorded (and
+ * reported as a Python exception after the call) and index 0 is used instead, so a debug build
+ * never touches memory outside its buffers. Release builds compile it to plain idx. */
+#ifdef BNNKIT_DEBUG
+int64_t bnn_debug_fail(const char* what, int64_t idx, int64_t span, int64_t len);
+#define BNN_AT(what, idx, span, len) \
+    (((int64_t)(idx) >= 0 && (int64_t)(idx) + (int64_t)(span) <= (int64_t)(len)) \
+         ? (int64_t)(idx) : bnn_debug_fail(what, (int64_t)(idx), (int64_t)(span), (int64_t)(len)))
+#else
+#define BNN_AT(what, idx, span, len) ((int64_t)(idx))
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

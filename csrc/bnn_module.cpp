@@ -1,0 +1,235 @@
+/* CPython bindings of the bnnkit deployment kernels: run-time instruction-set dispatch and
+ * OpenMP threading. Functions take raw buffer addresses (tensor.data_ptr()) with their lengths in
+ * elements; bnnkit/deploy/_native.py validates every shape before calling here. No torch headers. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <atomic>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "bnn_kernels.h"
+
+#ifndef BNNKIT_MODULE_NAME
+#define BNNKIT_MODULE_NAME _kernels
+#endif
+#define BNN_STR2(x) #x
+#define BNN_STR(x) BNN_STR2(x)
+#define BNN_CAT2(a, b) a##b
+#define BNN_CAT(a, b) BNN_CAT2(a, b)
+
+enum { ISA_PORTABLE = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
+
+static int cpu_has_avx2(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
+#else
+    return 0;
+#endif
+}
+
+static int cpu_has_avx512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vpopcntdq");
+#else
+    return 0;
+#endif
+}
+
+/* ---- debug-build bounds failures --------------------------------------------------------- */
+#ifdef BNNKIT_DEBUG
+static std::atomic<long long> g_fail_count(0);
+static char g_fail_msg[256];
+
+extern "C" int64_t bnn_debug_fail(const char* what, int64_t idx, int64_t span, int64_t len) {
+    if (g_fail_count.fetch_add(1) == 0)
+        snprintf(g_fail_msg, sizeof g_fail_msg, "%s: elements [%lld, %lld) outside a buffer of %lld",
+                 what, (long long)idx, (long long)(idx + span), (long long)len);
+    return 0;
+}
+#endif
+
+static int raise_debug_failures(void) {
+#ifdef BNNKIT_DEBUG
+    long long n = g_fail_count.exchange(0);
+    if (n) {
+        PyErr_Format(PyExc_RuntimeError, "bnnkit native bounds check failed %lld time(s); first: %s", n, g_fail_msg);
+        return -1;
+    }
+#endif
+    return 0;
+}
+
+/* ---- argument helpers -------------------------------------------------------------------- */
+static int read_ints(PyObject* seq, int64_t* out, Py_ssize_t n, const char* what) {
+    PyObject* fast = PySequence_Fast(seq, "expected a tuple of integers");
+    if (!fast) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd integers, got %zd", what, n, PySequence_Fast_GET_SIZE(fast));
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        out[i] = (int64_t)PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1 && PyErr_Occurred()) { Py_DECREF(fast); return -1; }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int resolve_isa(int isa) {
+    if (isa == ISA_AVX512 && !cpu_has_avx512()) return -1;
+    if (isa == ISA_AVX2 && !cpu_has_avx2()) return -1;
+    if (isa < ISA_PORTABLE || isa > ISA_AVX512) return -1;
+    return isa;
+}
+
+static void split(int64_t total, int nt, int tid, int64_t* b, int64_t* e) {
+    int64_t q = total / nt, r = total % nt;
+    *b = tid * q + (tid < r ? tid : r);
+    *e = *b + q + (tid < r ? 1 : 0);
+}
+
+/* ---- bconv -------------------------------------------------------------------------------- */
+static PyObject* py_bconv(PyObject*, PyObject* args) {
+    int isa, nt;
+    PyObject* seq;
+    if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
+    int64_t v[35];
+    if (read_ints(seq, v, 35, "bconv") < 0) return NULL;
+    if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
+    BConvArgs a;
+    a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
+    a.N = v[2]; a.H = v[3]; a.W = v[4]; a.Hp = v[5]; a.Wp = v[6]; a.bpad_h = v[7]; a.bpad_w = v[8];
+    a.G = v[9]; a.Cg = v[10]; a.Cw = v[11]; a.Og = v[12]; a.OBg = v[13];
+    a.KH = v[14]; a.KW = v[15]; a.sh = v[16]; a.sw = v[17]; a.ph = v[18]; a.pw = v[19]; a.dh = v[20]; a.dw = v[21];
+    a.Ho = v[22]; a.Wo = v[23];
+    a.wk = (const uint64_t*)(uintptr_t)v[24]; a.wk_len = v[25];
+    a.corr = (const int32_t*)(uintptr_t)v[26]; a.corr_len = v[27];
+    a.scale = (const float*)(uintptr_t)v[28]; a.bias = (const float*)(uintptr_t)v[29]; a.sb_len = v[30];
+    a.out = (float*)(uintptr_t)v[31]; a.out_len = v[32];
+    a.ties = (const int32_t*)(uintptr_t)v[33]; a.nties = v[34];
+    if (nt < 1) nt = 1;
+    const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
+                          : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);
+    if (tasks < nt) nt = (int)(tasks > 0 ? tasks : 1);
+    void (*fn)(const BConvArgs*, int64_t, int64_t) =
+        isa == ISA_AVX512 ? bconv_tasks_avx512 : isa == ISA_AVX2 ? bconv_tasks_avx2 : bconv_tasks_portable;
+    Py_BEGIN_ALLOW_THREADS
+    if (nt == 1) {
+        fn(&a, 0, tasks);
+    } else {
+#pragma omp parallel num_threads(nt)
+        {
+            int tid = 0, n = 1;
+#ifdef _OPENMP
+            tid = omp_get_thread_num(); n = omp_get_num_threads();
+#endif
+            int64_t b, e;
+            split(tasks, n, tid, &b, &e);
+            fn(&a, b, e);
+        }
+    }
+    if (a.nties > 0 && a.ties) bconv_fix_ties(&a);
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---- pack --------------------------------------------------------------------------------- */
+static PyObject* py_pack(PyObject*, PyObject* args) {
+    int isa, nt;
+    PyObject* seq;
+    if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
+    int64_t v[20];
+    if (read_ints(seq, v, 20, "pack") < 0) return NULL;
+    if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
+    PackArgs a;
+    a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
+    a.N = v[2]; a.H = v[3]; a.W = v[4]; a.C = v[5];
+    a.G = v[6]; a.Cg = v[7]; a.Cw = v[8]; a.pad_h = v[9]; a.pad_w = v[10]; a.center = v[11];
+    a.out = (uint64_t*)(uintptr_t)v[12]; a.out_len = v[13];
+    a.thr_out = (float*)(uintptr_t)v[14]; a.thr_len = v[15];
+    a.thr_in = (const float*)(uintptr_t)v[16];
+    a.ties = (int32_t*)(uintptr_t)v[17]; a.ties_cap = v[18]; a.ties_count = (int64_t*)(uintptr_t)v[19];
+    if (!a.ties_count) return PyErr_Format(PyExc_ValueError, "pack: a tie counter is required");
+    *a.ties_count = 0;
+    if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");
+    if (nt < 1) nt = 1;
+    std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);
+    void (*fn)(const PackArgs*, const float*, int64_t, int64_t) =
+        isa == ISA_AVX512 ? pack_rows_avx512 : isa == ISA_AVX2 ? pack_rows_avx2 : pack_rows_portable;
+    double (*sum)(const float*, int64_t) = isa == ISA_AVX512 ? sample_sum_avx512 : sample_sum_portable;
+    const int64_t per = a.H * a.W * a.C, rows = a.N * a.H;
+    if (rows < nt) nt = (int)(rows > 0 ? rows : 1);
+    Py_BEGIN_ALLOW_THREADS
+    if (a.center == 2) {
+        for (int64_t n = 0; n < a.N; ++n) thr[(size_t)n] = a.thr_in[BNN_AT("pack thresholds in", n, 1, a.thr_len)];
+    } else if (a.center) {
+        for (int64_t n = 0; n < a.N; ++n) {
+            if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
+            thr[(size_t)n] = (float)(sum(a.x + n * per, per) / (double)per);
+        }
+    }
+    for (int64_t n = 0; n < a.N; ++n) a.thr_out[BNN_AT("pack thresholds", n, 1, a.thr_len)] = thr[(size_t)n];
+    memset(a.out, 0, (size_t)a.out_len * sizeof(uint64_t));
+    if (nt == 1) {
+        fn(&a, thr.data(), 0, rows);
+    } else {
+#pragma omp parallel num_threads(nt)
+        {
+            int tid = 0, n = 1;
+#ifdef _OPENMP
+            tid = omp_get_thread_num(); n = omp_get_num_threads();
+#endif
+            int64_t b, e;
+            split(rows, n, tid, &b, &e);
+            fn(&a, thr.data(), b, e);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject* py_cpu_features(PyObject*, PyObject*) {
+    return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
+                         "avx512", cpu_has_avx512() ? Py_True : Py_False);
+}
+
+static PyObject* py_build_info(PyObject*, PyObject*) {
+#ifdef BNNKIT_DEBUG
+    PyObject* dbg = Py_True;
+#else
+    PyObject* dbg = Py_False;
+#endif
+#ifdef _OPENMP
+    PyObject* omp = Py_True;
+#else
+    PyObject* omp = Py_False;
+#endif
+    return Py_BuildValue("{s:O,s:O}", "debug", dbg, "openmp", omp);
+}
+
+static PyMethodDef methods[] = {
+    {"bconv", py_bconv, METH_VARARGS, "bconv(isa, threads, args): binary convolution, see csrc/bnn_kernels.h"},
+    {"pack", py_pack, METH_VARARGS, "pack(isa, threads, args): binarize and bit-pack NHWC activations"},
+    {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
+    {"build_info", py_build_info, METH_NOARGS, "how this library was built"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, BNN_STR(BNNKIT_MODULE_NAME),
+                                    "bnnkit deployment kernels (XOR-popcount binary convolution)", -1, methods};
+
+PyMODINIT_FUNC BNN_CAT(PyInit_, BNNKIT_MODULE_NAME)(void) { return PyModule_Create(&moddef); }

@@ -1,0 +1,230 @@
+"""Native XOR-popcount kernels of bnnkit.deploy against a float reference, on every instruction-set
+path this CPU has, and a bounds-checked debug build of the same sources."""
+import importlib.util
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnnkit.deploy import DeployFormatError, _native
+from bnnkit.deploy._bits import pack_signs, unpack_signs
+
+ISAS = _native.available_isas()
+ROOT = Path(__file__).resolve().parents[1]
+
+# (N, C, O, H, W, kernel, stride, padding, dilation, groups, center, buffer padding or None)
+CASES = [
+    (2, 64, 64, 9, 9, 3, 1, 1, 1, 1, False, None),
+    (1, 3, 10, 7, 5, 3, 2, 1, 1, 1, True, None),       # fewer channels than a word, O not a multiple of 8
+    (2, 130, 24, 6, 7, 3, 1, 2, 2, 1, False, None),    # 3 words, dilation 2, padding 2
+    (1, 64, 64, 8, 8, 1, 2, 0, 1, 1, True, None),      # 1x1 stride 2 (SiMaN shortcut)
+    (2, 64, 64, 9, 9, 1, 2, 0, 1, 1, False, 1),        # 1x1 reading a buffer padded for a 3x3 sibling
+    (2, 32, 32, 9, 11, 3, 2, 1, 1, 2, False, None),    # groups
+    (1, 64, 64, 7, 7, 3, 1, 1, 1, 4, True, None),      # 16 channels per group (MobileNet style)
+    (1, 48, 36, 5, 5, 3, 1, 1, 1, 3, True, None),      # 12 out channels per group: a partial block
+    (1, 16, 16, 17, 3, 5, 1, 2, 1, 1, False, None),    # 5x5, width smaller than the kernel window
+    (1, 512, 512, 7, 7, 3, 1, 1, 1, 1, True, None),
+]
+
+
+def reference(x, thr, w_sign, scale, bias, stride, pad, dil, groups):
+    """PyTorch's definition: x_b = sign(x - threshold) (0 where equal), zero padding after binarization."""
+    xb = torch.sign(x - thr.view(-1, 1, 1, 1))
+    y = F.conv2d(xb.double(), w_sign.double(), None, stride, pad, dil, groups)
+    return (y * scale.double().view(1, -1, 1, 1) + bias.double().view(1, -1, 1, 1)).float()
+
+
+def run_case(case, isa, threads=2, seed=0, ties=False):
+    N, C, O, H, W, k, s, p, d, g, center, bpad = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=gen) + 0.3
+    if ties:  # values on a coarse grid with zero mean: many activations exactly at the threshold
+        x = torch.round(torch.randn(N, C, H, W, generator=gen) * 1.5)
+        x[:, 0] -= x.sum(dim=(1, 2, 3)).view(N, 1, 1) / (H * W)
+        x = torch.round(x * 8) / 8
+        x[:, 0, 0, 0] -= x.sum(dim=(1, 2, 3))
+    w = torch.where(torch.randn(O, C // g, k, k, generator=gen) < 0, -1.0, 1.0)
+    scale, bias = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
+    conv = _native.PackedConv(pack_signs(w < 0), scale, bias, in_channels=C, kernel=(k, k), stride=(s, s),
+                              padding=(p, p), dilation=(d, d), groups=g)
+    bp = (p, p) if bpad is None else (bpad, bpad)
+    bits, thr, tie_rows = _native.pack(x, groups=g, pad=bp, center=center, isa=isa, threads=threads)
+    out = conv(bits, H, W, bp, isa=isa, threads=threads, ties=tie_rows)
+    return out, reference(x, thr, w, scale, bias, s, p, d, g), x, thr
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"s{c[6]}p{c[7]}d{c[8]}g{c[9]}{'c' if c[10] else ''}")
+def test_bconv_matches_float_reference(case, isa):
+    out, ref, _, _ = run_case(case, isa)
+    assert out.shape == ref.shape
+    # integer dot products, then one multiply and one add in float32: equal up to rounding
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5), (out - ref).abs().max()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6)], ids=lambda c: "x".join(map(str, c[:6])))
+def test_activations_exactly_at_the_threshold_count_zero(case, isa):
+    """sign(0) = 0: ties are recorded by the packer and removed from the conv's sums."""
+    out, ref, x, thr = run_case(case, isa, ties=True)
+    n_ties = (x == thr.view(-1, 1, 1, 1)).sum().item()
+    assert n_ties > 10 and thr.abs().max().item() == 0.0 if case[10] else n_ties > 10
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-4), (out - ref).abs().max()
+    wrong = reference(torch.where(x == thr.view(-1, 1, 1, 1), x + 1e-3, x), thr, *_same_weights(case))
+    assert not torch.allclose(out, wrong, rtol=1e-6, atol=1e-4)  # reading ties as +1 would be caught
+
+
+def _same_weights(case):
+    N, C, O, H, W, k, s, p, d, g, center, bpad = case
+    gen = torch.Generator().manual_seed(0)
+    torch.round(torch.randn(N, C, H, W, generator=gen) * 1.5)  # same draws as run_case(ties=True)
+    w = torch.where(torch.randn(O, C // g, k, k, generator=gen) < 0, -1.0, 1.0)
+    scale, bias = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
+    return w, scale, bias, s, p, d, g
+
+
+def test_isa_paths_and_thread_counts_agree_bitwise():
+    assert ISAS[0] == "portable"
+    for case in CASES:
+        outs = [run_case(case, isa, threads)[0] for isa in ISAS for threads in (1, 2)]
+        for o in outs[1:]:
+            assert torch.equal(o, outs[0])
+
+
+def test_centering_threshold_is_the_per_sample_mean():
+    case = CASES[1]
+    _, _, x, thr = run_case(case, "portable")
+    assert torch.allclose(thr, x.double().mean(dim=(1, 2, 3)).float(), rtol=0, atol=1e-6)
+    _, _, x, thr = run_case(CASES[0], "portable")
+    assert torch.equal(thr, torch.zeros(2))
+
+
+def test_pack_accepts_given_thresholds():
+    x = torch.randn(3, 20, 5, 4)
+    thr = torch.tensor([0.5, -0.25, 0.0])
+    for isa in ISAS:
+        bits, used, _ = _native.pack(x, groups=1, pad=(0, 0), center=True, isa=isa, threads=1, thresholds=thr)
+        assert torch.equal(used, thr)
+        want = (x < thr.view(-1, 1, 1, 1)).permute(0, 2, 3, 1).long()  # [N, H, W, C] bits
+        got = torch.stack([(bits[..., 0] >> c) & 1 for c in range(20)], -1)
+        assert torch.equal(got, want)
+
+
+def test_pack_bit_layout():
+    x = torch.ones(1, 70, 2, 1)
+    x[0, 0, 0, 0] = -1.0       # word 0 bit 0
+    x[0, 63, 1, 0] = -0.5      # word 0 bit 63
+    x[0, 69, 1, 0] = -2.0      # word 1 bit 5
+    x[0, 5, 1, 0] = 0.0        # exactly 0 (sign 0) -> +1: bit stays 0
+    for isa in ISAS:
+        bits, _, ties = _native.pack(x, groups=1, pad=(1, 1), center=False, isa=isa, threads=1)
+        assert ties.tolist() == [[0, 1, 0, 5]]  # the exact 0 at channel 5 of pixel (1, 0)
+        assert bits.shape == (1, 4, 3, 2)
+        u = bits.view(torch.int64)
+        assert u[0, 1, 1, 0].item() == 1 and u[0, 1, 1, 1].item() == 0
+        assert u[0, 2, 1, 0].item() == -(2 ** 63) and u[0, 2, 1, 1].item() == 1 << 5
+        border = bits.clone()
+        border[0, 1:3, 1] = 0
+        assert not border.any()  # the zero-padding border holds +1 (bit 0)
+
+
+def test_weight_bits_round_trip():
+    w = torch.where(torch.randn(5, 70, 3, 2) < 0, -1.0, 1.0)
+    words = pack_signs(w < 0)
+    assert words.shape == (5, 6, 2) and words.dtype == torch.int64
+    assert torch.equal(unpack_signs(words, 70, (3, 2)), w)
+
+
+def test_isa_can_be_forced_by_environment(monkeypatch):
+    for isa in ISAS:
+        monkeypatch.setenv("BNNKIT_ISA", isa)
+        assert _native.resolve_isa() == isa
+    monkeypatch.setenv("BNNKIT_ISA", "auto")
+    assert _native.resolve_isa() == ISAS[-1]
+    monkeypatch.setenv("BNNKIT_ISA", "sse9")
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        _native.resolve_isa()
+
+
+def test_kernel_refuses_inconsistent_buffers():
+    case = CASES[0]
+    N, C, O, H, W, k, s, p, d, g, center, _ = case
+    w = torch.ones(O, C, k, k)
+    conv = _native.PackedConv(pack_signs(w < 0), torch.ones(O), torch.zeros(O), in_channels=C, kernel=(k, k),
+                              stride=(s, s), padding=(p, p), dilation=(d, d), groups=g)
+    bits, _, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(p, p), center=False, isa="portable", threads=1)
+    with pytest.raises(DeployFormatError, match="do not match"):
+        conv(bits, H + 1, W, (p, p), isa="portable", threads=1)
+    with pytest.raises(DeployFormatError, match="less padding"):
+        conv(bits[:, 1:-1, 1:-1].contiguous(), H, W, (0, 0), isa="portable", threads=1)
+    with pytest.raises(DeployFormatError, match="dtype"):
+        conv(bits.float(), H, W, (p, p), isa="portable", threads=1)
+    with pytest.raises(DeployFormatError, match="words per position"):
+        _native.PackedConv(pack_signs(w < 0)[:, :, :0], torch.ones(O), torch.zeros(O), in_channels=C, kernel=(k, k),
+                           stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+
+
+# ---- the bounds-checked debug build ------------------------------------------------------------
+def _build_debug(tmp: Path):
+    name = "_kernels_debug"
+    ext = sysconfig.get_config_var("EXT_SUFFIX")
+    out = tmp / f"{name}{ext}"
+    cmd = ["g++", "-shared", "-fPIC", "-O1", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-DBNNKIT_DEBUG",
+           f"-DBNNKIT_MODULE_NAME={name}", f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}",
+           *[str(ROOT / "csrc" / f) for f in ("bnn_module.cpp", "bnn_portable.cpp", "bnn_avx2.cpp", "bnn_avx512.cpp")],
+           "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    spec = importlib.util.spec_from_file_location(name, out)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def debug_lib(tmp_path_factory):
+    if sys.platform != "linux":
+        pytest.fail("the debug-build test needs g++ on Linux")
+    return _build_debug(tmp_path_factory.mktemp("debug_build"))
+
+
+def test_debug_build_runs_layers_within_bounds(debug_lib):
+    assert debug_lib.build_info()["debug"] is True
+    old = _native.set_library(debug_lib)
+    try:
+        for case in (CASES[1], CASES[2], CASES[4], CASES[6]):
+            for isa in ISAS:
+                out, ref, _, _ = run_case(case, isa)
+                assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5)
+    finally:
+        _native.set_library(old)
+
+
+def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
+    """Lie to the kernel about a buffer's length: the checked build reports it, touching nothing."""
+    N, C, O, H, W, k = 1, 64, 8, 4, 4, 3
+    conv = _native.PackedConv(pack_signs(torch.ones(O, C, k, k) < 0), torch.ones(O), torch.zeros(O), in_channels=C,
+                              kernel=(k, k), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    bits, _, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(1, 1), center=False, isa="portable", threads=1)
+    out = torch.empty(N, H, W, O)
+    args = [bits.data_ptr(), bits.numel() - 7, N, H, W, H + 2, W + 2, 1, 1, 1, C, 1, O, 1, k, k, 1, 1, 1, 1, 1, 1, H, W,
+            conv.wk.data_ptr(), conv.wk.numel(), conv.corr.data_ptr(), conv.corr.numel(),
+            conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel(), 0, 0]
+    for isa in ISAS:
+        with pytest.raises(RuntimeError, match="bounds check failed.*bconv activations"):
+            debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
+    args[1] = bits.numel()
+    args[-3] = out.numel() - 1
+    with pytest.raises(RuntimeError, match="bconv output"):
+        debug_lib.bconv(_native.ISA_CODES["portable"], 2, args)
+    args[-3] = out.numel()
+    ties = torch.tensor([[0, 1, 1, 3]], dtype=torch.int32)
+    args[-2:] = [ties.data_ptr(), 1]
+    debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)     # a tie inside the image: fine
+    args[6] = W + 4                                            # lie about the row length: caught
+    with pytest.raises(RuntimeError, match="bounds check failed"):
+        debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)

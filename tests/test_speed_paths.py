@@ -1,0 +1,87 @@
+"""The speed levers compute what the plain path computes: compiled kernels, bf16 autocast,
+channels_last, and the benchmark itself (its figures are printed, never asserted)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bnnkit
+from bnnkit import functional
+from bnnkit.bench import float_twin, main as bench_main
+from bnnkit.layers import BinaryConv2d
+
+
+def _step(model, x, y, autocast=False):
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(x)
+        loss = F.cross_entropy(out.float(), y) + bnnkit.regularizer(model)
+    loss.backward()
+    return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["siman", "biper"])
+def test_compiled_kernels_match_eager(method):
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", method).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    want_out, want_grads = _step(copy.deepcopy(model), x, y)
+    if not functional.set_compiled(True):
+        pytest.fail("torch.compile should work on this machine (gcc is present)")
+    try:
+        out, grads = _step(copy.deepcopy(model), x, y)
+    finally:
+        functional.set_compiled(False)
+    assert torch.allclose(out, want_out, rtol=1e-4, atol=1e-4)
+    # A gradient that is zero in exact arithmetic (alpha right before a training-mode batch norm)
+    # is rounding noise: hold it to the size of the largest gradient, as golden.py does.
+    floor = 1e-4 * max(g.norm() for g in want_grads.values())
+    for name, g in want_grads.items():
+        assert (grads[name] - g).norm() <= 1e-2 * max(g.norm(), floor), name  # golden.py's tolerance
+
+
+@pytest.mark.parametrize("method", ["siman", "biper", "ste", "xnor"])
+def test_bf16_autocast_trains_every_method(method):
+    """Under bf16 autocast, a few optimiser steps fit a small fixed batch (the loss falls by 40%)."""
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", method).train()
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert min(losses[-5:]) < 0.6 * losses[0], losses
+
+
+def test_channels_last_gives_the_same_logits():
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", "biper", stage=2).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        got = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_float_twin_has_no_binary_layers_and_same_shapes():
+    model = bnnkit.create_model("resnet18A_1w1a", "siman")
+    twin = float_twin(model)
+    assert not any(isinstance(m, BinaryConv2d) for m in twin.modules())
+    assert any(isinstance(m, BinaryConv2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 32, 32)
+    assert twin.eval()(x).shape == model.eval()(x).shape
+
+
+def test_bench_runs_and_prints_its_ratios(capsys):
+    assert bench_main(["--models", "resnet20_1w1a", "--methods", "biper2", "--batch", "8", "--rounds", "1", "--warmup", "0", "--matmul_size", "512"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("resnet20_1w1a"))
+    assert "biper s2" in row and row.count("x") >= 2
+    assert "GFLOP/s" in out
