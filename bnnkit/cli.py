@@ -33,8 +33,10 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 def _runtime_errors() -> tuple[type[BaseException], ...]:
     from .compat import CheckpointError
     from .data import DataError
+    from .deploy import DeployExportError, DeployFormatError
     from .train._engine import NonFiniteLossError
-    return (CheckpointError, DataError, NonFiniteLossError, FileNotFoundError, PermissionError)
+    return (CheckpointError, DataError, NonFiniteLossError, DeployFormatError, DeployExportError,
+            FileNotFoundError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +117,18 @@ def _launch_gpus(gpus: str, argv: list[str]) -> None:
         os.execv(sys.executable, cmd)
 
 
+def recipe_with_overrides(recipe: str | None, args: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """The recipe with the command line applied. A flag typed on the command line beats the recipe
+    everywhere, its stage sections included; --set stage1.KEY=VALUE / stage2.KEY=VALUE overrides
+    one stage only."""
+    from .train import load_recipe, merge, parse_set
+
+    raw = load_recipe(recipe) if recipe else {}
+    stage_wide = {k: v for k, v in args.items() if k != "stage"}
+    raw = merge(raw, {**args, **{sec: stage_wide for sec in ("stage1", "stage2") if isinstance(raw.get(sec), dict)}})
+    return merge(raw, parse_set(sets))
+
+
 @subcommand("train", "train a model from a recipe and/or the authors' flags (BiPer two-stage recipes run both stages)")
 def cmd_train(argv: list[str]) -> int:
     from .train import ConfigError, load_recipe, merge, parse_set, train
@@ -133,8 +147,7 @@ def cmd_train(argv: list[str]) -> int:
         if args.get("resume"):
             raise ConfigError("-e/--evaluate evaluates a checkpoint; --resume continues training: give one of them")
         return _print_eval(args.pop("evaluate"), args, as_json=False)
-    raw = load_recipe(recipe) if recipe else {}
-    raw = merge(merge(raw, args), parse_set(sets))
+    raw = recipe_with_overrides(recipe, args, sets)
     if args.get("gpus"):
         _launch_gpus(str(args["gpus"]), argv)
     results = train(raw)
@@ -216,12 +229,26 @@ def cmd_qe(argv: list[str]) -> int:
 
 @subcommand("summary", "summarise a model (parameters, binary operations, layers)")
 def cmd_summary(argv: list[str]) -> int:
-    try:
-        from .summary import main as summary_main
-    except ImportError:
-        print("error: `bnnkit summary` is not in this build (bnnkit.summary is missing): update bnnkit", file=sys.stderr)
-        return 1
+    from .summary import main as summary_main
     return summary_main(argv)
+
+
+@subcommand("bench", "training and evaluation throughput against the float network of the same topology")
+def cmd_bench(argv: list[str]) -> int:
+    from .bench import main as bench_main
+    return bench_main(argv)
+
+
+@subcommand("export", "export a trained binary network, bit-packed, for the CPU runtime (model.bnn)")
+def cmd_export(argv: list[str]) -> int:
+    from .deploy import cli_export
+    return cli_export(argv)
+
+
+@subcommand("bench-deploy", "latency of the packed runtime against PyTorch float32, per layer and end to end")
+def cmd_bench_deploy(argv: list[str]) -> int:
+    from .deploy import cli_bench
+    return cli_bench(argv)
 
 
 if __name__ == "__main__":

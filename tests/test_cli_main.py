@@ -32,3 +32,14 @@ def test_python_dash_m_and_summary():
     done = cli_subprocess("summary", "resnet20_1w1a", "--method", "biper", timeout=120)
     assert done.returncode == 0, done.stderr
     assert "resnet20_1w1a" in done.stdout
+
+
+def test_command_line_flags_override_both_stages_of_a_two_stage_recipe():
+    from bnnkit.cli import recipe_with_overrides
+    from bnnkit.train._config import stages_of
+
+    raw = recipe_with_overrides("recipes/cifar10/biper_resnet20.yaml", {"epochs": 2, "lr": 0.5}, ["stage2.lr=0.25"])
+    stage1, stage2 = stages_of(raw)
+    assert (stage1["epochs"], stage2["epochs"]) == (2, 2)
+    assert (stage1["lr"], stage2["lr"]) == (0.5, 0.25)
+    assert (stage1["weight_decay"], stage2["weight_decay"]) == (0.0016, 0.00016)  # untouched keys keep the recipe's
