@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -68,27 +68,22 @@ def _fsync_dir(folder: str) -> None:
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace: a reader (or a
     crash) sees the old file or the new one, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    _atomic_write(path, lambda out: torch.save(obj, out))
 
 
 def atomic_copy(src: str, path: str) -> None:
+    with open(src, "rb") as inp:
+        _atomic_write(path, lambda out: shutil.copyfileobj(inp, out))
+
+
+def _atomic_write(path: str, write: Callable[[Any], object]) -> None:
+    """Write through `write(file)` into a temporary file beside `path`, fsync it, rename it over
+    `path` and fsync the folder: a reader (or a crash) sees the old file or the new one."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
