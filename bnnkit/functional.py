@@ -14,9 +14,8 @@ from torch import Tensor
 EPS = 1e-5  # the variance epsilon of both published methods
 
 
-class ApproxSign(torch.autograd.Function):
-    """Forward sign(x); backward max(0, 2 - 2|x|) * g, the derivative of Bi-Real Net's
-    piecewise-quadratic ApproxSign (Liu et al., ECCV 2018), used by SiMaN and BiPer."""
+class _SignSavingInput(torch.autograd.Function):
+    """Forward sign(x), saving x for a surrogate backward that subclasses define."""
 
     generate_vmap_rule = True
 
@@ -27,6 +26,11 @@ class ApproxSign(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0])
+
+
+class ApproxSign(_SignSavingInput):
+    """Forward sign(x); backward max(0, 2 - 2|x|) * g, the derivative of Bi-Real Net's
+    piecewise-quadratic ApproxSign (Liu et al., ECCV 2018), used by SiMaN and BiPer."""
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -34,19 +38,9 @@ class ApproxSign(torch.autograd.Function):
         return grad * (2 - 2 * x.abs()).clamp_min(0)
 
 
-class ClippedSign(torch.autograd.Function):
+class ClippedSign(_SignSavingInput):
     """Forward sign(x); backward g * 1{|x| <= 1}: the straight-through estimator with the
     hard-tanh clip of BinaryConnect / BinaryNet (Courbariaux et al., 2016)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return torch.sign(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -83,11 +77,6 @@ def clipped_sign(x: Tensor) -> Tensor:
 
 def identity_sign(x: Tensor) -> Tensor:
     return IdentitySign.apply(x)
-
-
-def per_sample_std(x: Tensor) -> Tensor:
-    """sqrt(var + eps) over (C, H, W) of each sample, unbiased variance, shape [N, 1, 1, 1]."""
-    return torch.sqrt(x.var(dim=(1, 2, 3), keepdim=True) + EPS)
 
 
 def per_row_standardize(w: Tensor) -> Tensor:
