@@ -31,8 +31,8 @@ struct Avx2Policy {
         acc.hi = _mm256_add_epi64(acc.hi, popcnt_epi64(_mm256_xor_si256(w.hi, av)));
         return acc;
     }
-    static inline void epilogue(const acc_t& acc, const int32_t* corr8, int32_t kc, const float* scale8,
-                                const float* bias8, float* out, int nch) {
+    static inline void epilogue(const acc_t& acc, const int32_t* corr8, int32_t kc, const float* pre8,
+                                const float* scale8, const float* bias8, float* out, int nch) {
         /* counts fit in 32 bits: gather the low halves of the 8 64-bit lanes */
         const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
         const __m128i c0 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc.lo, idx));
@@ -40,7 +40,8 @@ struct Avx2Policy {
         const __m256i cnt = _mm256_inserti128_si256(_mm256_castsi128_si256(c0), c1, 1);
         const __m256i corr = _mm256_loadu_si256((const __m256i*)corr8);
         const __m256i v = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(kc), _mm256_add_epi32(cnt, cnt)), corr);
-        const __m256 r = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(scale8)), _mm256_loadu_ps(bias8));
+        const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(pre8));
+        const __m256 r = _mm256_fmadd_ps(y, _mm256_loadu_ps(scale8), _mm256_loadu_ps(bias8));
         if (nch == 8) {
             _mm256_storeu_ps(out, r);
         } else {

@@ -16,12 +16,13 @@ struct Avx512Policy {
     static inline acc_t step(acc_t acc, w_t w, uint64_t a) {
         return _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(w, _mm512_set1_epi64((long long)a))));
     }
-    static inline void epilogue(acc_t acc, const int32_t* corr8, int32_t kc, const float* scale8,
-                                const float* bias8, float* out, int nch) {
+    static inline void epilogue(acc_t acc, const int32_t* corr8, int32_t kc, const float* pre8,
+                                const float* scale8, const float* bias8, float* out, int nch) {
         const __m256i cnt = _mm512_cvtepi64_epi32(acc);
         const __m256i corr = _mm256_loadu_si256((const __m256i*)corr8);
         const __m256i v = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(kc), _mm256_add_epi32(cnt, cnt)), corr);
-        const __m256 r = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(scale8)), _mm256_loadu_ps(bias8));
+        const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(pre8));
+        const __m256 r = _mm256_fmadd_ps(y, _mm256_loadu_ps(scale8), _mm256_loadu_ps(bias8));
         _mm256_mask_storeu_ps(out, (__mmask8)((1u << nch) - 1u), r);
     }
     static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
@@ -39,8 +40,29 @@ struct Avx512Policy {
     }
 };
 
+/* 8x8 float transpose in registers (unpack, shuffle, 128-bit lane permute) */
+static inline void transpose8(const float (*in)[8], float (*out)[8]) {
+    __m256 r[8], t[8], s[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in[i]);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(out[i], _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+        _mm256_storeu_ps(out[i + 4], _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+    }
+}
+
 }  // namespace
 
+#define BNN_HAVE_TRANSPOSE8
 #define BNN_POLICY Avx512Policy
 #define BNN_TILE 8
 #define BNN_BLOCKS 2

@@ -6,8 +6,11 @@
  *   kernel weights      [G][OBg][K][Cw][8]        8 output channels interleaved per block (OBg = ceil(Og/8))
  *   border corrections  [G][OBg][K][8] int32      Cg - 2*popcount(w[o][k]): what a (+1) padded
  *                                                 position adds to the dot product, subtracted back
- *   scale, bias         [G][OBg][8] float32       folded BN * alpha (zero for padding channels)
- *   output              [N][Ho][Wo][G*Og] float32 (NHWC, i.e. PyTorch channels_last)
+ *   pre, scale, bias    [G][OBg][8] float32       the model's scale alpha, then its BatchNorm as an
+ *                                                 affine map (zero for padding channels)
+ *   output              [N][Ho][Wo][G*Og] float32 (NHWC, i.e. PyTorch channels_last), or with
+ *                       out_nchw [N][G*Og][Ho][Wo] (PyTorch's default layout)
+ *   pack input          NHWC float32, or with nchw NCHW
  *
  * Every pointer comes with its length in elements. The Python side validates all shapes before a
  * call; with BNNKIT_DEBUG defined every single access is also checked against these lengths.
@@ -30,13 +33,20 @@ typedef struct {
     int64_t Ho, Wo;
     const uint64_t* wk; int64_t wk_len;
     const int32_t* corr; int64_t corr_len;
-    const float* scale; const float* bias; int64_t sb_len;
+    const float* pre; const float* scale; const float* bias; int64_t sb_len;
     float* out; int64_t out_len;
     const int32_t* ties; int64_t nties;  /* input activations that are exactly 0 after centring */
+    int64_t out_nchw;                    /* 1: write the output NCHW instead of NHWC */
 } BConvArgs;
 
+/* Index of output (n, channel o, row oy, column ox) in either layout. */
+static inline int64_t bconv_out_index(const BConvArgs* a, int64_t n, int64_t o, int64_t oy, int64_t ox) {
+    const int64_t O = a->G * a->Og;
+    return a->out_nchw ? ((n * O + o) * a->Ho + oy) * a->Wo + ox : ((n * a->Ho + oy) * a->Wo + ox) * O + o;
+}
+
 typedef struct {
-    const float* x; int64_t x_len;       /* NHWC float32 */
+    const float* x; int64_t x_len;       /* NHWC float32 (NCHW when nchw) */
     int64_t N, H, W, C;
     int64_t G, Cg, Cw, pad_h, pad_w;
     int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) */
@@ -45,6 +55,7 @@ typedef struct {
     const float* thr_in;                 /* center == 2: the N thresholds to use (thr_len of them) */
     int32_t* ties; int64_t ties_cap;     /* receives (n, y, x, c) of every x == threshold (sign 0), */
     int64_t* ties_count;                 /* up to ties_cap rows; *ties_count = how many there were  */
+    int64_t nchw;                        /* 1: x is NCHW */
 } PackArgs;
 
 /* One implementation per instruction set; each processes tasks [t0, t1) of the same decomposition. */

@@ -105,8 +105,8 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
     PyObject* seq;
     if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
-    int64_t v[35];
-    if (read_ints(seq, v, 35, "bconv") < 0) return NULL;
+    int64_t v[37];
+    if (read_ints(seq, v, 37, "bconv") < 0) return NULL;
     if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
@@ -119,6 +119,8 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.scale = (const float*)(uintptr_t)v[28]; a.bias = (const float*)(uintptr_t)v[29]; a.sb_len = v[30];
     a.out = (float*)(uintptr_t)v[31]; a.out_len = v[32];
     a.ties = (const int32_t*)(uintptr_t)v[33]; a.nties = v[34];
+    a.pre = (const float*)(uintptr_t)v[35];
+    a.out_nchw = v[36];
     if (nt < 1) nt = 1;
     const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
                           : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);
@@ -151,8 +153,8 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     int isa, nt;
     PyObject* seq;
     if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
-    int64_t v[20];
-    if (read_ints(seq, v, 20, "pack") < 0) return NULL;
+    int64_t v[21];
+    if (read_ints(seq, v, 21, "pack") < 0) return NULL;
     if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
     PackArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
@@ -162,6 +164,7 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     a.thr_out = (float*)(uintptr_t)v[14]; a.thr_len = v[15];
     a.thr_in = (const float*)(uintptr_t)v[16];
     a.ties = (int32_t*)(uintptr_t)v[17]; a.ties_cap = v[18]; a.ties_count = (int64_t*)(uintptr_t)v[19];
+    a.nchw = v[20];
     if (!a.ties_count) return PyErr_Format(PyExc_ValueError, "pack: a tie counter is required");
     *a.ties_count = 0;
     if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");

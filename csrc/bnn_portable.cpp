@@ -1,4 +1,5 @@
 /* Portable kernels: plain C++, no instruction-set extensions assumed. */
+#include <math.h>
 #include "bnn_kernels.h"
 
 namespace {
@@ -19,11 +20,12 @@ struct PortablePolicy {
         for (int j = 0; j < 8; ++j) acc.v[j] += popcount64(w.v[j] ^ a);
         return acc;
     }
-    static inline void epilogue(const acc_t& acc, const int32_t* corr8, int32_t kc, const float* scale8,
-                                const float* bias8, float* out, int nch) {
+    static inline void epilogue(const acc_t& acc, const int32_t* corr8, int32_t kc, const float* pre8,
+                                const float* scale8, const float* bias8, float* out, int nch) {
         for (int j = 0; j < nch; ++j) {
             const int32_t v = kc - 2 * (int32_t)acc.v[j] - corr8[j];
-            out[j] = (float)v * scale8[j] + bias8[j];
+            const float y = (float)v * pre8[j];
+            out[j] = fmaf(y, scale8[j], bias8[j]);
         }
     }
     static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
@@ -50,7 +52,7 @@ int64_t bconv_num_tasks_portable(const BConvArgs* a) { return bconv_task_count(a
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a, t0, t1); }
 
 void bconv_fix_ties(const BConvArgs* a) {
-    const int64_t K = a->KH * a->KW, O = a->G * a->Og;
+    const int64_t K = a->KH * a->KW;
     for (int64_t z = 0; z < a->nties; ++z) {
         const int32_t* row = a->ties + 4 * z;
         const int64_t n = row[0], y = row[1], x = row[2], c = row[3];
@@ -67,12 +69,12 @@ void bconv_fix_ties(const BConvArgs* a) {
                 const int64_t ox = nx / a->sw;
                 if (ox >= a->Wo) continue;
                 const int64_t k = ky * a->KW + kx;
-                const int64_t obase = ((n * a->Ho + oy) * a->Wo + ox) * O + g * a->Og;
                 for (int64_t ol = 0; ol < a->Og; ++ol) {
                     const int64_t blk = g * a->OBg + ol / 8, j = ol % 8;
                     const uint64_t word = a->wk[BNN_AT("tie weights", ((blk * K + k) * a->Cw + w) * 8 + j, 1, a->wk_len)];
                     const float sw = ((word >> bit) & 1) ? -1.0f : 1.0f;
-                    a->out[BNN_AT("tie output", obase + ol, 1, a->out_len)] -= a->scale[BNN_AT("tie scale", blk * 8 + j, 1, a->sb_len)] * sw;
+                    a->out[BNN_AT("tie output", bconv_out_index(a, n, g * a->Og + ol, oy, ox), 1, a->out_len)] -=
+                        a->scale[BNN_AT("tie scale", blk * 8 + j, 1, a->sb_len)] * sw;
                 }
             }
         }

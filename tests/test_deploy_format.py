@@ -110,10 +110,10 @@ def test_not_a_bnn_file(tmp_path):
 
 
 def test_wrong_version(exported, tmp_path):
-    newer = rewrite(exported[1], tmp_path / "v2.bnn", meta={"format_version": "2"})
-    assert "upgrade bnnkit" in refuse(newer, "format version 2, this bnnkit reads version 1")
-    older = rewrite(exported[1], tmp_path / "v0.bnn", meta={"format_version": "0"})
-    assert "re-export" in refuse(older, "format version 0")
+    newer = rewrite(exported[1], tmp_path / "v3.bnn", meta={"format_version": "3"})
+    assert "upgrade bnnkit" in refuse(newer, "format version 3, this bnnkit reads version 2")
+    older = rewrite(exported[1], tmp_path / "v1.bnn", meta={"format_version": "1"})
+    assert "re-export" in refuse(older, "format version 1")
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -2,9 +2,9 @@
 
 The float32 baseline is the model itself with every binary conv replaced by a plain nn.Conv2d of
 the same shape (real weights, no binarization), run eagerly under torch.inference_mode() on
-NCHW input; everything else in the network is unchanged. Per layer, each binary conv
+the same input as the runtime; everything else in the network is unchanged. Per layer, each binary conv
 (binarize + pack its input, then the XOR-popcount conv with the folded BN·alpha epilogue) is
-compared with F.conv2d of the same shape on the same input. Times are the minimum over repeats
+compared with F.conv2d of the same shape on the same (NCHW) input. Times are the minimum over repeats
 (at least 3, for at least `min_time` seconds), which is robust to other load on the machine.
 """
 from __future__ import annotations
@@ -52,8 +52,15 @@ def timeit(fn: Callable[[], Any], min_time: float, min_runs: int = 3) -> float:
     return best
 
 
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layers: bool = True, min_time: float = 0.5,
-              isa: str | None = None, json_path: str | None = None, out=print) -> dict[str, Any]:
+              isa: str | None = None, json_path: str | None = None, layouts: tuple[str, ...] = ("nchw",),
+              out=print) -> dict[str, Any]:
+    """Both networks get the same input in each layout of `layouts`. The runtime reproduces the
+    model's rounding, which follows the input's layout: an NCHW input costs SiMaN a reorder of each
+    binary conv's input for its exact mean, a channels-last one nothing."""
     spec = getattr(model, "bnnkit_spec", {})
     family = spec.get("family", "imagenet")
     shape = (1, 3, 224, 224) if family == "imagenet" else (1, 3, 32, 32)
@@ -73,23 +80,26 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
     results: dict[str, Any] = {"model": name, "isa": isa, "end_to_end": [], "layers": []}
     try:
         out("\n## End to end (ms)\n")
-        out("| threads | batch | float32 eager | packed runtime | speed-up |")
-        out("|---:|---:|---:|---:|---:|")
+        out("| threads | batch | input layout | float32 eager | packed runtime | speed-up |")
+        out("|---:|---:|---|---:|---:|---:|")
         for th in threads:
             torch.set_num_threads(th)
             runtime.threads = th
             for bs in batches:
-                x = torch.randn(bs, *shape[1:])
-                with torch.inference_mode():
-                    tf = timeit(lambda: twin(x), min_time)
-                tb = timeit(lambda: runtime(x), min_time)
-                results["end_to_end"].append({"threads": th, "batch": bs, "float_ms": tf * 1e3, "packed_ms": tb * 1e3})
-                out(f"| {th} | {bs} | {tf * 1e3:.2f} | {tb * 1e3:.2f} | {tf / tb:.1f}x |")
+                for layout in layouts:
+                    x = torch.randn(bs, *shape[1:]).contiguous(memory_format=LAYOUTS[layout])
+                    with torch.inference_mode():
+                        tf = timeit(lambda: twin(x), min_time)
+                    tb = timeit(lambda: runtime(x), min_time)
+                    results["end_to_end"].append({"threads": th, "batch": bs, "layout": layout, "float_ms": tf * 1e3,
+                                                  "packed_ms": tb * 1e3})
+                    out(f"| {th} | {bs} | {layout} | {tf * 1e3:.2f} | {tb * 1e3:.2f} | {tf / tb:.1f}x |")
         if layers:
             for th in threads:
                 torch.set_num_threads(th)
                 for bs in batches:
-                    out(f"\n## Binary convolutions, {th} thread(s), batch {bs} (ms; packed = binarize+pack+conv)\n")
+                    out(f"\n## Binary convolutions, {th} thread(s), batch {bs} (ms; packed = binarize+pack+conv; "
+                        "channels-last input, SiMaN's mean included)\n")
                     out("| layer | input | out | k/s | float32 conv | packed | speed-up |")
                     out("|---|---|---:|---|---:|---:|---:|")
                     for lname, (conv, (pad, center, groups)) in runtime.kernels.items():
@@ -101,7 +111,9 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
                             tf = timeit(lambda: F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, groups), min_time / 4)
 
                         def packed():
-                            bits, _, ties = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa, threads=th)
+                            thr = xl.mean(dim=(1, 2, 3)) if center else None  # as the runtime does
+                            bits, _, ties = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa,
+                                                         threads=th, thresholds=thr)
                             return conv(bits, H, W, tuple(pad), isa=isa, threads=th, ties=ties)
                         tb = timeit(packed, min_time / 4)
                         row = {"layer": lname, "threads": th, "batch": bs, "input": [C, H, W], "out": conv.out_channels,

@@ -127,6 +127,8 @@ def cli_bench(argv: list[str] | None = None) -> int:
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of repeats per measurement (at least 3 runs)")
     p.add_argument("--isa", help="force avx512, avx2 or portable (default: best available, or $BNNKIT_ISA)")
+    p.add_argument("--layout", default="nchw", choices=["nchw", "channels_last", "both"],
+                   help="memory layout of the input given to both networks (default nchw)")
     p.add_argument("--json", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     from ._bench import run_bench
@@ -147,7 +149,7 @@ def cli_bench(argv: list[str] | None = None) -> int:
         net = create_model(a.model or "resnet18_1w1a", method=method, dataset=a.dataset or "imagenet",
                            num_classes=a.num_classes, **settings)
     run_bench(net, threads=threads, batches=batches, layers=not a.no_layers, min_time=a.min_time, isa=a.isa,
-              json_path=a.json)
+              json_path=a.json, layouts=("nchw", "channels_last") if a.layout == "both" else (a.layout,))
     return 0
 
 

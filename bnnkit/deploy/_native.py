@@ -91,11 +91,13 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     N, C, H, W = x.shape
     _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
     _need(pad[0] >= 0 and pad[1] >= 0, "negative padding")
-    x = x.float().contiguous(memory_format=torch.channels_last)
+    nchw = x.dtype == torch.float32 and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    if not nchw:
+        x = x.float().contiguous(memory_format=torch.channels_last)
     Cg = C // groups
     Cw = words(Cg)
     out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
-    nhwc = x.permute(0, 2, 3, 1)
+    nhwc = x if nchw else x.permute(0, 2, 3, 1)  # the memory the kernel reads, as a contiguous tensor
     thr = torch.empty(N, dtype=torch.float32)
     mode = int(center)
     if center and thresholds is not None:
@@ -112,21 +114,35 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
         lib().pack(ISA_CODES[isa], threads, (
             nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
             out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
-            ties.data_ptr(), cap, count.data_ptr()))
+            ties.data_ptr(), cap, count.data_ptr(), int(nchw)))
         found = int(count[0])
         if found <= cap:
             return out, thr, (ties[:found].clone() if found else _NO_TIES)
         ties = _scratch.ties = torch.empty((found, 4), dtype=torch.int32)  # rare: room for all, pack again
 
 
+def epilogue_constants(prescale: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (prescale.float().view(1, -1, 1, 1).clone(), scale.double().view(1, -1, 1, 1).clone(),
+            bias.double().view(1, -1, 1, 1).clone())
+
+
+def epilogue(dots: torch.Tensor, prescale: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """fma(dots * prescale, scale, bias) in PyTorch ops, constants from epilogue_constants. fma is
+    emulated in float64: the product is exact there and the sum rounds twice, which differs from a
+    single rounding only for a sum within 2^-29 of a float32 rounding midpoint."""
+    return torch.addcmul(bias, (dots * prescale).double(), scale).float()
+
+
 class PackedConv:
     """A binary convolution in the kernel's layout, built from the file's weights [O, KH*KW, Cw].
 
-    w_bits: int64 [O, K, Cw]; scale, bias: float32 [O] (out = dot * scale + bias)."""
+    w_bits: int64 [O, K, Cw]; prescale, scale, bias: float32 [O]. The output is
+    fma(dot * prescale, scale, bias), rounded as PyTorch rounds the model's `conv * alpha`
+    followed by its eval-mode BatchNorm (x * a + b with one rounding, see _export._bn_affine)."""
 
     def __init__(self, w_bits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, *, in_channels: int,
                  kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                 dilation: tuple[int, int], groups: int) -> None:
+                 dilation: tuple[int, int], groups: int, prescale: torch.Tensor | None = None) -> None:
         O, K, Cw = w_bits.shape
         G = groups
         _need(G >= 1 and O % G == 0 and in_channels % G == 0, f"binary conv: channels {in_channels}->{O} not divisible by groups {G}")
@@ -134,7 +150,9 @@ class PackedConv:
         _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0, "binary conv: stride/dilation must be >= 1 and padding >= 0")
         Cg, Og = in_channels // G, O // G
         _need(Cw == words(Cg), f"binary conv: {Cw} words per position for {Cg} channels per group, expected {words(Cg)}")
-        _need(scale.shape == (O,) and bias.shape == (O,), "binary conv: scale/bias must have one value per output channel")
+        prescale = torch.ones(O) if prescale is None else prescale
+        _need(scale.shape == (O,) and bias.shape == (O,) and prescale.shape == (O,),
+              "binary conv: prescale/scale/bias must have one value per output channel")
         self.in_channels, self.out_channels, self.groups = in_channels, O, G
         self.Cg, self.Og, self.Cw, self.K = Cg, Og, Cw, K
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
@@ -147,23 +165,35 @@ class PackedConv:
         corr = (Cg - 2 * ones).to(torch.int32)
         corr = torch.cat([corr, corr.new_zeros(G, OBg * 8 - Og, K)], 1) if OBg * 8 != Og else corr
         self.corr = corr.reshape(G, OBg, 8, K).permute(0, 1, 3, 2).contiguous()
-        sb = torch.zeros(2, G, OBg * 8, dtype=torch.float32)
-        sb[0, :, :Og] = scale.float().reshape(G, Og)
-        sb[1, :, :Og] = bias.float().reshape(G, Og)
-        self.scale, self.bias = sb[0].contiguous(), sb[1].contiguous()
+        self.pre, self.scale, self.bias = (self._padded(t.float().reshape(G, Og)) for t in (prescale, scale, bias))
+        self.ones, self.zeros = self._padded(torch.ones(G, Og)), self._padded(torch.zeros(G, Og))
+        self.affine = epilogue_constants(prescale, scale, bias)
         # the kernel's constant buffers are built here and never change: check them once
         _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
         _check_tensor(self.corr, torch.int32, G * OBg * K * 8, "kernel corrections")
         _check_tensor(self.scale, torch.float32, G * OBg * 8, "kernel scale")
         _check_tensor(self.bias, torch.float32, G * OBg * 8, "kernel bias")
+        _check_tensor(self.pre, torch.float32, G * OBg * 8, "kernel prescale")
+
+    def _padded(self, t: torch.Tensor) -> torch.Tensor:
+        """[G, Og] -> the kernel's [G, OBg*8] float32, zero in the channels that pad a block of 8."""
+        out = torch.zeros(self.groups, self.OBg * 8, dtype=torch.float32)
+        out[:, :self.Og] = t
+        return out.contiguous()
+
+    def finish(self, dots: torch.Tensor) -> torch.Tensor:
+        """The epilogue, applied to raw dot products (an output of __call__ with raw=True)."""
+        return epilogue(dots, *self.affine)
 
     def out_size(self, H: int, W: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
     def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
-                 ties: torch.Tensor | None = None) -> torch.Tensor:
-        """packed, ties: outputs of pack() for an input of spatial size H x W with padding bpad."""
+                 ties: torch.Tensor | None = None, raw: bool = False, nchw: bool = False) -> torch.Tensor:
+        """packed, ties: outputs of pack() for an input of spatial size H x W with padding bpad.
+        raw: return the exact integer dot products (as float32) without the epilogue.
+        nchw: return a tensor in PyTorch's default layout instead of channels_last."""
         _need(packed.dim() == 4, "packed activations must be 4-d")
         N, Hp, Wp, PW = packed.shape
         _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
@@ -177,19 +207,23 @@ class PackedConv:
               "binary conv would read past its input")
         _check_tensor(packed, torch.int64, N * Hp * Wp * PW, "packed activations")
         O = self.out_channels
-        out = torch.empty((N, O, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
+        out = torch.empty((N, O, Ho, Wo), dtype=torch.float32,
+                          memory_format=torch.contiguous_format if nchw else torch.channels_last)
         nties = 0
         if ties is not None and ties.numel():
             _need(ties.dim() == 2 and ties.shape[1] == 4, "ties must be rows of (n, y, x, c)")
             _check_tensor(ties, torch.int32, ties.shape[0] * 4, "ties")
             nties = ties.shape[0]
+        # inputs exactly at their threshold are fixed on the integer dot products, before the epilogue
+        direct = not raw and not nties
         lib().bconv(ISA_CODES[isa], threads, (
             packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
             self.groups, self.Cg, self.Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
             self.wk.data_ptr(), self.wk.numel(), self.corr.data_ptr(), self.corr.numel(),
-            self.scale.data_ptr(), self.bias.data_ptr(), self.scale.numel(),
-            out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties))
-        return out
+            (self.scale if direct else self.ones).data_ptr(), (self.bias if direct else self.zeros).data_ptr(),
+            self.scale.numel(), out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties,
+            (self.pre if direct else self.ones).data_ptr(), int(nchw)))
+        return out if direct or raw else self.finish(out)
 
 
 def _popcount(words_: torch.Tensor) -> torch.Tensor:

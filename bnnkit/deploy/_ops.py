@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 FORMAT_NAME = "bnnkit-deploy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: binary convs carry `prescale` and round their epilogue as the model does
 
 # name in the file -> callable
 FUNCTIONS = {
@@ -50,6 +50,10 @@ METHODS = frozenset({
     "squeeze", "unsqueeze", "permute", "transpose", "clamp", "hardtanh", "sigmoid", "tanh", "neg", "__getitem__",
     "dim", "float", "clone", "detach",
 })
+
+# functions and methods that reduce over space or channels: their float32 result depends on the
+# summation order, hence on the memory layout; the runtime runs them in the layout the model had
+LAYOUT_SENSITIVE = frozenset({"torch.mean", "F.avg_pool2d", "F.adaptive_avg_pool2d", "mean", "sum"})
 
 # node kinds of the file's graph
 NODE_OPS = frozenset({"input", "bconv", "wconv", "conv", "linear", "batchnorm", "prelu", "constant",

@@ -18,7 +18,7 @@ from . import _native
 from ._bits import unpack_signs, unused_bits_clear
 from ._errors import DeployFormatError
 from ._format import read
-from ._ops import FUNCTIONS, METHODS, NODE_OPS
+from ._ops import FUNCTIONS, LAYOUT_SENSITIVE, METHODS, NODE_OPS
 
 
 class _Ref:
@@ -76,7 +76,9 @@ class Runtime:
         self.isa = _native.resolve_isa(isa)
         self.input_shape: list[int] = []
         self.meta = {k: v for k, v in graph.items() if k not in ("nodes", "digests")}
-        self._tensors = tensors
+        # own, freshly allocated (aligned) copies: BLAS and oneDNN results can depend on a buffer's
+        # alignment, and the model's parameters are aligned allocations
+        self._tensors = {k: t.clone() for k, t in tensors.items()}
         self.kernels: dict[str, tuple] = {}  # bconv node -> (PackedConv, packing (pad, center, groups))
         self._build(graph)
 
@@ -214,6 +216,7 @@ class Runtime:
                 raise self._fail(f"node {name!r}: channels {cin}->{cout} are not divisible by groups {groups}")
             cg = cin // groups
             w = self._tensor(node, "weight", torch.int64, (cout, kernel[0] * kernel[1], _native.words(cg)))
+            prescale = self._tensor(node, "prescale", torch.float32, (cout,))
             scale = self._tensor(node, "scale", torch.float32, (cout,))
             bias = self._tensor(node, "bias", torch.float32, (cout,))
             if not unused_bits_clear(w, cg):
@@ -230,14 +233,16 @@ class Runtime:
                 wf = unpack_signs(w, cg, (kernel[0], kernel[1]))
                 if zeros is not None:
                     wf[zeros[:, 0], zeros[:, 1], zeros[:, 2], zeros[:, 3]] = 0.0
-                s4, b4 = scale.view(1, -1, 1, 1).clone(), bias.view(1, -1, 1, 1).clone()
+                affine = _native.epilogue_constants(prescale, scale, bias)
 
                 def run_wconv(env, ctx):
                     x = env[src]
                     _check_input(x, cin, name)
-                    return torch.addcmul(b4, F.conv2d(x, wf, None, stride, padding, dilation, groups), s4)
+                    # real inputs: oneDNN's summation order follows the memory layout, so use the model's
+                    y = F.conv2d(x.contiguous(memory_format=ctx["layout"]), wf, None, stride, padding, dilation, groups)
+                    return _native.epilogue(y, *affine)
                 return run_wconv, info
-            conv = _native.PackedConv(w, scale, bias, in_channels=cin, kernel=tuple(kernel), stride=tuple(stride),
+            conv = _native.PackedConv(w, scale, bias, prescale=prescale, in_channels=cin, kernel=tuple(kernel), stride=tuple(stride),
                                       padding=tuple(padding), dilation=tuple(dilation), groups=groups)
             key = (src, center, groups)
             pad = pack_groups.setdefault(key, [0, 0])
@@ -246,13 +251,13 @@ class Runtime:
 
             fix = None
             if zeros is not None:
-                # out[:, o] -= scale[o] * (sum of xb over the zero weights' taps), computed as a small
-                # conv of the binarized input with a 0/1 mask, only for the affected channels
+                # dots[:, o] -= (sum of xb over the zero weights' taps), computed as a small conv of
+                # the binarized input with a 0/1 mask, only for the affected channels
                 sel, inv = torch.unique(zeros[:, 0], return_inverse=True)
                 mask = torch.zeros(len(sel), cin, kernel[0], kernel[1])
                 cabs = (zeros[:, 0] // (cout // groups)) * cg + zeros[:, 1]
                 mask[inv, cabs, zeros[:, 2], zeros[:, 3]] = 1.0
-                fix = (sel, mask, scale[sel].view(1, -1, 1, 1).clone())
+                fix = (sel, mask)
                 info["zero_weights"] = int(zeros.shape[0])
 
             def run_bconv(env, ctx):
@@ -260,20 +265,19 @@ class Runtime:
                 _check_input(x, cin, name)
                 packed = ctx.get(key)
                 if packed is None:
-                    thr = None
-                    if center and x.is_contiguous():
-                        # a tensor in PyTorch's default layout came from real layers computed exactly as
-                        # in the model: take its mean the way the model does, to the last bit
-                        thr = x.mean(dim=(1, 2, 3))
+                    # the same reduction over the memory order the model has (that of its input,
+                    # which PyTorch propagates) gives the model's float32 mean to the last bit
+                    thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3)) if center else None
                     packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
                                           threads=ctx["threads"], thresholds=thr)
                     ctx[key] = packed
                 out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
-                           ties=packed[2])
+                           ties=packed[2], raw=fix is not None)
                 if fix is not None:
-                    sel, mask, s = fix
+                    sel, mask = fix
                     xb = torch.sign(x - packed[1].view(-1, 1, 1, 1))  # ties are 0 here as in the bits' fix-up
-                    out.index_add_(1, sel, F.conv2d(xb, mask, None, stride, padding, dilation) * s, alpha=-1.0)
+                    out.index_add_(1, sel, F.conv2d(xb, mask, None, stride, padding, dilation), alpha=-1.0)
+                    out = conv.finish(out)
                 return out
             return run_bconv, info
         if op == "conv":
@@ -285,7 +289,12 @@ class Runtime:
                                          self._ints(node, "dilation", 2, 1))
             if w.shape[0] % groups:
                 raise self._fail(f"node {name!r}: {w.shape[0]} output channels not divisible by groups {groups}")
-            return (lambda env, ctx: F.conv2d(env[src], w, b, stride, padding, dilation, groups)), info
+
+            def run_conv(env, ctx):
+                # oneDNN's summation order depends on the memory layout: compute in the model's, go on in NHWC
+                y = F.conv2d(env[src].contiguous(memory_format=ctx["layout"]), w, b, stride, padding, dilation, groups)
+                return y.contiguous(memory_format=torch.channels_last)
+            return run_conv, info
         if op == "linear":
             src = one_input().slot
             w = self._tensor(node, "weight", torch.float32, dims=2)
@@ -310,12 +319,12 @@ class Runtime:
             fn = FUNCTIONS.get(attrs.get("fn"))
             if fn is None:
                 raise self._fail(f"node {name!r} calls {attrs.get('fn')!r}, which the runtime does not provide")
-            return _caller(fn, args, kwargs), info
+            return _caller(fn, args, kwargs, attrs["fn"] in LAYOUT_SENSITIVE), info
         if op == "method":
             meth = attrs.get("method")
             if meth not in METHODS or not args or not isinstance(args[0], _Ref):
                 raise self._fail(f"node {name!r} calls tensor method {meth!r}, which the runtime does not provide")
-            getter = _caller(lambda obj, *a, **k: getattr(obj, meth)(*a, **k), args, kwargs)
+            getter = _caller(lambda obj, *a, **k: getattr(obj, meth)(*a, **k), args, kwargs, meth in LAYOUT_SENSITIVE)
             return getter, info
         raise self._fail(f"unknown operation {op!r}")  # pragma: no cover
 
@@ -331,7 +340,9 @@ class Runtime:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape[1:]))}), got {got}")
         threads = self.threads or torch.get_num_threads()
-        ctx: dict[Any, Any] = {"threads": max(1, int(threads))}
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx: dict[Any, Any] = {"threads": max(1, int(threads)),
+                               "layout": torch.channels_last if nhwc else torch.contiguous_format}
         env: list[Any] = [None] * len(self._steps)
         with torch.inference_mode():
             # channels_last throughout: the binary convs read and write NHWC, and PyTorch's CPU conv and
@@ -373,7 +384,16 @@ def _refs(obj: Any):
             yield from _refs(o)
 
 
-def _caller(fn: Callable, args: list, kwargs: dict) -> Callable[[list, dict], Any]:
+def _in_layout(v: Any, layout: torch.memory_format) -> Any:
+    return v.contiguous(memory_format=layout) if isinstance(v, torch.Tensor) and v.dim() == 4 else v
+
+
+def _caller(fn: Callable, args: list, kwargs: dict, in_model_layout: bool = False) -> Callable[[list, dict], Any]:
+    if in_model_layout:  # a reduction: sum in the model's memory order, to round as it does
+        def run_in_layout(env, ctx):
+            a = [_in_layout(_materialize(v, env), ctx["layout"]) for v in args]
+            return fn(*a, **_materialize(kwargs, env))
+        return run_in_layout
     if all(isinstance(a, _Ref) for a in args) and not kwargs:
         slots = [a.slot for a in args]
         if len(slots) == 1:
