@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _allocator
 from .layers import BinaryConv2d
 from .methods import method_of
 from .summary import summarize
@@ -148,6 +149,7 @@ def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    _allocator.tune()  # as the bnnkit command does, also for benchmarks/train_step.py
     parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
     parser.add_argument("--methods", nargs="*", default=None, help="e.g. siman biper1 biper2")

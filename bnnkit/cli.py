@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from . import _allocator
 from ._registry import UnknownNameError
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:14s}{text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    _allocator.tune()
     if name not in SUBCOMMANDS:
         print(f"error: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2

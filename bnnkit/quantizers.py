@@ -53,6 +53,9 @@ class WeightQuantizer(Quantizer):
 class InputQuantizer(Quantizer):
     kind = "input"
     centered: ClassVar[bool] = False  # True: binarizes x - mean over (C,H,W) of each sample
+    # True: without autograd, forward(x) is exactly sign(x - t), t = 0 or (centered) that mean, so
+    # exact 1-bit kernels may replace the float conv in eval (bnnkit._packed_eval)
+    sign_valued: ClassVar[bool] = False
 
 
 @QUANTIZERS.register()
@@ -61,6 +64,7 @@ class ApproxSignInput(InputQuantizer):
     Bi-Real Net's ApproxSign (Liu et al., ECCV 2018), without any rescaling of x."""
 
     name = "approx_sign"
+    sign_valued = True
 
     def forward(self, x: Tensor) -> Tensor:
         return approx_sign(x)
@@ -72,6 +76,7 @@ class SteSignInput(InputQuantizer):
     Straight-through estimator of BinaryNet (Courbariaux et al., 2016)."""
 
     name = "ste_sign"
+    sign_valued = True
 
     def forward(self, x: Tensor) -> Tensor:
         return clipped_sign(x)

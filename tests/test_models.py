@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import bnnkit
+from bnnkit import _packed_eval
 from bnnkit.layers import binary_convs
 from bnnkit.methods import METHODS
 from bnnkit.models import _MODELS
@@ -83,13 +84,17 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
         conv.weight_quantizer.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, {}).__setitem__("w", o.detach()))
         conv.input_quantizer.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, {}).__setitem__("x", o.detach()))
     x, y = _input(), torch.tensor([1, 2])
-    with monkeypatch.context() as patch:
-        _forbid_host_round_trips(patch)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        model.eval()
-        with torch.no_grad():
-            model(x)
+    packed = _packed_eval.set_enabled(False)  # CPU-only by design: tested below, not the path a GPU takes
+    try:
+        with monkeypatch.context() as patch:
+            _forbid_host_round_trips(patch)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            model.eval()
+            with torch.no_grad():
+                model(x)
+    finally:
+        _packed_eval.set_enabled(packed)
     assert torch.isfinite(loss)
     assert set(seen) == set(convs)
     for conv_name, out in seen.items():
@@ -106,6 +111,36 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
         if p.requires_grad:
             assert p.grad is not None, f"{pname} received no gradient"
             assert torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name,family,method", BUILDABLE, ids=[f"{f}-{n}-{m}" for n, f, m in BUILDABLE])
+def test_packed_eval_gives_the_float_eval_bits(name, family, method):
+    """On CPU, eval runs binary convs on packed bits (bnnkit._packed_eval): the same integers, the
+    same `* alpha` rounding, the same memory layout, hence the same output bits, in both input
+    layouts; it is used wherever the weights are exactly ±1 and the inputs sign() values."""
+    torch.manual_seed(0)
+    settings = {"stage": 2} if method == "biper" else {"percent": 5.0} if method == "siman" else {}
+    model = _small(bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10, **settings))
+    model.train()
+    model(torch.randn(8, 3, 32, 32))  # running statistics that are not the initial 0 and 1
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        outs = []
+        for enabled in (False, True):
+            old = _packed_eval.set_enabled(enabled)
+            try:
+                with torch.no_grad():
+                    outs.append(model(xl))
+            finally:
+                _packed_eval.set_enabled(old)
+        assert torch.equal(outs[0], outs[1])
+    packed = [n for n, c in binary_convs(model) if c.__dict__.get("_packed_weights") is not None]
+    # XNOR's weights are ±mean|w|, and a random weight can be exactly 0 (sign 0): those stay float
+    eligible = [n for n, c in binary_convs(model) if c.binary_input and bool((c.binary_weight().abs() == 1).all())]
+    sign_input = [n for n, c in binary_convs(model) if c.binary_input]
+    assert packed == eligible and (method == "xnor" or len(eligible) >= len(sign_input) - 1)
 
 
 def test_unknown_names_list_the_valid_ones():

@@ -85,3 +85,13 @@ def test_bench_runs_and_prints_its_ratios(capsys):
     row = next(line for line in out.splitlines() if line.startswith("resnet20_1w1a"))
     assert "biper s2" in row and row.count("x") >= 2
     assert "GFLOP/s" in out
+
+
+def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    from bnnkit import _allocator
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert _allocator.tune() is expected
+    monkeypatch.setenv("BNNKIT_MALLOC_TUNE", "0")
+    assert _allocator.tune() is False

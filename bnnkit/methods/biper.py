@@ -77,6 +77,7 @@ class BiperInput(InputQuantizer):
     """
 
     name = "biper_input"
+    sign_valued = True
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and torch.is_grad_enabled():

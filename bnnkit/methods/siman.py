@@ -91,6 +91,7 @@ class SimanInput(InputQuantizer):
     """
 
     name = "siman_input"
+    sign_valued = True
     centered = True
 
     def forward(self, x: Tensor) -> Tensor:
