@@ -94,6 +94,18 @@ static int resolve_isa(int isa) {
     return isa;
 }
 
+/* (isa, threads, sequence of n integers) -> isa, threads and v; -1 with a Python error set */
+static int parse_call(PyObject* args, int* isa, int* nt, int64_t* v, Py_ssize_t n, const char* what) {
+    PyObject* seq;
+    if (!PyArg_ParseTuple(args, "iiO", isa, nt, &seq)) return -1;
+    if (read_ints(seq, v, n, what) < 0) return -1;
+    if (resolve_isa(*isa) < 0) {
+        PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", *isa);
+        return -1;
+    }
+    return 0;
+}
+
 static void split(int64_t total, int nt, int tid, int64_t* b, int64_t* e) {
     int64_t q = total / nt, r = total % nt;
     *b = tid * q + (tid < r ? tid : r);
@@ -103,11 +115,8 @@ static void split(int64_t total, int nt, int tid, int64_t* b, int64_t* e) {
 /* ---- bconv -------------------------------------------------------------------------------- */
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
-    PyObject* seq;
-    if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
     int64_t v[37];
-    if (read_ints(seq, v, 37, "bconv") < 0) return NULL;
-    if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
+    if (parse_call(args, &isa, &nt, v, 37, "bconv") < 0) return NULL;
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.Hp = v[5]; a.Wp = v[6]; a.bpad_h = v[7]; a.bpad_w = v[8];
@@ -151,11 +160,8 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
 /* ---- pack --------------------------------------------------------------------------------- */
 static PyObject* py_pack(PyObject*, PyObject* args) {
     int isa, nt;
-    PyObject* seq;
-    if (!PyArg_ParseTuple(args, "iiO", &isa, &nt, &seq)) return NULL;
     int64_t v[21];
-    if (read_ints(seq, v, 21, "pack") < 0) return NULL;
-    if (resolve_isa(isa) < 0) return PyErr_Format(PyExc_ValueError, "instruction set %d is not available on this CPU", isa);
+    if (parse_call(args, &isa, &nt, v, 21, "pack") < 0) return NULL;
     PackArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.C = v[5];
