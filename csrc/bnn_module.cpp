@@ -112,6 +112,25 @@ static void split(int64_t total, int nt, int tid, int64_t* b, int64_t* e) {
     *e = *b + q + (tid < r ? 1 : 0);
 }
 
+/* run(b, e) on nt contiguous slices of [0, total), one per OpenMP thread (inline when nt == 1) */
+template <typename Run>
+static void parallel_ranges(int64_t total, int nt, Run run) {
+    if (nt <= 1) {
+        run(0, total);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = 0, n = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num(); n = omp_get_num_threads();
+#endif
+        int64_t b, e;
+        split(total, n, tid, &b, &e);
+        run(b, e);
+    }
+}
+
 /* ---- bconv -------------------------------------------------------------------------------- */
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
@@ -137,20 +156,7 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     void (*fn)(const BConvArgs*, int64_t, int64_t) =
         isa == ISA_AVX512 ? bconv_tasks_avx512 : isa == ISA_AVX2 ? bconv_tasks_avx2 : bconv_tasks_portable;
     Py_BEGIN_ALLOW_THREADS
-    if (nt == 1) {
-        fn(&a, 0, tasks);
-    } else {
-#pragma omp parallel num_threads(nt)
-        {
-            int tid = 0, n = 1;
-#ifdef _OPENMP
-            tid = omp_get_thread_num(); n = omp_get_num_threads();
-#endif
-            int64_t b, e;
-            split(tasks, n, tid, &b, &e);
-            fn(&a, b, e);
-        }
-    }
+    parallel_ranges(tasks, nt, [&](int64_t b, int64_t e) { fn(&a, b, e); });
     if (a.nties > 0 && a.ties) bconv_fix_ties(&a);
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
@@ -192,20 +198,7 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     }
     for (int64_t n = 0; n < a.N; ++n) a.thr_out[BNN_AT("pack thresholds", n, 1, a.thr_len)] = thr[(size_t)n];
     memset(a.out, 0, (size_t)a.out_len * sizeof(uint64_t));
-    if (nt == 1) {
-        fn(&a, thr.data(), 0, rows);
-    } else {
-#pragma omp parallel num_threads(nt)
-        {
-            int tid = 0, n = 1;
-#ifdef _OPENMP
-            tid = omp_get_thread_num(); n = omp_get_num_threads();
-#endif
-            int64_t b, e;
-            split(rows, n, tid, &b, &e);
-            fn(&a, thr.data(), b, e);
-        }
-    }
+    parallel_ranges(rows, nt, [&](int64_t b, int64_t e) { fn(&a, thr.data(), b, e); });
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
     Py_RETURN_NONE;
