@@ -8,8 +8,9 @@ and the convolution runs on 1-bit words instead of float32 (docs/throughput.md h
 
 BinaryConv2d.forward calls `packed_forward` and falls back to F.conv2d wherever it returns None: in
 training or with autograd on, under autocast, off CPU, for non-float32 inputs, for weights that are
-not exactly ±1 (XNOR's ±mean|w|, a weight exactly 0), for real inputs (1w32a) or input quantizers not declared `sign_valued`, or when the native
-kernels are not built. `set_enabled(False)` or BNNKIT_PACKED_EVAL=0 turns it off.
+not exactly ±1 (XNOR's ±mean|w|, a weight exactly 0), for real inputs (1w32a) or input quantizers
+not declared `sign_valued`, or when the native kernels are not built. `set_enabled(False)` or
+BNNKIT_PACKED_EVAL=0 turns it off.
 """
 from __future__ import annotations
 

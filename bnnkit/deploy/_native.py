@@ -81,7 +81,7 @@ def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) ->
 
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
          threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Binarize x (N,C,H,W float32, any memory format) to bits and pack them:
+    """Binarize x (N,C,H,W float32; read in place when NCHW- or channels-last-contiguous) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
     per-sample mean over (C,H,W) when `center` (computed natively in double precision, or the
     given float32 `thresholds` [N]). Returns the bits, the thresholds t [N] and the ties: int32
@@ -97,14 +97,14 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     Cg = C // groups
     Cw = words(Cg)
     out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
-    nhwc = x if nchw else x.permute(0, 2, 3, 1)  # the memory the kernel reads, as a contiguous tensor
+    src = x if nchw else x.permute(0, 2, 3, 1)  # the memory the kernel reads, as a contiguous tensor
     thr = torch.empty(N, dtype=torch.float32)
     mode = int(center)
     if center and thresholds is not None:
         thr_in = thresholds.detach().to(torch.float32).reshape(-1).contiguous()
         _check_tensor(thr_in, torch.float32, N, "pack thresholds")
         mode = 2
-    _check_tensor(nhwc, torch.float32, N * H * W * C, "pack input")
+    _check_tensor(src, torch.float32, N * H * W * C, "pack input")
     if not hasattr(_scratch, "ties"):
         _scratch.count = torch.zeros(1, dtype=torch.int64)
         _scratch.ties = torch.empty((1024, 4), dtype=torch.int32)
@@ -112,7 +112,7 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     while True:
         cap = ties.shape[0]
         lib().pack(ISA_CODES[isa], threads, (
-            nhwc.data_ptr(), nhwc.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
+            src.data_ptr(), src.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
             out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
             ties.data_ptr(), cap, count.data_ptr(), int(nchw)))
         found = int(count[0])
