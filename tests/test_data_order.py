@@ -84,6 +84,7 @@ def _worker(rank: int, world: int, init: str, root: str, out: str) -> None:
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(gathered, f)
+        dist.barrier()  # leave together: tearing gloo down under a peer that still uses it aborts the peer
     finally:
         dist.destroy_process_group()
 

@@ -89,16 +89,20 @@ def _one_step(rank: int, port: int, out: str) -> None:
         torch.save({"loss": total / 2, "ref_loss": ref_loss.detach(), "net": net.state_dict(), "ref": ref.state_dict(),
                     "grads": {n: p.grad for n, p in net.named_parameters() if p.grad is not None},
                     "ref_grads": {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}}, out)
+    dist.barrier()  # leave together: a rank that tears down gloo while its peer still uses it aborts the peer
     dist.destroy_process_group()
 
 
 def test_one_step_gradients_match(tmp_path):
-    import random
+    import socket
 
     import torch.multiprocessing as mp
 
+    with socket.socket() as s:  # a port that is free now, not a random guess
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     out = tmp_path / "step.pt"
-    mp.spawn(_one_step, args=(random.randint(20000, 40000), str(out)), nprocs=2)
+    mp.spawn(_one_step, args=(port, str(out)), nprocs=2)
     r = torch.load(out, weights_only=True)
     assert torch.allclose(r["loss"], r["ref_loss"], rtol=1e-6)
     # float32 sums over a batch split in two differ in rounding; tiny gradients (alpha: ~1e-6, sums of

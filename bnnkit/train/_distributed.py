@@ -46,12 +46,22 @@ def setup(device: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        _state["created"] = True
     return Dist(rank, world, local, dev)
 
 
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
+_state = {"created": False}  # whether setup() created the process group (a caller's own is left alone)
+
+
+def teardown(clean: bool) -> None:
+    """Leave the process group setup() created. After a clean run, behind a barrier: a process that
+    tears gloo down while its peer still talks to it aborts the peer. After an error, at once (the
+    peers may never reach a barrier)."""
+    if _state["created"] and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+        _state["created"] = False
 
 
 def any_flag(flag: bool, device: torch.device) -> bool:

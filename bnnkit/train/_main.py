@@ -18,7 +18,7 @@ from ..methods import method_of
 from . import _checkpoint as ck
 from ._config import ConfigError, plain, resolve, run_dir_of, stages_of
 from ._data import load_data
-from ._distributed import Dist, any_flag, setup
+from ._distributed import Dist, any_flag, setup, teardown
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
@@ -293,6 +293,16 @@ def main(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """Run the configured training: one stage, or BiPer's stage 1 then stage 2 (a recipe with
     `stage1:` and `stage2:` sections). Stage 2 starts from stage 1's best checkpoint, which carries
     the frequency and every other setting. Returns each stage's summary."""
+    clean = False
+    try:
+        out = _run_stages(raw)
+        clean = True
+        return out
+    finally:
+        teardown(clean)
+
+
+def _run_stages(raw: dict[str, Any]) -> list[dict[str, Any]]:
     stages = stages_of(raw)
     if len(stages) == 1:
         return [train_stage(resolve(stages[0]))]
