@@ -98,5 +98,4 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor) -> Tensor | None:
     bits, _, ties = native.pack(x, groups=layer.groups, pad=pad, center=threshold is not None, isa=isa,
                                threads=threads, thresholds=threshold)
     # later reductions (the next SiMaN mean, pooling) must see the layout the float conv would give
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return conv(bits, x.shape[2], x.shape[3], pad, isa=isa, threads=threads, ties=ties, nchw=not channels_last)
+    return conv(bits, x.shape[2], x.shape[3], pad, isa=isa, threads=threads, ties=ties, nchw=not native.is_channels_last(x))

@@ -3,7 +3,7 @@
 The float32 baseline is the model itself with every binary conv replaced by a plain nn.Conv2d of
 the same shape (real weights, no binarization), run eagerly under torch.inference_mode() on
 the same input as the runtime; everything else in the network is unchanged. Per layer, each binary conv
-(binarize + pack its input, then the XOR-popcount conv with the folded BN·alpha epilogue) is
+(binarize + pack its input, then the XOR-popcount conv with its alpha and BN epilogue) is
 compared with F.conv2d of the same shape on the same (NCHW) input. Times are the minimum over repeats
 (at least 3, for at least `min_time` seconds), which is robust to other load on the machine.
 """

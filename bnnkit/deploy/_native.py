@@ -63,6 +63,12 @@ def resolve_isa(isa: str | None = None) -> str:
     return want
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when x is stored channels-last and not also in the default order (ambiguous shapes,
+    e.g. C == 1, have one memory order for both): the layout PyTorch propagates from x."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def words(channels: int) -> int:
     return (channels + 63) // 64
 

@@ -340,9 +340,8 @@ class Runtime:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape[1:]))}), got {got}")
         threads = self.threads or torch.get_num_threads()
-        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         ctx: dict[Any, Any] = {"threads": max(1, int(threads)),
-                               "layout": torch.channels_last if nhwc else torch.contiguous_format}
+                               "layout": torch.channels_last if _native.is_channels_last(x) else torch.contiguous_format}
         env: list[Any] = [None] * len(self._steps)
         with torch.inference_mode():
             # channels_last throughout: the binary convs read and write NHWC, and PyTorch's CPU conv and
