@@ -40,29 +40,9 @@ struct Avx512Policy {
     }
 };
 
-/* 8x8 float transpose in registers (unpack, shuffle, 128-bit lane permute) */
-static inline void transpose8(const float (*in)[8], float (*out)[8]) {
-    __m256 r[8], t[8], s[8];
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in[i]);
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(out[i], _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
-        _mm256_storeu_ps(out[i + 4], _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
-    }
-}
-
 }  // namespace
 
-#define BNN_HAVE_TRANSPOSE8
+#define BNN_AVX_TRANSPOSE8
 #define BNN_POLICY Avx512Policy
 #define BNN_TILE 8
 #define BNN_BLOCKS 2

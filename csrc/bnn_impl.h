@@ -28,43 +28,42 @@ namespace {
 
 typedef BNN_POLICY P;
 
-static const int32_t kZeroCorr[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-
-#ifndef BNN_HAVE_TRANSPOSE8
-/* out[j][t] = in[t][j]: 8 pixels x 8 channels to 8 channels x 8 pixels (NCHW stores) */
-static inline void transpose8(const float (*in)[8], float (*out)[8]) {
+#if defined(BNN_AVX_TRANSPOSE8)
+/* out[j][t] = in[t][j]: 8 pixels x 8 channels to 8 channels x 8 pixels, in AVX registers
+ * (unpack, shuffle, 128-bit lane permute) */
+static inline void transpose8(const float* in, float (*out)[8]) {
+    __m256 r[8], t[8], s[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + 8 * i);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(out[i], _mm256_permute2f128_ps(s[i], s[i + 4], 0x20));
+        _mm256_storeu_ps(out[i + 4], _mm256_permute2f128_ps(s[i], s[i + 4], 0x31));
+    }
+}
+#else
+static inline void transpose8(const float* in, float (*out)[8]) {
     for (int t = 0; t < 8; ++t)
-        for (int j = 0; j < 8; ++j) out[j][t] = in[t][j];
+        for (int j = 0; j < 8; ++j) out[j][t] = in[8 * t + j];
 }
 #endif
 
-/* The zero-padding correction of output pixel (oy, x) for block blk: padded positions hold +1 bits,
- * subtract what each of them added. Returns kZeroCorr for a pixel whose window lies inside. */
-static inline const int32_t* border_corr(const BConvArgs* a, int64_t oy, int64_t x, int64_t blk, bool rows_ok,
-                                         int32_t* csum) {
-    const int64_t K = a->KH * a->KW;
-    const int64_t ix0 = x * a->sw - a->pw;
-    if (rows_ok && ix0 >= 0 && ix0 + (a->KW - 1) * a->dw < a->W) return kZeroCorr;
-    for (int j = 0; j < 8; ++j) csum[j] = 0;
-    const int64_t iy0 = oy * a->sh - a->ph;
-    for (int64_t ky = 0; ky < a->KH; ++ky) {
-        const int64_t iy = iy0 + ky * a->dh;
-        const bool ry = iy >= 0 && iy < a->H;
-        for (int64_t kx = 0; kx < a->KW; ++kx) {
-            const int64_t ix = ix0 + kx * a->dw;
-            if (ry && ix >= 0 && ix < a->W) continue;
-            const int64_t ci = BNN_AT("bconv corrections", (blk * K + ky * a->KW + kx) * 8, 8, a->corr_len);
-            for (int j = 0; j < 8; ++j) csum[j] += a->corr[ci + j];
-        }
-    }
-    return csum;
-}
-
 /* T output pixels (ox ... ox+T-1 of row oy) by NB blocks of 8 output channels (ob, ob+1, ...).
- * offs[i], i = k*Cw + w: word offset of (kernel position k, word w) from a pixel's first word. */
+ * offs[i], i = k*Cw + w: word offset of (kernel position k, word w) from a pixel's first word.
+ * The epilogue writes NHWC output directly, or with rowbuf (NCHW output) the row's [NB][Wo][8]
+ * buffer that store_row_nchw transposes once the row is done. Every pixel, border or not, takes
+ * its zero-padding correction from the table of its (row class, column class). */
 template <int T, int NB>
 static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n, int64_t oy, int64_t ox,
-                              int64_t g, int64_t ob, bool rows_ok) {
+                              int64_t g, int64_t ob, float* rowbuf) {
     const int64_t K = a->KH * a->KW, Cw = a->Cw, PW = a->G * a->Cw, KC = K * Cw;
     const int64_t blk = g * a->OBg + ob;
     const int64_t by0 = oy * a->sh - a->ph + a->bpad_h;
@@ -84,49 +83,47 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
             for (int b = 0; b < NB; ++b) acc[b][t] = P::step(acc[b][t], wv[b], av);
         }
     }
-    const int64_t ixa = ox * a->sw - a->pw, ixb = (ox + T - 1) * a->sw - a->pw + (a->KW - 1) * a->dw;
-    const bool interior = rows_ok && ixa >= 0 && ixb < a->W;
-    const int64_t O = a->G * a->Og;
+    const int64_t O = a->G * a->Og, OB8 = a->G * a->OBg * 8;
     const int32_t kc = (int32_t)(K * a->Cg);
-    if (interior && !a->out_nchw) {  /* the common case, kept branch-free: contiguous NHWC stores */
-        for (int b = 0; b < NB; ++b) {
-            int nch = (int)(a->Og - (ob + b) * 8);
-            if (nch > 8) nch = 8;
-            const int64_t sb = BNN_AT("bconv scale", (blk + b) * 8, 8, a->sb_len);
-            const int64_t o0 = ((n * a->Ho + oy) * a->Wo + ox) * O + g * a->Og + (ob + b) * 8;
-            float* out = a->out + BNN_AT("bconv output", o0, (T - 1) * O + nch, a->out_len);
-            for (int t = 0; t < T; ++t) P::epilogue(acc[b][t], kZeroCorr, kc, a->pre + sb, a->scale + sb, a->bias + sb, out + t * O, nch);
-        }
-        return;
-    }
-    int32_t csum[8];
+    const int64_t crow = (int64_t)a->row_cls[BNN_AT("bconv row classes", oy, 1, a->Ho)] * a->ncls_col;
     for (int b = 0; b < NB; ++b) {
         int nch = (int)(a->Og - (ob + b) * 8);
         if (nch > 8) nch = 8;
         const int64_t sb = BNN_AT("bconv scale", (blk + b) * 8, 8, a->sb_len);
-        const int64_t ch0 = g * a->Og + (ob + b) * 8;
-        if (!a->out_nchw) {  /* NHWC: each pixel's 8 channels are contiguous */
-            for (int t = 0; t < T; ++t) {
-                const int32_t* corr = interior ? kZeroCorr : border_corr(a, oy, ox + t, blk + b, rows_ok, csum);
-                const int64_t oi = BNN_AT("bconv output", ((n * a->Ho + oy) * a->Wo + ox + t) * O + ch0, nch, a->out_len);
-                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb, a->out + oi, nch);
-            }
-            continue;
-        }
-        /* NCHW: through a T x 8 buffer, transposed, then T contiguous values per channel */
-        float tmp[T][8], col[8][8];
+        const int64_t o0 = ((n * a->Ho + oy) * a->Wo + ox) * O + g * a->Og + (ob + b) * 8;
         for (int t = 0; t < T; ++t) {
-            const int32_t* corr = interior ? kZeroCorr : border_corr(a, oy, ox + t, blk + b, rows_ok, csum);
-            P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb, tmp[t], nch);
-        }
-        if (T == 8) transpose8((const float (*)[8])tmp, col);
-        for (int j = 0; j < nch; ++j) {
-            float* out = a->out + BNN_AT("bconv output", bconv_out_index(a, n, ch0 + j, oy, ox), T, a->out_len);
-            if (T == 8)
-                memcpy(out, col[j], 8 * sizeof(float));
+            const int64_t cls = crow + a->col_cls[BNN_AT("bconv column classes", ox + t, 1, a->Wo)];
+            const int32_t* corr = a->bcorr + BNN_AT("bconv border corrections", cls * OB8 + (blk + b) * 8, 8, a->bcorr_len);
+            if (rowbuf)  /* all 8 lanes: the padding channels of a block have zero constants */
+                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb,
+                            rowbuf + ((int64_t)b * a->Wo + ox + t) * 8, 8);
             else
-                for (int t = 0; t < T; ++t) out[t] = tmp[t][j];
+                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb,
+                            a->out + BNN_AT("bconv output", o0 + t * O, nch, a->out_len), nch);
         }
+    }
+}
+
+/* NCHW output: the row's [NB][Wo][8] results, transposed 8 pixels at a time into Wo contiguous
+ * values per channel */
+static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, int64_t n, int64_t oy, int64_t g,
+                                  int64_t ob, int NB) {
+    for (int b = 0; b < NB; ++b) {
+        int nch = (int)(a->Og - (ob + b) * 8);
+        if (nch > 8) nch = 8;
+        const int64_t ch0 = g * a->Og + (ob + b) * 8;
+        const float* rb = rowbuf + (int64_t)b * a->Wo * 8;
+        int64_t x = 0;
+        float col[8][8];
+        for (; x + 8 <= a->Wo; x += 8) {
+            transpose8(rb + x * 8, col);
+            for (int j = 0; j < nch; ++j)
+                memcpy(a->out + BNN_AT("bconv output", bconv_out_index(a, n, ch0 + j, oy, x), 8, a->out_len), col[j],
+                       8 * sizeof(float));
+        }
+        for (int j = 0; j < nch; ++j)
+            for (int64_t xr = x; xr < a->Wo; ++xr)
+                a->out[BNN_AT("bconv output", bconv_out_index(a, n, ch0 + j, oy, xr), 1, a->out_len)] = rb[xr * 8 + j];
     }
 }
 
@@ -139,21 +136,22 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
 
 template <int T, int NB>
 static inline void bconv_tiles(const BConvArgs* a, const int64_t* offs, int64_t n, int64_t oy, int64_t g,
-                               int64_t ob, bool rows_ok) {
+                               int64_t ob, float* rowbuf) {
     int64_t ox = 0;
-    for (; ox + T <= a->Wo; ox += T) bconv_tile<T, NB>(a, offs, n, oy, ox, g, ob, rows_ok);
+    for (; ox + T <= a->Wo; ox += T) bconv_tile<T, NB>(a, offs, n, oy, ox, g, ob, rowbuf);
     if (T > 8)
-        for (; ox + 8 <= a->Wo; ox += 8) bconv_tile<(T > 8 ? 8 : T), NB>(a, offs, n, oy, ox, g, ob, rows_ok);
+        for (; ox + 8 <= a->Wo; ox += 8) bconv_tile<(T > 8 ? 8 : T), NB>(a, offs, n, oy, ox, g, ob, rowbuf);
     switch (a->Wo - ox) {  /* the remainder as one tile */
         case 0: break;
-        case 1: bconv_tile<1, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
-        case 2: bconv_tile<2, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
-        case 3: bconv_tile<3, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
-        case 4: bconv_tile<4, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
-        case 5: bconv_tile<5, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
-        case 6: bconv_tile<6, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
-        default: bconv_tile<7, NB>(a, offs, n, oy, ox, g, ob, rows_ok); break;
+        case 1: bconv_tile<1, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
+        case 2: bconv_tile<2, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
+        case 3: bconv_tile<3, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
+        case 4: bconv_tile<4, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
+        case 5: bconv_tile<5, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
+        case 6: bconv_tile<6, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
+        default: bconv_tile<7, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
     }
+    if (rowbuf) store_row_nchw(a, rowbuf, n, oy, g, ob, NB);
 }
 
 /* Tasks: (n, oy, g, group of BNN_BLOCKS blocks of 8 output channels), the last index fastest. */
@@ -166,7 +164,12 @@ static void bconv_run(const BConvArgs* a, int64_t t0, int64_t t1) {
     const int64_t OBP = (a->OBg + BNN_BLOCKS - 1) / BNN_BLOCKS;
     int64_t small[1024];
     int64_t* offs = KC <= 1024 ? small : (int64_t*)malloc((size_t)KC * sizeof(int64_t));
-    if (!offs) return;
+    float* rowbuf = a->out_nchw ? (float*)malloc((size_t)(BNN_BLOCKS * a->Wo * 8) * sizeof(float)) : NULL;
+    if (!offs || (a->out_nchw && !rowbuf)) {
+        if (offs != small) free(offs);
+        free(rowbuf);
+        return;
+    }
     for (int64_t ky = 0; ky < a->KH; ++ky)
         for (int64_t kx = 0; kx < a->KW; ++kx)
             for (int64_t w = 0; w < Cw; ++w)
@@ -177,16 +180,15 @@ static void bconv_run(const BConvArgs* a, int64_t t0, int64_t t1) {
         const int64_t g = r % a->G; r /= a->G;
         const int64_t oy = r % a->Ho;
         const int64_t n = r / a->Ho;
-        const int64_t iy0 = oy * a->sh - a->ph;
-        const bool rows_ok = iy0 >= 0 && iy0 + (a->KH - 1) * a->dh < a->H;
         const int64_t ob = obp * BNN_BLOCKS;
         if (BNN_BLOCKS == 2 && ob + 1 < a->OBg)
-            bconv_tiles<BNN_TILE, BNN_BLOCKS>(a, offs, n, oy, g, ob, rows_ok);
+            bconv_tiles<BNN_TILE, BNN_BLOCKS>(a, offs, n, oy, g, ob, rowbuf);
         else
             for (int64_t b = ob; b < a->OBg && b < ob + BNN_BLOCKS; ++b)
-                bconv_tiles<BNN_TILE, 1>(a, offs, n, oy, g, b, rows_ok);
+                bconv_tiles<BNN_TILE, 1>(a, offs, n, oy, g, b, rowbuf);
     }
     if (offs != small) free(offs);
+    free(rowbuf);
 }
 
 static inline void record_ties(const PackArgs* a, uint64_t eq, int64_t n, int64_t y, int64_t x, int64_t c0) {

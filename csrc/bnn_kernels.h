@@ -4,8 +4,11 @@
  * bit value 1 means -1, 0 means +1; unused bits of the last word are 0):
  *   packed activations  [N][Hp][Wp][G][Cw]        Hp = H + 2*bpad_h, Wp = W + 2*bpad_w, zero border
  *   kernel weights      [G][OBg][K][Cw][8]        8 output channels interleaved per block (OBg = ceil(Og/8))
- *   border corrections  [G][OBg][K][8] int32      Cg - 2*popcount(w[o][k]): what a (+1) padded
- *                                                 position adds to the dot product, subtracted back
+ *   border corrections  [R][C][G][OBg][8] int32   for an output pixel of row class r and column
+ *                                                 class c: what its (+1) padded positions add to the
+ *                                                 dot product (the sum over them of Cg - 2*popcount(w)),
+ *                                                 subtracted back; zero for a window inside the input
+ *   row / column classes [Ho] / [Wo] int32        r and c of each output row and column (C = ncls_col)
  *   pre, scale, bias    [G][OBg][8] float32       the model's scale alpha, then its BatchNorm as an
  *                                                 affine map (zero for padding channels)
  *   output              [N][Ho][Wo][G*Og] float32 (NHWC, i.e. PyTorch channels_last), or with
@@ -32,7 +35,8 @@ typedef struct {
     int64_t KH, KW, sh, sw, ph, pw, dh, dw;
     int64_t Ho, Wo;
     const uint64_t* wk; int64_t wk_len;
-    const int32_t* corr; int64_t corr_len;
+    const int32_t* bcorr; int64_t bcorr_len;
+    const int32_t* row_cls; const int32_t* col_cls; int64_t ncls_col;
     const float* pre; const float* scale; const float* bias; int64_t sb_len;
     float* out; int64_t out_len;
     const int32_t* ties; int64_t nties;  /* input activations that are exactly 0 after centring */

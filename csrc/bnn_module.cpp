@@ -134,8 +134,8 @@ static void parallel_ranges(int64_t total, int nt, Run run) {
 /* ---- bconv -------------------------------------------------------------------------------- */
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
-    int64_t v[37];
-    if (parse_call(args, &isa, &nt, v, 37, "bconv") < 0) return NULL;
+    int64_t v[40];
+    if (parse_call(args, &isa, &nt, v, 40, "bconv") < 0) return NULL;
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.Hp = v[5]; a.Wp = v[6]; a.bpad_h = v[7]; a.bpad_w = v[8];
@@ -143,12 +143,13 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.KH = v[14]; a.KW = v[15]; a.sh = v[16]; a.sw = v[17]; a.ph = v[18]; a.pw = v[19]; a.dh = v[20]; a.dw = v[21];
     a.Ho = v[22]; a.Wo = v[23];
     a.wk = (const uint64_t*)(uintptr_t)v[24]; a.wk_len = v[25];
-    a.corr = (const int32_t*)(uintptr_t)v[26]; a.corr_len = v[27];
+    a.bcorr = (const int32_t*)(uintptr_t)v[26]; a.bcorr_len = v[27];
     a.scale = (const float*)(uintptr_t)v[28]; a.bias = (const float*)(uintptr_t)v[29]; a.sb_len = v[30];
     a.out = (float*)(uintptr_t)v[31]; a.out_len = v[32];
     a.ties = (const int32_t*)(uintptr_t)v[33]; a.nties = v[34];
     a.pre = (const float*)(uintptr_t)v[35];
     a.out_nchw = v[36];
+    a.row_cls = (const int32_t*)(uintptr_t)v[37]; a.col_cls = (const int32_t*)(uintptr_t)v[38]; a.ncls_col = v[39];
     if (nt < 1) nt = 1;
     const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
                           : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);

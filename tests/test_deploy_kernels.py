@@ -223,10 +223,11 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
                               kernel=(k, k), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     bits, _, _ = _native.pack(torch.randn(N, C, H, W), groups=1, pad=(1, 1), center=False, isa="portable", threads=1)
     out = torch.empty(N, H, W, O)
+    row_cls, col_cls, table = conv.borders(H, W)
     args = [bits.data_ptr(), bits.numel() - 7, N, H, W, H + 2, W + 2, 1, 1, 1, C, 1, O, 1, k, k, 1, 1, 1, 1, 1, 1, H, W,
-            conv.wk.data_ptr(), conv.wk.numel(), conv.corr.data_ptr(), conv.corr.numel(),
+            conv.wk.data_ptr(), conv.wk.numel(), table.data_ptr(), table.numel(),
             conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel(), 0, 0,
-            conv.pre.data_ptr(), 0]
+            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1]]
     for isa in ISAS:
         with pytest.raises(RuntimeError, match="bounds check failed.*bconv activations"):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
@@ -240,6 +241,11 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
     args[36] = 0
     args[32] = out.numel()
+    args[39] = table.shape[1] + 1  # a column class count that sends the last rows past the table
+    for isa in ISAS:
+        with pytest.raises(RuntimeError, match="bconv border corrections"):
+            debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
+    args[39] = table.shape[1]
     ties = torch.tensor([[0, 1, 1, 3]], dtype=torch.int32)
     args[33:35] = [ties.data_ptr(), 1]
     debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)     # a tie inside the image: fine

@@ -174,6 +174,7 @@ class PackedConv:
         self.pre, self.scale, self.bias = (self._padded(t.float().reshape(G, Og)) for t in (prescale, scale, bias))
         self.ones, self.zeros = self._padded(torch.ones(G, Og)), self._padded(torch.zeros(G, Og))
         self.affine = epilogue_constants(prescale, scale, bias)
+        self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         # the kernel's constant buffers are built here and never change: check them once
         _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
         _check_tensor(self.corr, torch.int32, G * OBg * K * 8, "kernel corrections")
@@ -190,6 +191,29 @@ class PackedConv:
     def finish(self, dots: torch.Tensor) -> torch.Tensor:
         """The epilogue, applied to raw dot products (an output of __call__ with raw=True)."""
         return epilogue(dots, *self.affine)
+
+    def borders(self, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The zero-padding corrections for an H x W input: (row classes int32 [Ho], column classes
+        int32 [Wo], table int32 [R, C, G, OBg, 8]). Output pixels whose windows leave the input at
+        the same kernel rows and columns share a class; the table holds what their padded (+1)
+        positions add to the dot product, zero for a window inside the input."""
+        key = (H, W)
+        if key not in self._borders:
+            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+            Ho, Wo = self.out_size(H, W)
+            iy = torch.arange(Ho)[:, None] * sh - ph + torch.arange(kh)[None] * dh
+            ix = torch.arange(Wo)[:, None] * sw - pw + torch.arange(kw)[None] * dw
+            rows, row_cls = torch.unique((iy >= 0) & (iy < H), dim=0, return_inverse=True)
+            cols, col_cls = torch.unique((ix >= 0) & (ix < W), dim=0, return_inverse=True)
+            outside = ~(rows[:, None, :, None] & cols[None, :, None, :])  # [R, C, kh, kw]
+            R, C = outside.shape[:2]
+            corr = self.corr.permute(2, 0, 1, 3).reshape(self.K, -1)  # [K, G*OBg*8]
+            table = (outside.reshape(R * C, self.K).double() @ corr.double()).round().to(torch.int32)
+            if len(self._borders) >= 16:
+                self._borders.clear()
+            self._borders[key] = (row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous(),
+                                  table.reshape(R, C, self.groups, self.OBg, 8).contiguous())
+        return self._borders[key]
 
     def out_size(self, H: int, W: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
@@ -220,15 +244,22 @@ class PackedConv:
             _need(ties.dim() == 2 and ties.shape[1] == 4, "ties must be rows of (n, y, x, c)")
             _check_tensor(ties, torch.int32, ties.shape[0] * 4, "ties")
             nties = ties.shape[0]
+        row_cls, col_cls, table = self.borders(H, W)
+        _check_tensor(row_cls, torch.int32, Ho, "row classes")
+        _check_tensor(col_cls, torch.int32, Wo, "column classes")
+        _check_tensor(table, torch.int32, table.shape[0] * table.shape[1] * self.groups * self.OBg * 8, "border corrections")
+        _need(int(row_cls.max()) < table.shape[0] and int(col_cls.max()) < table.shape[1] and int(row_cls.min()) >= 0
+              and int(col_cls.min()) >= 0, "border classes outside their table")
         # inputs exactly at their threshold are fixed on the integer dot products, before the epilogue
         direct = not raw and not nties
         lib().bconv(ISA_CODES[isa], threads, (
             packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
             self.groups, self.Cg, self.Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
-            self.wk.data_ptr(), self.wk.numel(), self.corr.data_ptr(), self.corr.numel(),
+            self.wk.data_ptr(), self.wk.numel(), table.data_ptr(), table.numel(),
             (self.scale if direct else self.ones).data_ptr(), (self.bias if direct else self.zeros).data_ptr(),
             self.scale.numel(), out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties,
-            (self.pre if direct else self.ones).data_ptr(), int(nchw)))
+            (self.pre if direct else self.ones).data_ptr(), int(nchw),
+            row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1]))
         return out if direct or raw else self.finish(out)
 
 
