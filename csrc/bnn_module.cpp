@@ -205,6 +205,38 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+/* ---- taps --------------------------------------------------------------------------------- */
+/* src [N][Hp][Wp] words of Cg bits -> dst [N][Hp][Wq], Wq = Wp - (KW-1)*dw: the word of column x
+ * holds columns x + kx*dw at bits kx*Cg, kx < KW, KW*Cg <= 64 (see PackedConv._taps_setup) */
+static PyObject* py_taps(PyObject*, PyObject* args) {
+    int isa, nt;
+    int64_t v[10];
+    if (parse_call(args, &isa, &nt, v, 10, "taps") < 0) return NULL;
+    const uint64_t* src = (const uint64_t*)(uintptr_t)v[0];
+    const int64_t src_len = v[1], N = v[2], Hp = v[3], Wp = v[4], KW = v[5], dw = v[6], Cg = v[7];
+    uint64_t* dst = (uint64_t*)(uintptr_t)v[8];
+    const int64_t dst_len = v[9], Wq = Wp - (KW - 1) * dw;
+    if (N < 0 || Hp < 0 || Wq < 1 || KW < 1 || dw < 1 || Cg < 1 || KW * Cg > 64 || src_len != N * Hp * Wp ||
+        dst_len != N * Hp * Wq)
+        return PyErr_Format(PyExc_ValueError, "taps: inconsistent arguments");
+    if (nt < 1) nt = 1;
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(N * Hp, nt, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const uint64_t* s = src + BNN_AT("taps input", r * Wp, Wp, src_len);
+            uint64_t* d = dst + BNN_AT("taps output", r * Wq, Wq, dst_len);
+            for (int64_t x = 0; x < Wq; ++x) {
+                uint64_t word = 0;
+                for (int64_t kx = 0; kx < KW; ++kx) word |= s[x + kx * dw] << (kx * Cg);
+                d[x] = word;
+            }
+        }
+    });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_cpu_features(PyObject*, PyObject*) {
     return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
                          "avx512", cpu_has_avx512() ? Py_True : Py_False);
@@ -226,6 +258,7 @@ static PyObject* py_build_info(PyObject*, PyObject*) {
 
 static PyMethodDef methods[] = {
     {"bconv", py_bconv, METH_VARARGS, "bconv(isa, threads, args): binary convolution, see csrc/bnn_kernels.h"},
+    {"taps", py_taps, METH_VARARGS, "taps(isa, threads, args): kernel-row taps side by side, see PackedConv"},
     {"pack", py_pack, METH_VARARGS, "pack(isa, threads, args): binarize and bit-pack NHWC activations"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},

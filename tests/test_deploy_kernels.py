@@ -29,6 +29,8 @@ CASES = [
     (1, 48, 36, 5, 5, 3, 1, 1, 1, 3, True, None),      # 12 out channels per group: a partial block
     (1, 16, 16, 17, 3, 5, 1, 2, 1, 1, False, None),    # 5x5, width smaller than the kernel window
     (1, 512, 512, 7, 7, 3, 1, 1, 1, 1, True, None),
+    (2, 21, 24, 9, 10, 3, 1, 1, 1, 1, False, None),    # 21 channels: a kernel row's 3 taps fill 63 bits
+    (1, 16, 16, 9, 9, 3, 1, 2, 2, 1, True, None),      # 16 channels, dilation 2: 3 taps a word, 2 columns apart
 ]
 
 
@@ -252,3 +254,16 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
     args[6] = W + 4                                            # lie about the row length: caught
     with pytest.raises(RuntimeError, match="bounds check failed"):
         debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)
+
+
+@pytest.mark.parametrize("channels, groups, kernel, words", [(16, 1, 3, 1), (21, 1, 3, 1), (3, 1, 7, 1), (22, 1, 3, 0),
+                                                            (16, 1, 5, 0), (64, 1, 3, 0), (16, 2, 3, 0), (16, 1, 1, 0)])
+def test_narrow_layers_pack_their_kernel_taps(channels, groups, kernel, words):
+    """A layer whose kernel row fits one word (KW x channels <= 64, one group) runs as a KH x 1 conv
+    over words of side-by-side taps (tap_words 1; 0 = the plain layout); the CASES above, three
+    of them narrow, check the results."""
+    O = 8
+    w = torch.randn(O, channels // groups, kernel, kernel) < 0
+    conv = _native.PackedConv(pack_signs(w), torch.ones(O), torch.zeros(O), in_channels=channels,
+                              kernel=(kernel, kernel), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=groups)
+    assert conv.tap_words == words
