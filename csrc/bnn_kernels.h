@@ -70,8 +70,9 @@ void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1);
 
-/* After the main loop: the packed bits read each tie as +1; remove what it added (sign 0 adds 0). */
-void bconv_fix_ties(const BConvArgs* a);
+/* After the main loop: the packed bits read each tie as +1; remove what it added (sign 0 adds 0),
+ * for the output channels [o0, o1) of each group (disjoint ranges can run in parallel). */
+void bconv_fix_ties(const BConvArgs* a, int64_t o0, int64_t o1);
 
 /* pack rows [r0, r1) of the N*H input rows; thr[n] is the threshold of sample n */
 void pack_rows_portable(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);

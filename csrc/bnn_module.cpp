@@ -158,7 +158,8 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
         isa == ISA_AVX512 ? bconv_tasks_avx512 : isa == ISA_AVX2 ? bconv_tasks_avx2 : bconv_tasks_portable;
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(tasks, nt, [&](int64_t b, int64_t e) { fn(&a, b, e); });
-    if (a.nties > 0 && a.ties) bconv_fix_ties(&a);
+    if (a.nties > 0 && a.ties)  /* untrained networks can have 4 % of their inputs exactly at 0 */
+        parallel_ranges(a.Og, a.Og < nt ? (int)a.Og : nt, [&](int64_t b, int64_t e) { bconv_fix_ties(&a, b, e); });
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
     Py_RETURN_NONE;

@@ -51,7 +51,7 @@ int64_t bconv_num_tasks_portable(const BConvArgs* a) { return bconv_task_count(a
 
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a, t0, t1); }
 
-void bconv_fix_ties(const BConvArgs* a) {
+void bconv_fix_ties(const BConvArgs* a, int64_t o0, int64_t o1) {
     const int64_t K = a->KH * a->KW;
     for (int64_t z = 0; z < a->nties; ++z) {
         const int32_t* row = a->ties + 4 * z;
@@ -69,7 +69,7 @@ void bconv_fix_ties(const BConvArgs* a) {
                 const int64_t ox = nx / a->sw;
                 if (ox >= a->Wo) continue;
                 const int64_t k = ky * a->KW + kx;
-                for (int64_t ol = 0; ol < a->Og; ++ol) {
+                for (int64_t ol = o0; ol < o1 && ol < a->Og; ++ol) {
                     const int64_t blk = g * a->OBg + ol / 8, j = ol % 8;
                     const uint64_t word = a->wk[BNN_AT("tie weights", ((blk * K + k) * a->Cw + w) * 8 + j, 1, a->wk_len)];
                     const float sw = ((word >> bit) & 1) ? -1.0f : 1.0f;

@@ -80,8 +80,11 @@ def test_bconv_matches_float_reference(case, isa, nchw):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6)], ids=lambda c: "x".join(map(str, c[:6])))
 @pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
-def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw):
-    """sign(0) = 0: ties are recorded by the packer and removed from the conv's sums."""
+@pytest.mark.parametrize("dense", [False, True], ids=["tap_by_tap", "dense"])
+def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, dense, monkeypatch):
+    """sign(0) = 0: ties are recorded by the packer and removed from the conv's sums, tap by tap
+    in native code or, when there are many, by a float conv of their 0/1 map."""
+    monkeypatch.setattr(_native.PackedConv, "dense_ties_fraction", 0.0 if dense else 2.0)
     out, ref, x, thr = run_case(case, isa, ties=True, nchw=nchw)
     n_ties = (x == thr.view(-1, 1, 1, 1)).sum().item()
     assert n_ties > 10 and thr.abs().max().item() == 0.0 if case[10] else n_ties > 10
