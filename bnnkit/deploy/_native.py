@@ -264,10 +264,16 @@ class PackedConv:
             R, C = outside.shape[:2]
             corr = self.corr.permute(2, 0, 1, 3).reshape(self.K, -1)  # [K, G*OBg*8]
             table = (outside.reshape(R * C, self.K).double() @ corr.double()).round().to(torch.int32)
+            row_cls, col_cls = row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous()
+            table = table.reshape(R, C, self.groups, self.OBg, 8).contiguous()
+            # built once per input size and never changed: the kernel's indices into it are checked here
+            _check_tensor(row_cls, torch.int32, Ho, "row classes")
+            _check_tensor(col_cls, torch.int32, Wo, "column classes")
+            _need(0 <= int(row_cls.min()) and int(row_cls.max()) < R and 0 <= int(col_cls.min())
+                  and int(col_cls.max()) < C, "border classes outside their table")
             if len(self._borders) >= 16:
                 self._borders.clear()
-            self._borders[key] = (row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous(),
-                                  table.reshape(R, C, self.groups, self.OBg, 8).contiguous())
+            self._borders[key] = (row_cls, col_cls, table)
         return self._borders[key]
 
     def out_size(self, H: int, W: int) -> tuple[int, int]:
@@ -300,11 +306,6 @@ class PackedConv:
             _check_tensor(ties, torch.int32, ties.shape[0] * 4, "ties")
             nties = ties.shape[0]
         row_cls, col_cls, table = self.borders(H, W)
-        _check_tensor(row_cls, torch.int32, Ho, "row classes")
-        _check_tensor(col_cls, torch.int32, Wo, "column classes")
-        _check_tensor(table, torch.int32, table.shape[0] * table.shape[1] * self.groups * self.OBg * 8, "border corrections")
-        _need(int(row_cls.max()) < table.shape[0] and int(col_cls.max()) < table.shape[1] and int(row_cls.min()) >= 0
-              and int(col_cls.min()) >= 0, "border classes outside their table")
         # inputs exactly at their threshold are fixed on the integer dot products, before the epilogue
         dense_ties = nties > self.dense_ties_fraction * N * H * W * self.in_channels
         all_ties, nties = (ties, 0) if dense_ties else (None, nties)
