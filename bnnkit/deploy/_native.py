@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._bits import unpack_signs
 from ._errors import DeployFormatError
 
 ISA_CODES = {"portable": 1, "avx2": 2, "avx512": 3}
@@ -219,15 +220,6 @@ class PackedConv:
                                                     out.data_ptr(), out.numel()))
         return out
 
-    def weight_signs(self) -> torch.Tensor:
-        """The ±1 weights as float32 [O, Cg, KH, KW] (bit 1 = -1)."""
-        if self._w_sign is None:
-            O, K, Cw = self.w_bits.shape
-            bits = (self.w_bits.unsqueeze(-1) >> torch.arange(64)) & 1  # [O, K, Cw, 64]
-            bits = bits.reshape(O, K, Cw * 64)[:, :, :self.Cg]
-            self._w_sign = (1.0 - 2.0 * bits.float()).permute(0, 2, 1).reshape(O, self.Cg, *self.kernel).contiguous()
-        return self._w_sign
-
     def _remove_dense_ties(self, dots: torch.Tensor, ties: torch.Tensor, N: int, H: int, W: int) -> torch.Tensor:
         """dots (raw, ties read as +1) minus what the ties added: conv(tie map, ±1 weights)."""
         t = ties.long()
@@ -235,7 +227,9 @@ class PackedConv:
         tie_map[t[:, 0], t[:, 3], t[:, 1], t[:, 2]] = 1.0
         if not dots.is_contiguous():
             tie_map = tie_map.contiguous(memory_format=torch.channels_last)
-        return dots.sub_(F.conv2d(tie_map, self.weight_signs(), None, self.stride, self.padding, self.dilation, self.groups))
+        if self._w_sign is None:
+            self._w_sign = unpack_signs(self.w_bits, self.Cg, self.kernel)
+        return dots.sub_(F.conv2d(tie_map, self._w_sign, None, self.stride, self.padding, self.dilation, self.groups))
 
     def _padded(self, t: torch.Tensor) -> torch.Tensor:
         """[G, Og] -> the kernel's [G, OBg*8] float32, zero in the channels that pad a block of 8."""
