@@ -302,7 +302,8 @@ class PackedConv:
         row_cls, col_cls, table = self.borders(H, W)
         # inputs exactly at their threshold are fixed on the integer dot products, before the epilogue
         dense_ties = nties > self.dense_ties_fraction * N * H * W * self.in_channels
-        all_ties, nties = (ties, 0) if dense_ties else (None, nties)
+        if dense_ties:
+            nties = 0  # not the kernel's fix-up: removed after it, below
         direct = not raw and not nties and not dense_ties
         wk, Cg, Cw = self.wk, self.Cg, self.Cw
         if self.tap_words and not nties:  # the tie fix-up reads the plain layout
@@ -318,7 +319,7 @@ class PackedConv:
             (self.pre if direct else self.ones).data_ptr(), int(nchw),
             row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1]))
         if dense_ties:
-            out = self._remove_dense_ties(out, all_ties, N, H, W)
+            out = self._remove_dense_ties(out, ties, N, H, W)
         return out if direct or raw else self.finish(out)
 
 
