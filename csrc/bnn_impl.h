@@ -56,11 +56,61 @@ static inline void transpose8(const float* in, float (*out)[8]) {
 }
 #endif
 
+/* What the ties read by the tile's T pixels x NB blocks added to its dot products: tc[b][t][j] =
+ * the sum of the weight signs at their taps (a tie is packed as +1 but its sign is 0). Returns
+ * false, leaving tc untouched, when the tile reads no tie. Ties are looked up by input row, so a
+ * tile without any costs KH row lookups. */
+template <int T, int NB>
+static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t ox, int64_t g, int64_t blk,
+                             int32_t (*tc)[T][8]) {
+    bool any = false;
+    const int64_t K0 = a->KH * a->tie_KW, rows_len = a->N * a->H + 1;
+    (void)rows_len;  /* read by the bounds checks of debug builds only */
+    for (int64_t ky = 0; ky < a->KH; ++ky) {
+        const int64_t y = oy * a->sh - a->ph + ky * a->dh;
+        if (y < 0 || y >= a->H) continue;
+        const int64_t r = n * a->H + y;
+        const int64_t z1 = a->tie_rows[BNN_AT("tie rows", r + 1, 1, rows_len)];
+        for (int64_t z = a->tie_rows[BNN_AT("tie rows", r, 1, rows_len)]; z < z1; ++z) {
+            const int32_t* tie = a->ties + BNN_AT("ties", 4 * z, 4, 4 * a->nties);
+            const int64_t cl = tie[3] - g * a->tie_Cg;
+            if ((uint64_t)cl >= (uint64_t)a->tie_Cg) continue;  /* another group's channel */
+            /* the taps kx whose pixel t lies in the tile: with unit stride and dilation a range,
+             * t = d - kx, found without a branch per tap */
+            const int64_t d = tie[2] + a->pw - ox;
+            const bool unit = a->sw == 1 && a->tie_dw == 1;
+            const int64_t kx0 = unit ? (d - T + 1 > 0 ? d - T + 1 : 0) : 0;
+            const int64_t kx1 = unit ? (d + 1 < a->tie_KW ? d + 1 : a->tie_KW) : a->tie_KW;
+            for (int64_t kx = kx0; kx < kx1; ++kx) {
+                const int64_t nx = tie[2] + a->pw - kx * a->tie_dw;  /* (ox + t) * sw for the pixel t reading it */
+                int64_t t = d - kx;
+                if (!unit) {
+                    if (nx < 0 || nx % a->sw) continue;
+                    t = nx / a->sw - ox;
+                    if (t < 0 || t >= T) continue;
+                }
+                if (!any) {
+                    memset(tc, 0, sizeof(int32_t) * NB * T * 8);
+                    any = true;
+                }
+                const int64_t k = ky * a->tie_KW + kx;
+                for (int b = 0; b < NB; ++b) {
+                    const int8_t* s = a->tie_w + BNN_AT("tie weights", (((blk + b) * K0 + k) * a->tie_Cg + cl) * 8, 8,
+                                                        a->tie_w_len);
+                    for (int j = 0; j < 8; ++j) tc[b][t][j] += s[j];
+                }
+            }
+        }
+    }
+    return any;
+}
+
 /* T output pixels (ox ... ox+T-1 of row oy) by NB blocks of 8 output channels (ob, ob+1, ...).
  * offs[i], i = k*Cw + w: word offset of (kernel position k, word w) from a pixel's first word.
  * The epilogue writes NHWC output directly, or with rowbuf (NCHW output) the row's [NB][Wo][8]
  * buffer that store_row_nchw transposes once the row is done. Every pixel, border or not, takes
- * its zero-padding correction from the table of its (row class, column class). */
+ * its zero-padding correction from the table of its (row class, column class), and its ties'
+ * correction from tile_ties. */
 template <int T, int NB>
 static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n, int64_t oy, int64_t ox,
                               int64_t g, int64_t ob, float* rowbuf) {
@@ -86,6 +136,8 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
     const int64_t O = a->G * a->Og, OB8 = a->G * a->OBg * 8;
     const int32_t kc = (int32_t)(K * a->Cg);
     const int64_t crow = (int64_t)a->row_cls[BNN_AT("bconv row classes", oy, 1, a->Ho)] * a->ncls_col;
+    int32_t tc[NB][T][8];
+    const bool tied = a->nties > 0 && tile_ties<T, NB>(a, n, oy, ox, g, blk, tc);
     for (int b = 0; b < NB; ++b) {
         int nch = (int)(a->Og - (ob + b) * 8);
         if (nch > 8) nch = 8;
@@ -94,6 +146,11 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
         for (int t = 0; t < T; ++t) {
             const int64_t cls = crow + a->col_cls[BNN_AT("bconv column classes", ox + t, 1, a->Wo)];
             const int32_t* corr = a->bcorr + BNN_AT("bconv border corrections", cls * OB8 + (blk + b) * 8, 8, a->bcorr_len);
+            int32_t corr_tied[8];
+            if (tied) {  /* dot = kc - 2*mismatches - corrections: a tie's sign joins the corrections */
+                for (int j = 0; j < 8; ++j) corr_tied[j] = corr[j] + tc[b][t][j];
+                corr = corr_tied;
+            }
             if (rowbuf)  /* all 8 lanes: the padding channels of a block have zero constants */
                 P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb,
                             rowbuf + ((int64_t)b * a->Wo + ox + t) * 8, 8);

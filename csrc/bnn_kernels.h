@@ -11,6 +11,7 @@
  *   row / column classes [Ho] / [Wo] int32        r and c of each output row and column (C = ncls_col)
  *   pre, scale, bias    [G][OBg][8] float32       the model's scale alpha, then its BatchNorm as an
  *                                                 affine map (zero for padding channels)
+ *   ties                see BConvArgs
  *   output              [N][Ho][Wo][G*Og] float32 (NHWC, i.e. PyTorch channels_last), or with
  *                       out_nchw [N][G*Og][Ho][Wo] (PyTorch's default layout)
  *   pack input          NHWC float32, or with nchw NCHW
@@ -39,8 +40,18 @@ typedef struct {
     const int32_t* row_cls; const int32_t* col_cls; int64_t ncls_col;
     const float* pre; const float* scale; const float* bias; int64_t sb_len;
     float* out; int64_t out_len;
-    const int32_t* ties; int64_t nties;  /* input activations that are exactly 0 after centring */
     int64_t out_nchw;                    /* 1: write the output NCHW instead of NHWC */
+    /* Ties: inputs exactly at their threshold (sign 0), which the packed bits read as +1. Each
+     * tile subtracts what its ties added before its epilogue. */
+    const int32_t* ties; int64_t nties;  /* [nties][4] rows (n, y, x, c), inside the input */
+    const int64_t* tie_rows;             /* set by the binding, which sorts the ties by (n, y):
+                                          * [N*H + 1], the ties of input row (n, y) are rows
+                                          * tie_rows[n*H + y] .. tie_rows[n*H + y + 1] - 1 */
+    const int8_t* tie_w; int64_t tie_w_len; /* [G][OBg][KH*tie_KW][tie_Cg][8] weight signs (+1/-1,
+                                          * 0 for padding channels) */
+    int64_t tie_KW, tie_dw, tie_Cg;      /* the conv's own kernel width, dilation and channels per
+                                          * group (a tap-packed conv passes KW = 1, dw = 1 and
+                                          * Cg = KW * channels above) */
 } BConvArgs;
 
 /* Index of output (n, channel o, row oy, column ox) in either layout. */
@@ -69,10 +80,6 @@ int64_t bconv_num_tasks_avx512(const BConvArgs* a);
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1);
-
-/* After the main loop: the packed bits read each tie as +1; remove what it added (sign 0 adds 0),
- * for the output channels [o0, o1) of each group (disjoint ranges can run in parallel). */
-void bconv_fix_ties(const BConvArgs* a, int64_t o0, int64_t o1);
 
 /* pack rows [r0, r1) of the N*H input rows; thr[n] is the threshold of sample n */
 void pack_rows_portable(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);

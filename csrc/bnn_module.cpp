@@ -132,10 +132,42 @@ static void parallel_ranges(int64_t total, int nt, Run run) {
 }
 
 /* ---- bconv -------------------------------------------------------------------------------- */
+/* The ties in the order the kernel looks them up: counting-sorted by input row (n, y), with the
+ * row offsets; every tie checked to lie inside the input first. -1 with a Python error set. */
+static int sort_ties(BConvArgs* a, std::vector<int32_t>& sorted, std::vector<int64_t>& rows) {
+    if (!a->ties || !a->tie_w || a->tie_KW < 1 || a->tie_dw < 1 || a->tie_Cg < 1 || a->N < 0 || a->H < 1) {
+        PyErr_Format(PyExc_ValueError, "bconv: ties need their weights and the conv's geometry");
+        return -1;
+    }
+    const int64_t R = a->N * a->H;
+    rows.assign((size_t)R + 1, 0);
+    for (int64_t z = 0; z < a->nties; ++z) {
+        const int32_t* t = a->ties + 4 * z;
+        if (t[0] < 0 || t[0] >= a->N || t[1] < 0 || t[1] >= a->H || t[2] < 0 || t[2] >= a->W || t[3] < 0 ||
+            t[3] >= a->G * a->tie_Cg) {
+            PyErr_Format(PyExc_ValueError, "bconv: tie %lld at (n, y, x, c) = (%d, %d, %d, %d) lies outside the "
+                         "%lld x %lld x %lld x %lld input", (long long)z, t[0], t[1], t[2], t[3], (long long)a->N,
+                         (long long)a->H, (long long)a->W, (long long)(a->G * a->tie_Cg));
+            return -1;
+        }
+        ++rows[(size_t)(t[0] * a->H + t[1]) + 1];
+    }
+    for (int64_t r = 0; r < R; ++r) rows[(size_t)r + 1] += rows[(size_t)r];
+    std::vector<int64_t> next(rows.begin(), rows.end() - 1);
+    sorted.resize((size_t)(4 * a->nties));
+    for (int64_t z = 0; z < a->nties; ++z) {
+        const int32_t* t = a->ties + 4 * z;
+        memcpy(&sorted[(size_t)(4 * next[(size_t)(t[0] * a->H + t[1])]++)], t, 4 * sizeof(int32_t));
+    }
+    a->ties = sorted.data();
+    a->tie_rows = rows.data();
+    return 0;
+}
+
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
-    int64_t v[40];
-    if (parse_call(args, &isa, &nt, v, 40, "bconv") < 0) return NULL;
+    int64_t v[45];
+    if (parse_call(args, &isa, &nt, v, 45, "bconv") < 0) return NULL;
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.Hp = v[5]; a.Wp = v[6]; a.bpad_h = v[7]; a.bpad_w = v[8];
@@ -150,6 +182,12 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.pre = (const float*)(uintptr_t)v[35];
     a.out_nchw = v[36];
     a.row_cls = (const int32_t*)(uintptr_t)v[37]; a.col_cls = (const int32_t*)(uintptr_t)v[38]; a.ncls_col = v[39];
+    a.tie_rows = NULL;
+    a.tie_w = (const int8_t*)(uintptr_t)v[40]; a.tie_w_len = v[41];
+    a.tie_KW = v[42]; a.tie_dw = v[43]; a.tie_Cg = v[44];
+    std::vector<int32_t> tie_sorted;
+    std::vector<int64_t> tie_rows;
+    if (a.nties > 0 && sort_ties(&a, tie_sorted, tie_rows) < 0) return NULL;
     if (nt < 1) nt = 1;
     const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
                           : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);
@@ -158,8 +196,6 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
         isa == ISA_AVX512 ? bconv_tasks_avx512 : isa == ISA_AVX2 ? bconv_tasks_avx2 : bconv_tasks_portable;
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(tasks, nt, [&](int64_t b, int64_t e) { fn(&a, b, e); });
-    if (a.nties > 0 && a.ties)  /* untrained networks can have 4 % of their inputs exactly at 0 */
-        parallel_ranges(a.Og, a.Og < nt ? (int)a.Og : nt, [&](int64_t b, int64_t e) { bconv_fix_ties(&a, b, e); });
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
     Py_RETURN_NONE;

@@ -51,36 +51,6 @@ int64_t bconv_num_tasks_portable(const BConvArgs* a) { return bconv_task_count(a
 
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a, t0, t1); }
 
-void bconv_fix_ties(const BConvArgs* a, int64_t o0, int64_t o1) {
-    const int64_t K = a->KH * a->KW;
-    for (int64_t z = 0; z < a->nties; ++z) {
-        const int32_t* row = a->ties + 4 * z;
-        const int64_t n = row[0], y = row[1], x = row[2], c = row[3];
-        if (n < 0 || n >= a->N || y < 0 || y >= a->H || x < 0 || x >= a->W || c < 0 || c >= a->G * a->Cg) continue;
-        const int64_t g = c / a->Cg, cl = c % a->Cg, w = cl / 64, bit = cl % 64;
-        for (int64_t ky = 0; ky < a->KH; ++ky) {
-            const int64_t ny = y + a->ph - ky * a->dh;  /* = oy * sh for the output that reads this tap */
-            if (ny < 0 || ny % a->sh) continue;
-            const int64_t oy = ny / a->sh;
-            if (oy >= a->Ho) continue;
-            for (int64_t kx = 0; kx < a->KW; ++kx) {
-                const int64_t nx = x + a->pw - kx * a->dw;
-                if (nx < 0 || nx % a->sw) continue;
-                const int64_t ox = nx / a->sw;
-                if (ox >= a->Wo) continue;
-                const int64_t k = ky * a->KW + kx;
-                for (int64_t ol = o0; ol < o1 && ol < a->Og; ++ol) {
-                    const int64_t blk = g * a->OBg + ol / 8, j = ol % 8;
-                    const uint64_t word = a->wk[BNN_AT("tie weights", ((blk * K + k) * a->Cw + w) * 8 + j, 1, a->wk_len)];
-                    const float sw = ((word >> bit) & 1) ? -1.0f : 1.0f;
-                    a->out[BNN_AT("tie output", bconv_out_index(a, n, g * a->Og + ol, oy, ox), 1, a->out_len)] -=
-                        a->scale[BNN_AT("tie scale", blk * 8 + j, 1, a->sb_len)] * sw;
-                }
-            }
-        }
-    }
-}
-
 void pack_rows_portable(const PackArgs* a, const float* thr, int64_t r0, int64_t r1) { pack_run(a, thr, r0, r1); }
 
 /* 16 lanes summed in double, lane l taking x[16*i + l]; the AVX-512 version keeps this order. */

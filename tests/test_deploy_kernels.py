@@ -42,16 +42,27 @@ def reference(x, thr, w_sign, pre, scale, bias, stride, pad, dil, groups):
     return (y.double() * scale.double().view(1, -1, 1, 1) + bias.double().view(1, -1, 1, 1)).float()
 
 
-def run_case(case, isa, threads=2, seed=0, ties=False, nchw=False):
-    """nchw: pack from an NCHW input and write an NCHW output (else both channels_last)."""
+def tied_input(N, C, H, W, gen, ties):
+    """Inputs on a grid of 1/8 (so their sums are exact) whose per-sample sums are exactly 0, with
+    activations exactly at the threshold (0 for either rule): about 5 % of them for ties="many",
+    or a few per sample at a corner, an edge and the centre for ties="few"."""
+    x = torch.round(torch.randn(N, C, H, W, generator=gen) * 12) / 8
+    if ties == "few":
+        x = torch.where(x == 0, torch.full_like(x, 0.125), x)
+        x[:, C - 1, 0, 0] = 0
+        x[:, 0, H - 1, W - 1] = 0
+        x[:, C // 2, H // 2, W // 2] = 0
+    x[:, 0, 0, 0] -= x.sum(dim=(1, 2, 3))
+    return x
+
+
+def run_case(case, isa, threads=2, seed=0, ties=None, nchw=False):
+    """nchw: pack from an NCHW input and write an NCHW output (else both channels_last).
+    ties: None, "few" or "many" (see tied_input). Returns the output, the float reference, the
+    input, its thresholds and the reference's weight and layer arguments."""
     N, C, O, H, W, k, s, p, d, g, center, bpad = case
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, C, H, W, generator=gen) + 0.3
-    if ties:  # values on a coarse grid with zero mean: many activations exactly at the threshold
-        x = torch.round(torch.randn(N, C, H, W, generator=gen) * 1.5)
-        x[:, 0] -= x.sum(dim=(1, 2, 3)).view(N, 1, 1) / (H * W)
-        x = torch.round(x * 8) / 8
-        x[:, 0, 0, 0] -= x.sum(dim=(1, 2, 3))
+    x = torch.randn(N, C, H, W, generator=gen) + 0.3 if ties is None else tied_input(N, C, H, W, gen, ties)
     w = torch.where(torch.randn(O, C // g, k, k, generator=gen) < 0, -1.0, 1.0)
     scale, bias = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
     pre = torch.rand(O, generator=gen) + 0.5
@@ -62,14 +73,15 @@ def run_case(case, isa, threads=2, seed=0, ties=False, nchw=False):
     bits, thr, tie_rows = _native.pack(xin, groups=g, pad=bp, center=center, isa=isa, threads=threads)
     out = conv(bits, H, W, bp, isa=isa, threads=threads, ties=tie_rows, nchw=nchw)
     assert out.is_contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last)
-    return out, reference(x, thr, w, pre, scale, bias, s, p, d, g), x, thr
+    layer = (w, pre, scale, bias, s, p, d, g)
+    return out, reference(x, thr, *layer), x, thr, layer
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"s{c[6]}p{c[7]}d{c[8]}g{c[9]}{'c' if c[10] else ''}")
 @pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
 def test_bconv_matches_float_reference(case, isa, nchw):
-    out, ref, _, _ = run_case(case, isa, nchw=nchw)
+    out, ref, *_ = run_case(case, isa, nchw=nchw)
     assert out.shape == ref.shape
     # integer dot products, then the epilogue rounded as the model rounds (the reference's fma is
     # emulated in float64, which may differ in the last bit once in ~1e9 outputs)
@@ -78,45 +90,37 @@ def test_bconv_matches_float_reference(case, isa, nchw):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6)], ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6, 10, 11)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
 @pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
-@pytest.mark.parametrize("dense", [False, True], ids=["tap_by_tap", "dense"])
-def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, dense, monkeypatch):
-    """sign(0) = 0: ties are recorded by the packer and removed from the conv's sums, tap by tap
-    in native code or, when there are many, by a float conv of their 0/1 map."""
-    monkeypatch.setattr(_native.PackedConv, "dense_ties_fraction", 0.0 if dense else 2.0)
-    out, ref, x, thr = run_case(case, isa, ties=True, nchw=nchw)
-    n_ties = (x == thr.view(-1, 1, 1, 1)).sum().item()
-    assert n_ties > 10 and thr.abs().max().item() == 0.0 if case[10] else n_ties > 10
+@pytest.mark.parametrize("ties", ["few", "many"])
+def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, ties):
+    """sign(0) = 0: ties are recorded by the packer, and every tile subtracts what its ties added
+    to its integer dot products, in the plain and the tap-packed layouts alike."""
+    out, ref, x, thr, layer = run_case(case, isa, ties=ties, nchw=nchw)
+    at_thr = x == thr.view(-1, 1, 1, 1)
+    assert thr.abs().max().item() == 0.0
+    assert at_thr.sum().item() >= (x.numel() // 40 if ties == "many" else 3 * x.shape[0])
     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-4), (out - ref).abs().max()
     assert (out != ref).sum().item() <= 1
-    wrong = reference(torch.where(x == thr.view(-1, 1, 1, 1), x + 1e-3, x), thr, *_same_weights(case))
+    wrong = reference(torch.where(at_thr, x + 1e-3, x), thr, *layer)
     assert not torch.allclose(out, wrong, rtol=1e-6, atol=1e-4)  # reading ties as +1 would be caught
-
-
-def _same_weights(case):
-    N, C, O, H, W, k, s, p, d, g, center, bpad = case
-    gen = torch.Generator().manual_seed(0)
-    torch.round(torch.randn(N, C, H, W, generator=gen) * 1.5)  # same draws as run_case(ties=True)
-    w = torch.where(torch.randn(O, C // g, k, k, generator=gen) < 0, -1.0, 1.0)
-    scale, bias = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
-    pre = torch.rand(O, generator=gen) + 0.5
-    return w, pre, scale, bias, s, p, d, g
 
 
 def test_isa_paths_and_thread_counts_agree_bitwise():
     assert ISAS[0] == "portable"
     for case in CASES:
-        outs = [run_case(case, isa, threads, nchw=nchw)[0] for isa in ISAS for threads in (1, 2) for nchw in (False, True)]
-        for o in outs[1:]:
-            assert torch.equal(o, outs[0])
+        for ties in (None, "many"):
+            outs = [run_case(case, isa, threads, ties=ties, nchw=nchw)[0]
+                    for isa in ISAS for threads in (1, 2) for nchw in (False, True)]
+            for o in outs[1:]:
+                assert torch.equal(o, outs[0])
 
 
 def test_centering_threshold_is_the_per_sample_mean():
     case = CASES[1]
-    _, _, x, thr = run_case(case, "portable")
+    _, _, x, thr, _ = run_case(case, "portable")
     assert torch.allclose(thr, x.double().mean(dim=(1, 2, 3)).float(), rtol=0, atol=1e-6)
-    _, _, x, thr = run_case(CASES[0], "portable")
+    _, _, x, thr, _ = run_case(CASES[0], "portable")
     assert torch.equal(thr, torch.zeros(2))
 
 
@@ -212,11 +216,11 @@ def test_debug_build_runs_layers_within_bounds(debug_lib):
     assert debug_lib.build_info()["debug"] is True
     old = _native.set_library(debug_lib)
     try:
-        for case in (CASES[1], CASES[2], CASES[4], CASES[6]):
+        for case in (CASES[1], CASES[2], CASES[4], CASES[6], CASES[11]):
             for isa in ISAS:
-                for nchw in (False, True):
-                    out, ref, _, _ = run_case(case, isa, nchw=nchw)
-                    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5)
+                for nchw, ties in ((False, None), (True, None), (False, "many"), (True, "few")):
+                    out, ref, *_ = run_case(case, isa, nchw=nchw, ties=ties)
+                    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-4)
     finally:
         _native.set_library(old)
 
@@ -232,7 +236,7 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
     args = [bits.data_ptr(), bits.numel() - 7, N, H, W, H + 2, W + 2, 1, 1, 1, C, 1, O, 1, k, k, 1, 1, 1, 1, 1, 1, H, W,
             conv.wk.data_ptr(), conv.wk.numel(), table.data_ptr(), table.numel(),
             conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel(), 0, 0,
-            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1]]
+            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1], 0, 0, k, 1, C]
     for isa in ISAS:
         with pytest.raises(RuntimeError, match="bounds check failed.*bconv activations"):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
@@ -252,8 +256,20 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
     args[39] = table.shape[1]
     ties = torch.tensor([[0, 1, 1, 3]], dtype=torch.int32)
+    tie_w = conv._tie_weights()
     args[33:35] = [ties.data_ptr(), 1]
+    args[40:42] = [tie_w.data_ptr(), tie_w.numel()]
     debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)     # a tie inside the image: fine
+    args[41] = 8                                               # too few tie weights: caught
+    for isa in ISAS:
+        with pytest.raises(RuntimeError, match="tie weights"):
+            debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
+    args[41] = tie_w.numel()
+    for bad in ([1, 1, 1, 3], [0, 1, W, 3], [0, 0, 0, C], [0, -1, 0, 0]):  # outside the input: refused
+        ties[0] = torch.tensor(bad)
+        with pytest.raises(ValueError, match="lies outside"):
+            _native.lib().bconv(_native.ISA_CODES["portable"], 1, args)
+    ties[0] = torch.tensor([0, 1, 1, 3])
     args[6] = W + 4                                            # lie about the row length: caught
     with pytest.raises(RuntimeError, match="bounds check failed"):
         debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)

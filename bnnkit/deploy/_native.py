@@ -17,7 +17,6 @@ from types import ModuleType
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ._bits import unpack_signs
 from ._errors import DeployFormatError
@@ -148,11 +147,6 @@ class PackedConv:
     fma(dot * prescale, scale, bias), rounded as PyTorch rounds the model's `conv * alpha`
     followed by its eval-mode BatchNorm (x * a + b with one rounding, see _export._bn_affine)."""
 
-    # Above this fraction of the input exactly at its threshold (untrained networks: 4 % in BiPer
-    # ResNet-20's transition blocks) the ties are removed by one float conv of their 0/1 map with
-    # the ±1 weights (exact: integers) instead of tap by tap; both cost alike near 1 %.
-    dense_ties_fraction = 0.01
-
     def __init__(self, w_bits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, *, in_channels: int,
                  kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                  dilation: tuple[int, int], groups: int, prescale: torch.Tensor | None = None) -> None:
@@ -182,7 +176,7 @@ class PackedConv:
         self.ones, self.zeros = self._padded(torch.ones(G, Og)), self._padded(torch.zeros(G, Og))
         self.affine = epilogue_constants(prescale, scale, bias)
         self._taps_setup(w_bits)
-        self.w_bits, self._w_sign = w_bits, None
+        self.w_bits, self._tie_w = w_bits, None
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         # the kernel's constant buffers are built here and never change: check them once
         _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
@@ -220,16 +214,17 @@ class PackedConv:
                                                     out.data_ptr(), out.numel()))
         return out
 
-    def _remove_dense_ties(self, dots: torch.Tensor, ties: torch.Tensor, N: int, H: int, W: int) -> torch.Tensor:
-        """dots (raw, ties read as +1) minus what the ties added: conv(tie map, ±1 weights)."""
-        t = ties.long()
-        tie_map = torch.zeros(N, self.in_channels, H, W)
-        tie_map[t[:, 0], t[:, 3], t[:, 1], t[:, 2]] = 1.0
-        if not dots.is_contiguous():
-            tie_map = tie_map.contiguous(memory_format=torch.channels_last)
-        if self._w_sign is None:
-            self._w_sign = unpack_signs(self.w_bits, self.Cg, self.kernel)
-        return dots.sub_(F.conv2d(tie_map, self._w_sign, None, self.stride, self.padding, self.dilation, self.groups))
+    def _tie_weights(self) -> torch.Tensor:
+        """The weight signs the kernel subtracts for a tie: int8 [G, OBg, K, Cg, 8], 0 in padding
+        channels. Built on the first input with ties (trained networks rarely have any)."""
+        if self._tie_w is None:
+            G, Og, OBg, K, Cg = self.groups, self.Og, self.OBg, self.K, self.Cg
+            signs = unpack_signs(self.w_bits, Cg, self.kernel).to(torch.int8)  # [O, Cg, KH, KW]
+            signs = signs.reshape(G, Og, Cg, K)
+            signs = torch.cat([signs, signs.new_zeros(G, OBg * 8 - Og, Cg, K)], 1) if OBg * 8 != Og else signs
+            self._tie_w = signs.reshape(G, OBg, 8, Cg, K).permute(0, 1, 4, 3, 2).contiguous()
+            _check_tensor(self._tie_w, torch.int8, G * OBg * K * Cg * 8, "tie weights")
+        return self._tie_w
 
     def _padded(self, t: torch.Tensor) -> torch.Tensor:
         """[G, Og] -> the kernel's [G, OBg*8] float32, zero in the channels that pad a block of 8."""
@@ -294,19 +289,16 @@ class PackedConv:
         O = self.out_channels
         out = torch.empty((N, O, Ho, Wo), dtype=torch.float32,
                           memory_format=torch.contiguous_format if nchw else torch.channels_last)
-        nties = 0
+        row_cls, col_cls, table = self.borders(H, W)
+        # inputs exactly at their threshold are removed from the integer dot products, tile by tile
+        # (the native side checks that each lies inside the input, and sorts them by input row)
+        nties, tie_w = 0, None
         if ties is not None and ties.numel():
             _need(ties.dim() == 2 and ties.shape[1] == 4, "ties must be rows of (n, y, x, c)")
-            _check_tensor(ties, torch.int32, ties.shape[0] * 4, "ties")
-            nties = ties.shape[0]
-        row_cls, col_cls, table = self.borders(H, W)
-        # inputs exactly at their threshold are fixed on the integer dot products, before the epilogue
-        dense_ties = nties > self.dense_ties_fraction * N * H * W * self.in_channels
-        if dense_ties:
-            nties = 0  # not the kernel's fix-up: removed after it, below
-        direct = not raw and not nties and not dense_ties
+            tie_w, nties = self._tie_weights(), ties.shape[0]
+            _check_tensor(ties, torch.int32, nties * 4, "ties")
         wk, Cg, Cw = self.wk, self.Cg, self.Cw
-        if self.tap_words and not nties:  # the tie fix-up reads the plain layout
+        if self.tap_words:
             packed = self._tap_packed(packed, threads)
             _check_tensor(packed, torch.int64, N * Hp * (Wp - (kw - 1) * dw) * self.tap_words, "tap-packed activations")
             wk, Cg, Cw, Wp, kw, dw = self.wk_taps, kw * self.Cg, self.tap_words, Wp - (kw - 1) * dw, 1, 1
@@ -314,13 +306,13 @@ class PackedConv:
             packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
             self.groups, Cg, Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
             wk.data_ptr(), wk.numel(), table.data_ptr(), table.numel(),
-            (self.scale if direct else self.ones).data_ptr(), (self.bias if direct else self.zeros).data_ptr(),
+            (self.ones if raw else self.scale).data_ptr(), (self.zeros if raw else self.bias).data_ptr(),
             self.scale.numel(), out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties,
-            (self.pre if direct else self.ones).data_ptr(), int(nchw),
-            row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1]))
-        if dense_ties:
-            out = self._remove_dense_ties(out, ties, N, H, W)
-        return out if direct or raw else self.finish(out)
+            (self.ones if raw else self.pre).data_ptr(), int(nchw),
+            row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1],
+            tie_w.data_ptr() if nties else 0, tie_w.numel() if nties else 0,
+            self.kernel[1], self.dilation[1], self.Cg))
+        return out
 
 
 def _popcount(words_: torch.Tensor) -> torch.Tensor:
