@@ -154,9 +154,14 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
             if (rowbuf)  /* all 8 lanes: the padding channels of a block have zero constants */
                 P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb,
                             rowbuf + ((int64_t)b * a->Wo + ox + t) * 8, 8);
-            else
-                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb,
-                            a->out + BNN_AT("bconv output", o0 + t * O, nch, a->out_len), nch);
+            else {
+                float* dst = a->out + BNN_AT("bconv output", o0 + t * O, nch, a->out_len);
+                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb, dst, nch);
+                if (a->res) {
+                    const float* r = a->res + BNN_AT("bconv residual", o0 + t * O, nch, a->res_len);
+                    for (int j = 0; j < nch; ++j) dst[j] += r[j];
+                }
+            }
         }
     }
 }
@@ -174,13 +179,24 @@ static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, int64
         float col[8][8];
         for (; x + 8 <= a->Wo; x += 8) {
             transpose8(rb + x * 8, col);
-            for (int j = 0; j < nch; ++j)
-                memcpy(a->out + BNN_AT("bconv output", bconv_out_index(a, n, ch0 + j, oy, x), 8, a->out_len), col[j],
-                       8 * sizeof(float));
+            for (int j = 0; j < nch; ++j) {
+                const int64_t i = bconv_out_index(a, n, ch0 + j, oy, x);
+                float* dst = a->out + BNN_AT("bconv output", i, 8, a->out_len);
+                if (a->res) {
+                    const float* r = a->res + BNN_AT("bconv residual", i, 8, a->res_len);
+                    for (int k = 0; k < 8; ++k) dst[k] = col[j][k] + r[k];
+                } else {
+                    memcpy(dst, col[j], 8 * sizeof(float));
+                }
+            }
         }
         for (int j = 0; j < nch; ++j)
-            for (int64_t xr = x; xr < a->Wo; ++xr)
-                a->out[BNN_AT("bconv output", bconv_out_index(a, n, ch0 + j, oy, xr), 1, a->out_len)] = rb[xr * 8 + j];
+            for (int64_t xr = x; xr < a->Wo; ++xr) {
+                const int64_t i = bconv_out_index(a, n, ch0 + j, oy, xr);
+                float v = rb[xr * 8 + j];
+                if (a->res) v += a->res[BNN_AT("bconv residual", i, 1, a->res_len)];  /* not + 0: keeps -0.0 */
+                a->out[BNN_AT("bconv output", i, 1, a->out_len)] = v;
+            }
     }
 }
 

@@ -11,7 +11,7 @@
  *   row / column classes [Ho] / [Wo] int32        r and c of each output row and column (C = ncls_col)
  *   pre, scale, bias    [G][OBg][8] float32       the model's scale alpha, then its BatchNorm as an
  *                                                 affine map (zero for padding channels)
- *   ties                see BConvArgs
+ *   ties, residual      see BConvArgs
  *   output              [N][Ho][Wo][G*Og] float32 (NHWC, i.e. PyTorch channels_last), or with
  *                       out_nchw [N][G*Og][Ho][Wo] (PyTorch's default layout)
  *   pack input          NHWC float32, or with nchw NCHW
@@ -52,6 +52,9 @@ typedef struct {
     int64_t tie_KW, tie_dw, tie_Cg;      /* the conv's own kernel width, dilation and channels per
                                           * group (a tap-packed conv passes KW = 1, dw = 1 and
                                           * Cg = KW * channels above) */
+    const float* res; int64_t res_len;   /* NULL, or a residual in the output's layout and shape,
+                                          * added to each result after its epilogue (one rounding,
+                                          * as PyTorch's `bn(conv(x)) + residual`) */
 } BConvArgs;
 
 /* Index of output (n, channel o, row oy, column ox) in either layout. */

@@ -166,8 +166,8 @@ static int sort_ties(BConvArgs* a, std::vector<int32_t>& sorted, std::vector<int
 
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
-    int64_t v[45];
-    if (parse_call(args, &isa, &nt, v, 45, "bconv") < 0) return NULL;
+    int64_t v[47];
+    if (parse_call(args, &isa, &nt, v, 47, "bconv") < 0) return NULL;
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.Hp = v[5]; a.Wp = v[6]; a.bpad_h = v[7]; a.bpad_w = v[8];
@@ -185,6 +185,7 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.tie_rows = NULL;
     a.tie_w = (const int8_t*)(uintptr_t)v[40]; a.tie_w_len = v[41];
     a.tie_KW = v[42]; a.tie_dw = v[43]; a.tie_Cg = v[44];
+    a.res = (const float*)(uintptr_t)v[45]; a.res_len = v[46];
     std::vector<int32_t> tie_sorted;
     std::vector<int64_t> tie_rows;
     if (a.nties > 0 && sort_ties(&a, tie_sorted, tie_rows) < 0) return NULL;

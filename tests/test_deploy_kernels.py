@@ -106,6 +106,35 @@ def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, ties):
     assert not torch.allclose(out, wrong, rtol=1e-6, atol=1e-4)  # reading ties as +1 would be caught
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 5, 10)], ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_residual_is_added_after_the_epilogue(case, isa, nchw):
+    """conv(..., residual=r) == conv(...) + r to the bit (one float32 rounding, as PyTorch adds
+    `bn(conv(x)) + r`), signed zeros included, in both output layouts."""
+    N, C, O, H, W, k, s, p, d, g, center, _ = case
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(N, C, H, W, generator=gen)
+    w = torch.randn(O, C // g, k, k, generator=gen) < 0
+    conv = _native.PackedConv(pack_signs(w), torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen),
+                              prescale=torch.rand(O, generator=gen) + 0.5, in_channels=C, kernel=(k, k),
+                              stride=(s, s), padding=(p, p), dilation=(d, d), groups=g)
+    layout = torch.contiguous_format if nchw else torch.channels_last
+    bits, _, ties = _native.pack(x.contiguous(memory_format=layout), groups=g, pad=(p, p), center=center, isa=isa,
+                                 threads=2)
+    plain = conv(bits, H, W, (p, p), isa=isa, threads=2, ties=ties, nchw=nchw)
+    res = torch.randn(plain.shape, generator=gen) * 3
+    res.view(-1)[::7] = -plain.reshape(-1)[::7]  # sums of exactly 0
+    res.view(-1)[1::11] = -0.0
+    res = res.contiguous(memory_format=layout)
+    out = conv(bits, H, W, (p, p), isa=isa, threads=2, ties=ties, nchw=nchw, residual=res)
+    want = plain + res
+    assert torch.equal(out, want) and torch.equal(torch.signbit(out), torch.signbit(want))
+    with pytest.raises(DeployFormatError, match="residual"):  # another layout is refused, not misread
+        conv(bits, H, W, (p, p), isa=isa, threads=2, nchw=nchw,
+             residual=res.contiguous(memory_format=torch.channels_last if nchw else torch.contiguous_format))
+
+
 def test_isa_paths_and_thread_counts_agree_bitwise():
     assert ISAS[0] == "portable"
     for case in CASES:
@@ -236,7 +265,7 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
     args = [bits.data_ptr(), bits.numel() - 7, N, H, W, H + 2, W + 2, 1, 1, 1, C, 1, O, 1, k, k, 1, 1, 1, 1, 1, 1, H, W,
             conv.wk.data_ptr(), conv.wk.numel(), table.data_ptr(), table.numel(),
             conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel(), 0, 0,
-            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1], 0, 0, k, 1, C]
+            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1], 0, 0, k, 1, C, 0, 0]
     for isa in ISAS:
         with pytest.raises(RuntimeError, match="bounds check failed.*bconv activations"):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
@@ -270,6 +299,15 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
         with pytest.raises(ValueError, match="lies outside"):
             _native.lib().bconv(_native.ISA_CODES["portable"], 1, args)
     ties[0] = torch.tensor([0, 1, 1, 3])
+    res = torch.zeros(N, H, W, O)
+    args[45:47] = [res.data_ptr(), res.numel() - 1]            # a residual one short: caught
+    for isa in ISAS:
+        for nchw in (0, 1):
+            args[36] = nchw
+            with pytest.raises(RuntimeError, match="bconv residual"):
+                debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
+    args[36] = 0
+    args[45:47] = [0, 0]
     args[6] = W + 4                                            # lie about the row length: caught
     with pytest.raises(RuntimeError, match="bounds check failed"):
         debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)
@@ -286,3 +324,20 @@ def test_narrow_layers_pack_their_kernel_taps(channels, groups, kernel, words):
     conv = _native.PackedConv(pack_signs(w), torch.ones(O), torch.zeros(O), in_channels=channels,
                               kernel=(kernel, kernel), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=groups)
     assert conv.tap_words == words
+
+
+def test_fma_float32_rounds_once():
+    """The folded BatchNorm's b = fma(-mean, a, bias) and the epilogue need one float32 rounding of
+    the exact x*y + z; float64 arithmetic rounds twice, which errs when its sum lands exactly on a
+    float32 midpoint. Here x*y = -2^-24 + 2^-60 and z = 1 + 2^-23: the exact sum lies just above the
+    midpoint 1 + 2^-24 (so rounds up), the float64 sum is the midpoint itself (so rounds to even)."""
+    from bnnkit.deploy._affine import _fma_exact, fma_float32
+    x = torch.tensor([-(2.0 ** -24) * (1 - 2.0 ** -18)])
+    y = torch.tensor([1 + 2.0 ** -18])
+    z = torch.tensor([1 + 2.0 ** -23])
+    assert (x.double() * y.double() + z.double()).float().item() == 1.0  # twice rounded: wrong
+    assert fma_float32(x, y, z).item() == 1 + 2.0 ** -23
+    gen = torch.Generator().manual_seed(0)
+    x, y, z = (torch.randn(2000, generator=gen) * torch.exp(3 * torch.randn(2000, generator=gen)) for _ in range(3))
+    want = torch.tensor([_fma_exact(a, b, c) for a, b, c in zip(x.tolist(), y.tolist(), z.tolist())])
+    assert torch.equal(fma_float32(x, y, z), want)

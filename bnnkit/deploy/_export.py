@@ -7,19 +7,17 @@ standard torch.nn layers and functions listed in _ops; nothing is specific to on
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from fractions import Fraction
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ._affine import bn_affine
 from ._bits import pack_signs
 from ._errors import DeployExportError
 from ._format import write
@@ -74,32 +72,6 @@ class _Builder:
                            "attrs": attrs or {}, "tensors": tensors or {}})
 
 
-def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BatchNorm as y = fma(x, a, b) in float32, with a and b rounded exactly as
-    PyTorch's CPU kernel rounds them (a = weight * rsqrt(var + eps), b = bias - mean * a with one
-    rounding), so that the runtime's epilogue gives F.batch_norm's result to the last bit."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise DeployExportError(f"{type(bn).__name__} without running statistics cannot be folded or exported")
-    var, mean = bn.running_var.detach().cpu().float(), bn.running_mean.detach().cpu().float()
-    weight = bn.weight.detach().cpu().float() if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias.detach().cpu().float() if bn.bias is not None else torch.zeros_like(var)
-    a = torch.rsqrt(var + bn.eps) * weight
-    return a, _fma_float32(-mean, a, bias)
-
-
-def _fma_float32(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """x * y + z for float32 vectors with a single rounding to float32 (nearest, ties to even)."""
-    out = []
-    for xi, yi, zi in zip(x.tolist(), y.tolist(), z.tolist()):
-        if not all(math.isfinite(v) for v in (xi, yi, zi)):
-            out.append(xi * yi + zi)
-            continue
-        exact = Fraction(xi) * Fraction(yi) + Fraction(zi)
-        f = np.float32(float(exact))  # within one float32 step of the answer
-        near = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
-        near = [c for c in near if np.isfinite(c)]
-        out.append(float(min(near, key=lambda c: (abs(Fraction(float(c)) - exact), int(np.array(c).view(np.int32)) & 1))))
-    return torch.tensor(out, dtype=torch.float32)
 
 
 def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Module | None) -> None:
@@ -133,7 +105,7 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
     if getattr(conv, "bias", None) is not None:
         raise DeployExportError(f"{name}: binary convs with a bias are not supported")
     # without a BatchNorm: fma(y, 1, -0.0) is y for every value, -0.0 included
-    scale, bias = (torch.ones(O), torch.full((O,), -0.0)) if bn is None else _bn_affine(bn)
+    scale, bias = (torch.ones(O), torch.full((O,), -0.0)) if bn is None else bn_affine(bn)
     binary_input = bool(getattr(conv, "binary_input", True))
     quant = getattr(conv, "input_quantizer", None)
     attrs = {"in_channels": conv.in_channels, "out_channels": O, "kernel": _pair(conv.kernel_size),

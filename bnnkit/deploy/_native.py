@@ -145,7 +145,7 @@ class PackedConv:
 
     w_bits: int64 [O, K, Cw]; prescale, scale, bias: float32 [O]. The output is
     fma(dot * prescale, scale, bias), rounded as PyTorch rounds the model's `conv * alpha`
-    followed by its eval-mode BatchNorm (x * a + b with one rounding, see _export._bn_affine)."""
+    followed by its eval-mode BatchNorm (x * a + b with one rounding, see _affine.bn_affine)."""
 
     def __init__(self, w_bits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, *, in_channels: int,
                  kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -270,10 +270,13 @@ class PackedConv:
         return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
     def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
-                 ties: torch.Tensor | None = None, raw: bool = False, nchw: bool = False) -> torch.Tensor:
+                 ties: torch.Tensor | None = None, raw: bool = False, nchw: bool = False,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
         """packed, ties: outputs of pack() for an input of spatial size H x W with padding bpad.
         raw: return the exact integer dot products (as float32) without the epilogue.
-        nchw: return a tensor in PyTorch's default layout instead of channels_last."""
+        nchw: return a tensor in PyTorch's default layout instead of channels_last.
+        residual: a float32 tensor of the output's shape and layout, added to the epilogue's result
+        (one float32 rounding, as `epilogue + residual` in PyTorch)."""
         _need(packed.dim() == 4, "packed activations must be 4-d")
         N, Hp, Wp, PW = packed.shape
         _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
@@ -289,6 +292,13 @@ class PackedConv:
         O = self.out_channels
         out = torch.empty((N, O, Ho, Wo), dtype=torch.float32,
                           memory_format=torch.contiguous_format if nchw else torch.channels_last)
+        if residual is not None:
+            _need(not raw, "a residual is added after the epilogue, which raw outputs skip")
+            layout = torch.contiguous_format if nchw else torch.channels_last
+            _need(tuple(residual.shape) == tuple(out.shape) and residual.is_contiguous(memory_format=layout),
+                  f"residual of shape {tuple(residual.shape)} and strides {residual.stride()} is not stored as the "
+                  f"conv's output {tuple(out.shape)} ({'NCHW' if nchw else 'channels_last'})")
+            _need(residual.dtype == torch.float32 and residual.device.type == "cpu", "residual must be float32 on CPU")
         row_cls, col_cls, table = self.borders(H, W)
         # inputs exactly at their threshold are removed from the integer dot products, tile by tile
         # (the native side checks that each lies inside the input, and sorts them by input row)
@@ -311,7 +321,8 @@ class PackedConv:
             (self.ones if raw else self.pre).data_ptr(), int(nchw),
             row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1],
             tie_w.data_ptr() if nties else 0, tie_w.numel() if nties else 0,
-            self.kernel[1], self.dilation[1], self.Cg))
+            self.kernel[1], self.dilation[1], self.Cg,
+            residual.data_ptr() if residual is not None else 0, residual.numel() if residual is not None else 0))
         return out
 
 

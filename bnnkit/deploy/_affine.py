@@ -1,0 +1,50 @@
+"""Eval-mode BatchNorm as the per-channel fused multiply-add PyTorch's CPU kernel computes, so
+that a kernel epilogue fma(x, a, b) gives F.batch_norm's float32 result to the last bit (used by
+the exporter and by the packed eval path of bnnkit._packed_eval)."""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._errors import DeployExportError
+
+
+def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = fma(x, a, b) in float32, with a and b rounded exactly as
+    PyTorch's CPU kernel rounds them (a = weight * rsqrt(var + eps), b = bias - mean * a with one
+    rounding), so that the runtime's epilogue gives F.batch_norm's result to the last bit."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise DeployExportError(f"{type(bn).__name__} without running statistics cannot be folded or exported")
+    var, mean = bn.running_var.detach().cpu().float(), bn.running_mean.detach().cpu().float()
+    weight = bn.weight.detach().cpu().float() if bn.weight is not None else torch.ones_like(var)
+    bias = bn.bias.detach().cpu().float() if bn.bias is not None else torch.zeros_like(var)
+    a = torch.rsqrt(var + bn.eps) * weight
+    return a, fma_float32(-mean, a, bias)
+
+
+def fma_float32(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """x * y + z for float32 vectors with a single rounding to float32 (nearest, ties to even).
+
+    In float64 the product is exact and the sum rounds once; rounding that to float32 again can
+    only differ from one rounding of the exact value when the float64 sum lies exactly halfway
+    between two float32 values (a midpoint is itself a float64, so none can lie strictly between
+    the exact value and its nearest float64). Those rare elements are redone in exact rationals."""
+    x, y, z = (t.detach().cpu().float().reshape(-1) for t in (x, y, z))
+    wide = x.double() * y.double() + z.double()
+    out = wide.float()
+    down, up = torch.nextafter(out, torch.tensor(-math.inf)), torch.nextafter(out, torch.tensor(math.inf))
+    halfway = ((out.double() + down.double()) / 2 == wide) | ((out.double() + up.double()) / 2 == wide)
+    for i in torch.nonzero(halfway & torch.isfinite(wide)).flatten().tolist():
+        out[i] = _fma_exact(x[i].item(), y[i].item(), z[i].item())
+    return out
+
+
+def _fma_exact(x: float, y: float, z: float) -> float:
+    exact = Fraction(x) * Fraction(y) + Fraction(z)
+    f = np.float32(float(exact))  # within one float32 step of the answer
+    near = [c for c in (np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))) if np.isfinite(c)]
+    return float(min(near, key=lambda c: (abs(Fraction(float(c)) - exact), int(np.array(c).view(np.int32)) & 1)))
