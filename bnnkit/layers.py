@@ -50,5 +50,18 @@ class BinaryConv2d(nn.Conv2d):
         return super().extra_repr() + ("" if self.binary_input else ", binary_input=False")
 
 
+def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """bn(conv(x)), plus `residual` when given: the shape of every binary block. In eval mode on
+    CPU a BinaryConv2d's packed kernels apply the BatchNorm and the add in their epilogue, with
+    PyTorch's float32 roundings (bnnkit._packed_eval), so the result is the same to the last bit;
+    anywhere else, and for any other conv (the float twin's, a tracer's), it runs as written."""
+    if isinstance(conv, BinaryConv2d) and isinstance(x, Tensor) and (residual is None or isinstance(residual, Tensor)):
+        y = packed_forward(conv, x, bn=bn, residual=residual)
+        if y is not None:
+            return y
+    y = bn(conv(x))
+    return y if residual is None else y + residual
+
+
 def binary_convs(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryConv2d)]

@@ -117,7 +117,8 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
 def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     """On CPU, eval runs binary convs on packed bits (bnnkit._packed_eval): the same integers, the
     same `* alpha` rounding, the same memory layout, hence the same output bits, in both input
-    layouts; it is used wherever the weights are exactly ±1 and the inputs sign() values."""
+    layouts; it is used wherever the weights are exactly ±1 and the inputs sign() values, and
+    applies the BatchNorm and residual add of conv_bn in its epilogue."""
     torch.manual_seed(0)
     settings = {"stage": 2} if method == "biper" else {"percent": 5.0} if method == "siman" else {}
     model = _small(bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10, **settings))
@@ -136,11 +137,15 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
             finally:
                 _packed_eval.set_enabled(old)
         assert torch.equal(outs[0], outs[1])
-    packed = [n for n, c in binary_convs(model) if c.__dict__.get("_packed_weights") is not None]
+    packed = [n for n, c in binary_convs(model)
+              if c.__dict__.get("_packed_weights") is not None or c.__dict__.get("_packed_weights_bn") is not None]
+    # conv_bn's BatchNorm (and residual) went into the kernel's epilogue, with the same bits
+    folded = [n for n, c in binary_convs(model) if c.__dict__.get("_packed_weights_bn") is not None]
     # XNOR's weights are ±mean|w|, and a random weight can be exactly 0 (sign 0): those stay float
     eligible = [n for n, c in binary_convs(model) if c.binary_input and bool((c.binary_weight().abs() == 1).all())]
     sign_input = [n for n, c in binary_convs(model) if c.binary_input]
     assert packed == eligible and (method == "xnor" or len(eligible) >= len(sign_input) - 1)
+    assert method == "xnor" or len(folded) >= len(eligible) // 2
 
 
 def test_unknown_names_list_the_valid_ones():

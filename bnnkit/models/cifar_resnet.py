@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import conv_bn
 from ..methods import Method
 from . import register_model
 from ._common import PadShortcut, activation, kaiming_normal_convs
@@ -27,8 +28,8 @@ class BiRealBlock(nn.Module):
             self.shortcut = PadShortcut(planes // 4, "slice" if act == "siman" else "avg")
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.nonlinear1(self.bn1(self.conv1(x)) + self.shortcut(x))
-        return self.nonlinear2(self.bn2(self.conv2(z)) + z)
+        z = self.nonlinear1(conv_bn(self.conv1, self.bn1, x, self.shortcut(x)))
+        return self.nonlinear2(conv_bn(self.conv2, self.bn2, z, z))
 
 
 def _act(kind: str, channels: int) -> nn.Module:
@@ -92,8 +93,8 @@ class BasicBlock(nn.Module):
                 self.shortcut = PadShortcut(planes // 4 if planes != in_planes else 0, "avg")
 
     def forward(self, x: Tensor) -> Tensor:
-        z = F.hardtanh(self.bn1(self.conv1(x)))
-        return F.hardtanh(self.bn2(self.conv2(z)) + self.shortcut(x))
+        z = F.hardtanh(conv_bn(self.conv1, self.bn1, x))
+        return F.hardtanh(conv_bn(self.conv2, self.bn2, z, self.shortcut(x)))
 
 
 class ResNet18(nn.Module):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..layers import conv_bn
 from ..methods import Method
 from . import register_model
 from ._common import activation, kaiming_normal_convs
@@ -26,8 +27,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        z = self.nonlinear1(self.bn1(self.conv1(x)) + identity)
-        return self.nonlinear2(self.bn2(self.conv2(z)) + z)
+        z = self.nonlinear1(conv_bn(self.conv1, self.bn1, x, identity))
+        return self.nonlinear2(conv_bn(self.conv2, self.bn2, z, z))
 
 
 class ResNet(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import conv_bn
 from ..methods import Method
 from . import register_model
 
@@ -28,9 +29,9 @@ class DWBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.stride == 1 else F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
-        z = F.hardtanh(self.bn1(self.conv1(x)) + residual)
-        u = F.hardtanh(self.bn2(self.conv2(z)))
-        return F.hardtanh(self.bn3(self.conv3(u)) + u)
+        z = F.hardtanh(conv_bn(self.conv1, self.bn1, x, residual))
+        u = F.hardtanh(conv_bn(self.conv2, self.bn2, z))
+        return F.hardtanh(conv_bn(self.conv3, self.bn3, u, u))
 
 
 class MobileNet(nn.Module):

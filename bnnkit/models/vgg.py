@@ -5,6 +5,7 @@ import math
 
 from torch import Tensor, nn
 
+from ..layers import conv_bn
 from ..methods import Method
 from . import register_model
 from ._common import activation
@@ -31,10 +32,9 @@ class VGGSmall(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.nonlinear0(self.bn0(self.conv0(x)))
         for i in range(1, 6):
-            x = getattr(self, f"conv{i}")(x)
-            if i % 2:
-                x = self.pooling(x)
-            x = getattr(self, f"nonlinear{i}")(getattr(self, f"bn{i}")(x))
+            conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
+            x = bn(self.pooling(conv(x))) if i % 2 else conv_bn(conv, bn, x)
+            x = getattr(self, f"nonlinear{i}")(x)
         return self.fc(x.flatten(1))
 
 
