@@ -146,10 +146,12 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     # planes at a time, and reading 8 residual planes alongside measured slower than PyTorch's
     # separate add (ResNet-20, 16 channels at 32x32, batch 256: 11.0 against 10.2 ms; channels-last
     # 6.6 against 24.5 ms).
-    fused = residual
-    if residual is not None and not (
-            not nchw and residual.dtype == torch.float32 and residual.device.type == "cpu"
-            and tuple(residual.shape) == (x.shape[0], O, Ho, Wo) and residual.is_contiguous(memory_format=torch.channels_last)):
-        fused = None  # added below by PyTorch, whose layout rules then decide the result's layout
-    out = conv(bits, x.shape[2], x.shape[3], pad, isa=isa, threads=threads, ties=ties, nchw=nchw, residual=fused)
-    return out + residual if residual is not None and fused is None else out
+    same_layout = residual is not None and (
+        residual.dtype == torch.float32 and residual.device.type == "cpu" and tuple(residual.shape) == (x.shape[0], O, Ho, Wo)
+        and residual.is_contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last))
+    out = conv(bits, x.shape[2], x.shape[3], pad, isa=isa, threads=threads, ties=ties, nchw=nchw,
+               residual=residual if same_layout and not nchw else None)
+    if residual is None or (same_layout and not nchw):
+        return out
+    # in place where the result keeps out's layout anyway; else PyTorch's layout rules decide it
+    return out.add_(residual) if same_layout else out + residual

@@ -10,6 +10,7 @@ unset or `auto` picks the best the CPU supports.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import threading
@@ -162,7 +163,7 @@ class PackedConv:
               "binary conv: prescale/scale/bias must have one value per output channel")
         self.in_channels, self.out_channels, self.groups = in_channels, O, G
         self.Cg, self.Og, self.Cw, self.K = Cg, Og, Cw, K
-        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+        self.kernel, self.stride, self.padding, self.dilation = (tuple(int(v) for v in t) for t in (kernel, stride, padding, dilation))
         OBg = (Og + 7) // 8
         self.OBg = OBg
         w = w_bits.to(torch.int64).reshape(G, Og, K, Cw)
@@ -243,17 +244,11 @@ class PackedConv:
         positions add to the dot product, zero for a window inside the input."""
         key = (H, W)
         if key not in self._borders:
-            (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
             Ho, Wo = self.out_size(H, W)
-            iy = torch.arange(Ho)[:, None] * sh - ph + torch.arange(kh)[None] * dh
-            ix = torch.arange(Wo)[:, None] * sw - pw + torch.arange(kw)[None] * dw
-            rows, row_cls = torch.unique((iy >= 0) & (iy < H), dim=0, return_inverse=True)
-            cols, col_cls = torch.unique((ix >= 0) & (ix < W), dim=0, return_inverse=True)
-            outside = ~(rows[:, None, :, None] & cols[None, :, None, :])  # [R, C, kh, kw]
+            row_cls, col_cls, outside = _border_classes(H, W, self.kernel, self.stride, self.padding, self.dilation)
             R, C = outside.shape[:2]
             corr = self.corr.permute(2, 0, 1, 3).reshape(self.K, -1)  # [K, G*OBg*8]
-            table = (outside.reshape(R * C, self.K).double() @ corr.double()).round().to(torch.int32)
-            row_cls, col_cls = row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous()
+            table = (outside.reshape(R * C, self.K) @ corr.double()).round().to(torch.int32)
             table = table.reshape(R, C, self.groups, self.OBg, 8).contiguous()
             # built once per input size and never changed: the kernel's indices into it are checked here
             _check_tensor(row_cls, torch.int32, Ho, "row classes")
@@ -266,8 +261,7 @@ class PackedConv:
         return self._borders[key]
 
     def out_size(self, H: int, W: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return _out_size(H, W, self.kernel, self.stride, self.padding, self.dilation)
 
     def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
                  ties: torch.Tensor | None = None, raw: bool = False, nchw: bool = False,
@@ -324,6 +318,28 @@ class PackedConv:
             self.kernel[1], self.dilation[1], self.Cg,
             residual.data_ptr() if residual is not None else 0, residual.numel() if residual is not None else 0))
         return out
+
+
+def _out_size(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+              dilation: tuple[int, int]) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+@functools.lru_cache(maxsize=256)
+def _border_classes(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                    dilation: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The geometry of PackedConv.borders, shared by every conv of this shape (the packed eval
+    path rebuilds its convs whenever training changed their weights): row classes int32 [Ho],
+    column classes int32 [Wo], and float64 [R, C, kh, kw], 1 where a class's window is outside."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    Ho, Wo = _out_size(H, W, kernel, stride, padding, dilation)
+    iy = torch.arange(Ho)[:, None] * sh - ph + torch.arange(kh)[None] * dh
+    ix = torch.arange(Wo)[:, None] * sw - pw + torch.arange(kw)[None] * dw
+    rows, row_cls = torch.unique((iy >= 0) & (iy < H), dim=0, return_inverse=True)
+    cols, col_cls = torch.unique((ix >= 0) & (ix < W), dim=0, return_inverse=True)
+    outside = ~(rows[:, None, :, None] & cols[None, :, None, :])
+    return row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous(), outside.double()
 
 
 def _popcount(words_: torch.Tensor) -> torch.Tensor:
