@@ -148,6 +148,48 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     assert method == "xnor" or len(folded) >= len(eligible) // 2
 
 
+def test_conv_bn_folds_only_what_it_reproduces():
+    """conv_bn folds the BatchNorm into the packed kernel only when nothing can tell: a forward hook
+    on the BatchNorm, or a BatchNorm left in training mode, takes the path as written (the hook
+    runs, the running statistics update), with the same outputs as the float path."""
+    import copy
+
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", "siman")
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def run(m, packed):
+        old = _packed_eval.set_enabled(packed)
+        try:
+            with torch.no_grad():
+                return m(x)
+        finally:
+            _packed_eval.set_enabled(old)
+
+    for change in ("none", "hook", "bn_training"):
+        float_model, packed_model = copy.deepcopy(model), copy.deepcopy(model)
+        calls = []
+        for m in (float_model, packed_model):
+            bn = m.layer1[0].bn1
+            if change == "hook":
+                bn.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
+            if change == "bn_training":
+                bn.train()
+        assert torch.equal(run(float_model, False), run(packed_model, True)), change
+        conv = packed_model.layer1[0].conv1
+        folded = conv.__dict__.get("_packed_weights_bn") is not None
+        assert folded == (change == "none"), change
+        if change == "hook":
+            assert len(calls) == 2  # once per model
+        if change == "bn_training":
+            assert torch.equal(float_model.layer1[0].bn1.running_mean, packed_model.layer1[0].bn1.running_mean)
+            assert not torch.equal(packed_model.layer1[0].bn1.running_mean, model.layer1[0].bn1.running_mean)
+        assert packed_model.layer1[0].conv2.__dict__.get("_packed_weights_bn") is not None  # its neighbour folds
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(bnnkit.UnknownNameError, match="valid models: .*resnet20_1w1a"):
         bnnkit.create_model("resnet21_1w1a")
