@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _torch_module
 
 if TYPE_CHECKING:
     from .layers import BinaryConv2d
@@ -75,9 +76,8 @@ def _same_bn(state: tuple | None, bn: nn.BatchNorm2d | None) -> bool:
 
 
 def _no_hooks(module: nn.Module) -> bool:
-    from torch.nn.modules import module as torch_module
-    return not (module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks)
+    return not (module._forward_hooks or module._forward_pre_hooks or _torch_module._global_forward_hooks
+                or _torch_module._global_forward_pre_hooks)
 
 
 def _foldable(bn: nn.Module, channels: int) -> bool:

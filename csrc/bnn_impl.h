@@ -66,6 +66,7 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
     bool any = false;
     const int64_t K0 = a->KH * a->tie_KW, rows_len = a->N * a->H + 1;
     (void)rows_len;  /* read by the bounds checks of debug builds only */
+    const bool unit = a->sw == 1 && a->tie_dw == 1;
     for (int64_t ky = 0; ky < a->KH; ++ky) {
         const int64_t y = oy * a->sh - a->ph + ky * a->dh;
         if (y < 0 || y >= a->H) continue;
@@ -78,7 +79,6 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
             /* the taps kx whose pixel t lies in the tile: with unit stride and dilation a range,
              * t = d - kx, found without a branch per tap */
             const int64_t d = tie[2] + a->pw - ox;
-            const bool unit = a->sw == 1 && a->tie_dw == 1;
             const int64_t kx0 = unit ? (d - T + 1 > 0 ? d - T + 1 : 0) : 0;
             const int64_t kx1 = unit ? (d + 1 < a->tie_KW ? d + 1 : a->tie_KW) : a->tie_KW;
             for (int64_t kx = kx0; kx < kx1; ++kx) {
