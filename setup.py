@@ -10,7 +10,8 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["csrc/bnn_module.cpp", "csrc/bnn_portable.cpp", "csrc/bnn_avx2.cpp", "csrc/bnn_avx512.cpp"]
+SOURCES = ["csrc/bnn_module.cpp", "csrc/bnn_portable.cpp", "csrc/bnn_avx2.cpp", "csrc/bnn_avx512.cpp",
+           "csrc/bnn_act.cpp"]
 
 
 def _flags():

@@ -160,24 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul_size", type=int, default=4096, help="side of the float32 matmul that measures the peak")
     parser.add_argument("--amp", choices=["bf16"], default=None,
                         help="bf16 autocast for binary and float alike (never a faithful recipe's default)")
-    parser.add_argument("--compile", action="store_true",
-                        help="run the fused quantizer kernels through torch.compile (the float twin stays eager)")
+    parser.add_argument("--kernels", choices=["native", "eager", "compiled"], default="native",
+                        help="implementation of the fused activation paths (bnnkit.functional.set_kernels); "
+                             "the float twin has none")
+    parser.add_argument("--compile", action="store_true", help="the same as --kernels compiled")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per case")
     args = parser.parse_args(argv)
-    if args.compile:
-        from .functional import set_compiled
+    from .functional import kernels_in_use, set_kernels
 
-        if not set_compiled(True):
-            print("torch.compile is unavailable here; measuring the eager kernels")
+    wanted = "compiled" if args.compile else args.kernels
+    if set_kernels(wanted) != wanted:
+        print(f"torch.compile is unavailable here; measuring the {kernels_in_use()} kernels")
     chosen = {"siman": ("siman", {}), "biper1": ("biper", {"stage": 1}), "biper2": ("biper", {"stage": 2})}
     cases = [(n, m, s) for n, m, s in DEFAULT_CASES
              if (args.models is None or n in args.models)
              and (args.methods is None or any(chosen[c] == (m, s) for c in args.methods))]
-    from .functional import compiled_enabled
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
-          f"compiled kernels={compiled_enabled()}, amp={args.amp or 'off (float32)'}")
+          f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}")
     peak = matmul_gflops(args.matmul_size)
     print(f"float32 {args.matmul_size}x{args.matmul_size} matmul: {peak:.1f} GFLOP/s")
     print(HEADER, flush=True)

@@ -107,9 +107,13 @@ def percentile(values: Tensor, q: float) -> Tensor:
     return a + (b - a) * t
 
 # --- fused input quantizers ------------------------------------------------------------------
-# The math of SiMaN's and BiPer's activation paths as plain functions of whole tensors. They run
-# eagerly (in-place where it saves passes) or, when enabled, through torch.compile, which fuses
-# each into one or two loops over the activations (set_compiled / BNNKIT_COMPILE=1).
+# SiMaN's and BiPer's activation paths as two kernels over whole tensors:
+#   forward(x, centered) -> (sign(x - mean) or sign(x), mean, rstd), per sample over (C,H,W);
+#   backward(x, mean, rstd, grad, centered) -> dL/dx.
+# Three implementations compute the same math (tests/test_functional.py holds them to each other
+# and to autograd): native C++ (csrc/bnn_act.cpp, two sweeps per sample; the default on CPU),
+# eager PyTorch (GPU, and whatever the native one does not take), and the same PyTorch ops without
+# in-place writes, for torch.compile (set_compiled / BNNKIT_COMPILE=1).
 
 def _stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample mean and 1/sqrt(var + eps) over (C,H,W), unbiased; two reductions, no temporaries."""
@@ -131,89 +135,132 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).view(n, 1, 1, 1)
 
 
-def _standardized_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor) -> Tensor:
-    n = x[0].numel()
-    y = torch.addcmul(-mean * rstd, x, rstd)
-    half_gp = (1 - y.abs()).clamp_(min=0).mul_(grad)  # g' / 2, with g' = g * max(0, 2 - 2|y|)
-    return half_gp.sub_(_row_sum(half_gp) / n).addcmul_(y, _row_dot(half_gp, y) / (n - 1), value=-1).mul_(2 * rstd)
-
-
-def _scaled_backward(x: Tensor, grad: Tensor) -> Tensor:
-    n = x[0].numel()
+def _eager_forward(x: Tensor, centered: bool) -> tuple[Tensor, Tensor, Tensor]:
     mean, rstd = _stats(x)
-    y = x * rstd
-    half_gp = (1 - y.abs()).clamp_(min=0).mul_(grad)
+    return torch.sign(x - mean) if centered else torch.sign(x), mean, rstd
+
+
+def _eager_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered: bool) -> Tensor:
+    n = x[0].numel()
+    grad = grad.contiguous()
     centred = torch.addcmul(-mean * rstd, x, rstd)
-    return half_gp.addcmul_(centred, _row_dot(half_gp, y) / (n - 1), value=-1).mul_(2 * rstd)
+    y = centred if centered else x * rstd
+    half_gp = (1 - y.abs()).clamp_(min=0).mul_(grad)  # g' / 2, with g' = g * max(0, 2 - 2|y|)
+    proj = _row_dot(half_gp, y) / (n - 1)
+    if centered:
+        half_gp.sub_(_row_sum(half_gp) / n)
+    return half_gp.addcmul_(centred, proj, value=-1).mul_(2 * rstd)
 
 
-def _standardized_backward_pure(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor) -> Tensor:
-    """The same as _standardized_backward without in-place ops, for torch.compile."""
-    n = x[0].numel()
-    y = (x - mean) * rstd
-    gp = grad * (2 - 2 * y.abs()).clamp_min(0)
-    mean_gp = gp.sum(dim=(1, 2, 3), keepdim=True) / n
-    proj = (gp * y).sum(dim=(1, 2, 3), keepdim=True) / (n - 1)
-    return rstd * (gp - mean_gp - y * proj)
-
-
-def _scaled_backward_pure(x: Tensor, grad: Tensor) -> Tensor:
+def _pure_forward(x: Tensor, centered: bool) -> tuple[Tensor, Tensor, Tensor]:
     n = x[0].numel()
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     rstd = torch.rsqrt(((x - mean) ** 2).sum(dim=(1, 2, 3), keepdim=True) / (n - 1) + EPS)
-    y = x * rstd
+    return torch.sign(x - mean) if centered else torch.sign(x), mean, rstd
+
+
+def _pure_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered: bool) -> Tensor:
+    n = x[0].numel()
+    centred = (x - mean) * rstd
+    y = centred if centered else x * rstd
     gp = grad * (2 - 2 * y.abs()).clamp_min(0)
     proj = (gp * y).sum(dim=(1, 2, 3), keepdim=True) / (n - 1)
-    return rstd * (gp - (x - mean) * rstd * proj)
+    if centered:
+        gp = gp - gp.sum(dim=(1, 2, 3), keepdim=True) / n
+    return rstd * (gp - centred * proj)
 
 
-def _standardized_forward_pure(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    n = x[0].numel()
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    rstd = torch.rsqrt(((x - mean) ** 2).sum(dim=(1, 2, 3), keepdim=True) / (n - 1) + EPS)
-    return torch.sign(x - mean), mean, rstd
+_native_lib = None  # bnnkit.deploy._kernels once loaded; False if it is not built
 
 
-def _standardized_forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    mean, rstd = _stats(x)
-    return torch.sign(x - mean), mean, rstd
+def _native():
+    global _native_lib
+    if _native_lib is None:
+        try:
+            from .deploy import _native as native
+            _native_lib = native.lib()
+        except ImportError:
+            _native_lib = False
+    return _native_lib
 
 
-_EAGER = {"standardized_forward": _standardized_forward, "standardized_backward": _standardized_backward,
-          "scaled_backward": _scaled_backward}
-_PURE = {"standardized_forward": _standardized_forward_pure, "standardized_backward": _standardized_backward_pure,
-         "scaled_backward": _scaled_backward_pure}
-_kernels: dict = dict(_EAGER)
+def _takes_native(x: Tensor) -> bool:
+    """Dense float32 CPU samples, outside any tracer or functorch transform."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+            and bool(_native()))
 
 
-def set_compiled(enabled: bool) -> bool:
-    """Run the fused quantizer kernels through torch.compile (True) or eagerly (False).
+def _native_forward(x: Tensor, centered: bool) -> tuple[Tensor, Tensor, Tensor]:
+    if not _takes_native(x):
+        return _eager_forward(x, centered)
+    N = x.shape[0]
+    out, mean, rstd = torch.empty_like(x), x.new_empty(N, 1, 1, 1), x.new_empty(N, 1, 1, 1)
+    _native().act_forward(torch.get_num_threads(), (x.data_ptr(), x.numel(), 0, out.data_ptr(), mean.data_ptr(),
+                                                    rstd.data_ptr(), N, x.numel() // N, int(centered)))
+    return out, mean, rstd
+
+
+def _native_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered: bool) -> Tensor:
+    if not (_takes_native(x) and grad.shape == x.shape and mean.is_contiguous() and rstd.is_contiguous()):
+        return _eager_backward(x, mean, rstd, grad, centered)
+    if grad.stride() != x.stride() or grad.dtype != x.dtype or grad.device != x.device:
+        grad = torch.empty_like(x).copy_(grad)  # the kernel pairs elements by position in memory
+    dx = torch.empty_like(x)
+    N = x.shape[0]
+    _native().act_backward(torch.get_num_threads(), (x.data_ptr(), x.numel(), grad.data_ptr(), dx.data_ptr(),
+                                                     mean.data_ptr(), rstd.data_ptr(), N, x.numel() // N,
+                                                     int(centered)))
+    return dx
+
+
+_NATIVE = {"forward": _native_forward, "backward": _native_backward}
+_EAGER = {"forward": _eager_forward, "backward": _eager_backward}
+_PURE = {"forward": _pure_forward, "backward": _pure_backward}
+_kernels: dict = dict(_EAGER if os.environ.get("BNNKIT_NATIVE_ACT", "1") == "0" else _NATIVE)
+
+
+def set_kernels(kind: str) -> str:
+    """Which implementation the activation paths use: 'native' (the default on CPU), 'eager'
+    (PyTorch ops only) or 'compiled' (torch.compile). Returns the kind now in force: 'compiled'
+    falls back to 'native' when compilation is not possible.
 
     Compiling needs a working inductor backend (a C++ compiler on CPU, Triton on GPU) and costs
-    about a minute once per machine (inductor caches the kernels on disk). If compilation is not
-    possible, bnnkit stays eager and returns False."""
+    about a minute once per machine (inductor caches the kernels on disk)."""
     global _kernels
-    if not enabled:
-        _kernels = dict(_EAGER)
-        return False
+    if kind not in ("native", "eager", "compiled"):
+        raise ValueError(f"kernels must be 'native', 'eager' or 'compiled', not {kind!r}")
+    if kind != "compiled":
+        _kernels = dict(_NATIVE if kind == "native" else _EAGER)
+        return kind
     try:
         compiled = {k: torch.compile(f, dynamic=True) for k, f in _PURE.items()}
         probe = torch.randn(2, 3, 4, 4)
-        out, mean, rstd = compiled["standardized_forward"](probe)
-        compiled["standardized_backward"](probe, mean, rstd, torch.ones_like(probe))
-        compiled["scaled_backward"](probe, torch.ones_like(probe))
+        for centered in (True, False):
+            out, mean, rstd = compiled["forward"](probe, centered)
+            compiled["backward"](probe, mean, rstd, torch.ones_like(probe), centered)
     except Exception as exc:  # no compiler, unsupported platform
         import warnings
 
-        warnings.warn(f"bnnkit: torch.compile unavailable ({type(exc).__name__}); using eager kernels")
-        _kernels = dict(_EAGER)
-        return False
+        warnings.warn(f"bnnkit: torch.compile unavailable ({type(exc).__name__}); using native kernels")
+        _kernels = dict(_NATIVE)
+        return "native"
     _kernels = compiled
-    return True
+    return "compiled"
+
+
+def set_compiled(enabled: bool) -> bool:
+    """set_kernels('compiled') when enabled, else back to the native default; True if compiled."""
+    return set_kernels("compiled" if enabled else "native") == "compiled"
+
+
+def kernels_in_use() -> str:
+    return {_native_forward: "native", _eager_forward: "eager"}.get(_kernels["forward"], "compiled")
 
 
 def compiled_enabled() -> bool:
-    return _kernels["standardized_backward"] is not _standardized_backward
+    return kernels_in_use() == "compiled"
 
 
 class StandardizedApproxSign(torch.autograd.Function):
@@ -225,7 +272,7 @@ class StandardizedApproxSign(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return _kernels["standardized_forward"](x)
+        return _kernels["forward"](x, True)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -236,7 +283,7 @@ class StandardizedApproxSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> Tensor:
         x, mean, rstd = ctx.saved_tensors
-        return _kernels["standardized_backward"](x, mean, rstd, grad.contiguous())
+        return _kernels["backward"](x, mean, rstd, grad, True)
 
 
 class ScaledApproxSign(torch.autograd.Function):
@@ -244,20 +291,23 @@ class ScaledApproxSign(torch.autograd.Function):
     subtraction. Backward: ApproxSign's max(0, 2 - 2|y|) on y = x * rstd, then the exact gradient
     of the scaling:
         dx = rstd * (g' - c * sum(g' * y) / (n - 1)),   c = (x - mean) * rstd.
-    BiPer's input path in training, fused; the statistics are only needed by the backward pass."""
+    BiPer's input path in training, fused; the forward pass takes the statistics the backward needs
+    in the same sweep as the sign."""
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return torch.sign(x)
+    def forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return _kernels["forward"](x, False)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(inputs[0])
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(inputs[0], mean, rstd)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return _kernels["scaled_backward"](x, grad.contiguous())
+    def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> Tensor:
+        x, mean, rstd = ctx.saved_tensors
+        return _kernels["backward"](x, mean, rstd, grad, False)
 
 
 def standardized_approx_sign(x: Tensor) -> Tensor:
@@ -265,7 +315,7 @@ def standardized_approx_sign(x: Tensor) -> Tensor:
 
 
 def scaled_approx_sign(x: Tensor) -> Tensor:
-    return ScaledApproxSign.apply(x)
+    return ScaledApproxSign.apply(x)[0]
 
 
 if os.environ.get("BNNKIT_COMPILE", "0") == "1":

@@ -92,6 +92,19 @@ void pack_rows_avx512(const PackArgs* a, const float* thr, int64_t r0, int64_t r
 double sample_sum_portable(const float* x, int64_t n);
 double sample_sum_avx512(const float* x, int64_t n);
 
+/* Training-time activation kernels (csrc/bnn_act.cpp): N samples of n floats each, dense. */
+typedef struct {
+    const float* x; int64_t x_len;       /* [N][n], x_len = N * n; grad and out alike */
+    const float* grad;                   /* backward: dL/d sign(...) */
+    float* out;                          /* forward: the signs; backward: dL/dx */
+    float* mean; float* rstd;            /* [N]: written by the forward, read by the backward */
+    int64_t N, n;
+    int64_t centered;                    /* 1: SiMaN's sign(x - mean); 0: BiPer's sign(x) */
+} ActArgs;
+
+void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1);
+void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1);
+
 /* Bounds checking (debug builds only): BNN_AT(what, idx, span, len) is idx when elements
  * [idx, idx+span) lie inside a buffer of len elements; otherwise the failure is recorded (and
  * reported as a Python exception after the call) and index 0 is used instead, so a debug build

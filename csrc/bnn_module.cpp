@@ -275,6 +275,34 @@ static PyObject* py_taps(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+/* ---- training activation kernels (csrc/bnn_act.cpp) --------------------------------------- */
+/* (threads, (x, x_len, grad, out, mean, rstd, N, n, centered)); grad is 0 for the forward */
+static PyObject* act_call(PyObject* args, int backward) {
+    int nt;
+    PyObject* seq;
+    int64_t v[9];
+    if (!PyArg_ParseTuple(args, "iO", &nt, &seq)) return NULL;
+    if (read_ints(seq, v, 9, backward ? "act_backward" : "act_forward") < 0) return NULL;
+    ActArgs a;
+    a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
+    a.grad = (const float*)(uintptr_t)v[2]; a.out = (float*)(uintptr_t)v[3];
+    a.mean = (float*)(uintptr_t)v[4]; a.rstd = (float*)(uintptr_t)v[5];
+    a.N = v[6]; a.n = v[7]; a.centered = v[8];
+    if (!a.x || !a.out || !a.mean || !a.rstd || (backward && !a.grad) || a.N < 0 || a.n < 1 || a.x_len != a.N * a.n)
+        return PyErr_Format(PyExc_ValueError, "act: inconsistent arguments");
+    if (nt < 1) nt = 1;
+    if (a.N < nt) nt = (int)(a.N > 0 ? a.N : 1);
+    void (*fn)(const ActArgs*, int64_t, int64_t) = backward ? act_backward_samples : act_forward_samples;
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(a.N, nt, [&](int64_t b, int64_t e) { fn(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject* py_act_forward(PyObject*, PyObject* args) { return act_call(args, 0); }
+static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(args, 1); }
+
 static PyObject* py_cpu_features(PyObject*, PyObject*) {
     return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
                          "avx512", cpu_has_avx512() ? Py_True : Py_False);
@@ -298,6 +326,8 @@ static PyMethodDef methods[] = {
     {"bconv", py_bconv, METH_VARARGS, "bconv(isa, threads, args): binary convolution, see csrc/bnn_kernels.h"},
     {"taps", py_taps, METH_VARARGS, "taps(isa, threads, args): kernel-row taps side by side, see PackedConv"},
     {"pack", py_pack, METH_VARARGS, "pack(isa, threads, args): binarize and bit-pack NHWC activations"},
+    {"act_forward", py_act_forward, METH_VARARGS, "act_forward(threads, args): per-sample statistics and sign, see csrc/bnn_act.cpp"},
+    {"act_backward", py_act_backward, METH_VARARGS, "act_backward(threads, args): ApproxSign after standardisation, backward"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},
     {NULL, NULL, 0, NULL},

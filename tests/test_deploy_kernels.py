@@ -225,7 +225,7 @@ def _build_debug(tmp: Path):
     out = tmp / f"{name}{ext}"
     cmd = ["g++", "-shared", "-fPIC", "-O1", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-DBNNKIT_DEBUG",
            f"-DBNNKIT_MODULE_NAME={name}", f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}",
-           *[str(ROOT / "csrc" / f) for f in ("bnn_module.cpp", "bnn_portable.cpp", "bnn_avx2.cpp", "bnn_avx512.cpp")],
+           *sorted(str(p) for p in (ROOT / "csrc").glob("*.cpp")),
            "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     spec = importlib.util.spec_from_file_location(name, out)
@@ -341,3 +341,20 @@ def test_fma_float32_rounds_once():
     x, y, z = (torch.randn(2000, generator=gen) * torch.exp(3 * torch.randn(2000, generator=gen)) for _ in range(3))
     want = torch.tensor([_fma_exact(a, b, c) for a, b, c in zip(x.tolist(), y.tolist(), z.tolist())])
     assert torch.equal(fma_float32(x, y, z), want)
+
+
+def test_debug_build_runs_the_activation_kernels_within_bounds(debug_lib):
+    """The training kernels of csrc/bnn_act.cpp, checked: the same bits as the release build."""
+    torch.manual_seed(0)
+    x, g = torch.randn(3, 5, 9, 11), torch.randn(3, 5, 9, 11)
+    for centered in (1, 0):
+        results = []
+        for lib in (_native.lib(), debug_lib):
+            out, dx, mean, rstd = torch.empty_like(x), torch.empty_like(x), torch.empty(3), torch.empty(3)
+            lib.act_forward(2, (x.data_ptr(), x.numel(), 0, out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), 3, 495,
+                                centered))
+            lib.act_backward(2, (x.data_ptr(), x.numel(), g.data_ptr(), dx.data_ptr(), mean.data_ptr(),
+                                 rstd.data_ptr(), 3, 495, centered))
+            results.append((out, dx, mean, rstd))
+        for release, checked in zip(*results):
+            assert torch.equal(release, checked)

@@ -1,0 +1,118 @@
+"""The implementations of SiMaN's and BiPer's fused activation paths (bnnkit.functional): native C++
+(the CPU default), eager PyTorch and the same ops for torch.compile. Each is held to the
+independent formulas of tests/test_quantizers.py, and the native one to the eager one on the
+layouts, thread counts and inputs it meets in training."""
+import pytest
+import torch
+
+from bnnkit import functional
+from bnnkit.deploy import _native
+from tests.test_quantizers import ref_biper_input, ref_siman_input
+
+PATHS = {"siman": (functional.standardized_approx_sign, ref_siman_input),
+         "biper": (functional.scaled_approx_sign, ref_biper_input)}
+
+
+@pytest.fixture
+def kernels():
+    """Switch implementations inside a test; the default comes back afterwards."""
+    yield functional.set_kernels
+    functional.set_kernels("native")
+
+
+def _run(fn, x, g):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("kind", ["native", "eager"])
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (3, 5, 9, 11), (2, 64, 8, 8)])
+def test_matches_the_independent_formula(kernels, kind, path, shape):
+    """n = 36 (4 vectors and a tail), 495 (two blocks and a tail), 4096 (16 whole blocks)."""
+    assert kernels(kind) == kind
+    fn, reference = PATHS[path]
+    torch.manual_seed(sum(shape))
+    x, g = torch.randn(shape) * 0.8 + 0.3, torch.randn(shape)
+    y, grad = _run(fn, x, g)
+    want_y, want_grad = reference(x.double(), g.double())
+    assert torch.equal(y, want_y.float())
+    assert torch.allclose(grad, want_grad.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_default_on_cpu_is_native():
+    assert functional.kernels_in_use() == "native"
+    with pytest.raises(ValueError, match="'native', 'eager' or 'compiled'"):
+        functional.set_kernels("fast")
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_native_agrees_with_eager_in_every_layout(kernels, path):
+    fn, _ = PATHS[path]
+    torch.manual_seed(1)
+    x, g = torch.randn(8, 16, 12, 12) + 0.1, torch.randn(8, 16, 12, 12)
+    kernels("eager")
+    want_y, want_grad = _run(fn, x, g)
+    kernels("native")
+    cl = torch.channels_last
+    for xf, gf in ((x, g), (x.contiguous(memory_format=cl), g.contiguous(memory_format=cl)),
+                   (x, g.contiguous(memory_format=cl)), (x.contiguous(memory_format=cl), g)):
+        y, grad = _run(fn, xf, gf)
+        assert y.is_contiguous(memory_format=cl) == xf.is_contiguous(memory_format=cl)
+        assert torch.equal(y, want_y)
+        assert torch.allclose(grad, want_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_native_results_do_not_depend_on_the_thread_count(path):
+    fn, _ = PATHS[path]
+    torch.manual_seed(2)
+    x, g = torch.randn(5, 16, 10, 10), torch.randn(5, 16, 10, 10)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(fn, x, g)
+        torch.set_num_threads(2)
+        two = _run(fn, x, g)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_native_sign_is_torch_sign_at_ties_zeros_and_nan():
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, float("nan")])
+    x[1] -= x[1].mean()
+    x[1, 0, 0, 0] = 0.0
+    out, mean, _ = functional._native_forward(x, False)
+    assert torch.equal(out.nan_to_num(7.0), torch.sign(x).nan_to_num(7.0))
+    assert not out[0, 0, 0, 1].signbit()  # torch.sign(-0.0) is +0.0
+    out, mean, _ = functional._native_forward(x, True)
+    assert torch.equal(out, torch.sign(x - mean))
+
+
+def test_inputs_the_native_kernels_do_not_take_run_eagerly():
+    """float64 and strided views take the eager ops, same math; torch.func.grad works too."""
+    torch.manual_seed(3)
+    x, g = torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    y, grad = _run(functional.standardized_approx_sign, x, g)
+    want_y, want_grad = ref_siman_input(x, g)
+    assert torch.equal(y, want_y) and torch.allclose(grad, want_grad, rtol=1e-9)
+    wide = torch.randn(4, 3, 6, 12)
+    y, grad = _run(functional.scaled_approx_sign, wide[..., ::2], g.float())
+    want_y, want_grad = ref_biper_input(wide[..., ::2].double(), g)
+    assert torch.equal(y, want_y.float()) and torch.allclose(grad, want_grad.float(), rtol=1e-4, atol=1e-5)
+    xf = x.float()
+    grad = torch.func.grad(lambda t: (functional.standardized_approx_sign(t) * g.float()).sum())(xf)
+    assert torch.allclose(grad, ref_siman_input(x, g)[1].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_native_kernels_refuse_inconsistent_sizes():
+    x = torch.randn(2, 8)
+    out, m = torch.empty_like(x), torch.empty(2)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _native.lib().act_forward(1, (x.data_ptr(), 15, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1))
+    with pytest.raises(ValueError, match="inconsistent"):  # a backward without its gradient
+        _native.lib().act_backward(1, (x.data_ptr(), 16, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1))
