@@ -114,19 +114,22 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
         return None
     key = "_packed_weights" if bn is None else "_packed_weights_bn"
     cache = layer.__dict__.get(key)
-    if (cache is None or cache.signs.shape != signs.shape or not torch.equal(cache.signs, signs)
-            or not torch.equal(cache.alpha, alpha) or not _same_bn(cache.bn_state, bn)):
-        if not bool((signs.abs() == 1).all()):
+    same_signs = cache is not None and cache.signs.shape == signs.shape and torch.equal(cache.signs, signs)
+    if not (same_signs and torch.equal(cache.alpha, alpha) and _same_bn(cache.bn_state, bn)):
+        if not same_signs and not bool((signs.abs() == 1).all()):
             layer.__dict__[key] = None
             return None
         from .deploy._affine import bn_affine
         from .deploy._bits import pack_signs
         # without bn, fma(y * alpha, 1, -0.0) is y * alpha for every value, -0.0 included
         scale, bias = (torch.ones(O), torch.full((O,), -0.0)) if bn is None else bn_affine(bn)
-        conv = native.PackedConv(pack_signs(signs < 0), scale, bias, prescale=alpha.clone(),
-                                 in_channels=layer.in_channels, kernel=tuple(layer.kernel_size),
-                                 stride=tuple(layer.stride), padding=tuple(layer.padding),
-                                 dilation=tuple(layer.dilation), groups=layer.groups)
+        if same_signs:  # a training step moved alpha or the BatchNorm statistics only
+            conv = cache.conv.with_epilogue(scale, bias, prescale=alpha.clone())
+        else:
+            conv = native.PackedConv(pack_signs(signs < 0), scale, bias, prescale=alpha.clone(),
+                                     in_channels=layer.in_channels, kernel=tuple(layer.kernel_size),
+                                     stride=tuple(layer.stride), padding=tuple(layer.padding),
+                                     dilation=tuple(layer.dilation), groups=layer.groups)
         bn_state = None if bn is None else tuple(t.detach().clone() if isinstance(t, Tensor) else t
                                                   for t in _bn_state(bn))
         cache = layer.__dict__[key] = _PackedWeights(signs.detach().clone(), alpha.clone(), bn_state, conv)

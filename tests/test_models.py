@@ -148,6 +148,45 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     assert method == "xnor" or len(folded) >= len(eligible) // 2
 
 
+@pytest.mark.parametrize("method,settings", [("siman", {}), ("biper", {"stage": 2})])
+def test_packed_eval_follows_new_scales_and_statistics(method, settings):
+    """After a step that moves alpha and the BatchNorm statistics but no weight sign, the packed
+    eval keeps the packed weights and takes the new constants: still the float path's bits."""
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", method, **settings)
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def run(packed):
+        old = _packed_eval.set_enabled(packed)
+        try:
+            with torch.no_grad():
+                return model(x)
+        finally:
+            _packed_eval.set_enabled(old)
+
+    run(True)
+    before = {n: c.__dict__["_packed_weights_bn"].conv for n, c in binary_convs(model)
+              if c.__dict__.get("_packed_weights_bn") is not None}
+    assert before
+    with torch.no_grad():
+        for i, (_, conv) in enumerate(binary_convs(model)):
+            conv.alpha.mul_(1.5 + 0.1 * i)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.05)
+                m.running_var.mul_(1.3)
+    got = run(True)
+    assert torch.equal(got, run(False))
+    for name, conv in binary_convs(model):
+        if name in before:
+            now = conv.__dict__["_packed_weights_bn"].conv
+            assert now is not before[name] and now.wk is before[name].wk, name  # new constants, same bits
+            assert not torch.equal(now.scale, before[name].scale), name
+
+
 def test_conv_bn_folds_only_what_it_reproduces():
     """conv_bn folds the BatchNorm into the packed kernel only when nothing can tell: a forward hook
     on the BatchNorm, or a BatchNorm left in training mode, takes the path as written (the hook

@@ -88,8 +88,13 @@ def test_bench_runs_and_prints_its_ratios(capsys):
     assert bench_main(["--models", "resnet20_1w1a", "--methods", "biper2", "--batch", "8", "--rounds", "1", "--warmup", "0", "--matmul_size", "512"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("resnet20_1w1a"))
-    assert "biper s2" in row and row.count("x") >= 2
-    assert "GFLOP/s" in out
+    assert "biper s2" in row and len(row.split()) == 13 and row.count("x") >= 3  # t ratio, ev gain, 1st gain
+    assert "GFLOP/s" in out and "activation kernels=native" in out
+    assert bench_main(["--models", "resnet20_1w1a", "--methods", "siman", "--batch", "4", "--rounds", "1", "--warmup", "0",
+                       "--matmul_size", "256", "--kernels", "eager"]) == 0
+    assert "activation kernels=eager" in capsys.readouterr().out
+    assert functional.kernels_in_use() == "eager"
+    functional.set_kernels("native")
 
 
 def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):

@@ -33,14 +33,15 @@ def fma_float32(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tens
     only differ from one rounding of the exact value when the float64 sum lies exactly halfway
     between two float32 values (a midpoint is itself a float64, so none can lie strictly between
     the exact value and its nearest float64). Those rare elements are redone in exact rationals."""
-    x, y, z = (t.detach().cpu().float().reshape(-1) for t in (x, y, z))
-    wide = x.double() * y.double() + z.double()
-    out = wide.float()
-    down, up = torch.nextafter(out, torch.tensor(-math.inf)), torch.nextafter(out, torch.tensor(math.inf))
-    halfway = ((out.double() + down.double()) / 2 == wide) | ((out.double() + up.double()) / 2 == wide)
-    for i in torch.nonzero(halfway & torch.isfinite(wide)).flatten().tolist():
-        out[i] = _fma_exact(x[i].item(), y[i].item(), z[i].item())
-    return out
+    x, y, z = (t.detach().cpu().float().reshape(-1).numpy() for t in (x, y, z))
+    with np.errstate(over="ignore", invalid="ignore"):  # numpy, not torch: these vectors are short
+        wide = x.astype(np.float64) * y + z
+        out = wide.astype(np.float32)
+        down, up = np.nextafter(out, np.float32(-np.inf)), np.nextafter(out, np.float32(np.inf))
+        halfway = ((out.astype(np.float64) + down) / 2 == wide) | ((out.astype(np.float64) + up) / 2 == wide)
+    for i in np.flatnonzero(halfway & np.isfinite(wide)).tolist():
+        out[i] = _fma_exact(float(x[i]), float(y[i]), float(z[i]))
+    return torch.from_numpy(out)
 
 
 def _fma_exact(x: float, y: float, z: float) -> float:

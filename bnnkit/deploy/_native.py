@@ -10,6 +10,7 @@ unset or `auto` picks the best the CPU supports.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import os
@@ -158,9 +159,6 @@ class PackedConv:
         _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0, "binary conv: stride/dilation must be >= 1 and padding >= 0")
         Cg, Og = in_channels // G, O // G
         _need(Cw == words(Cg), f"binary conv: {Cw} words per position for {Cg} channels per group, expected {words(Cg)}")
-        prescale = torch.ones(O) if prescale is None else prescale
-        _need(scale.shape == (O,) and bias.shape == (O,) and prescale.shape == (O,),
-              "binary conv: prescale/scale/bias must have one value per output channel")
         self.in_channels, self.out_channels, self.groups = in_channels, O, G
         self.Cg, self.Og, self.Cw, self.K = Cg, Og, Cw, K
         self.kernel, self.stride, self.padding, self.dilation = (tuple(int(v) for v in t) for t in (kernel, stride, padding, dilation))
@@ -173,18 +171,31 @@ class PackedConv:
         corr = (Cg - 2 * ones).to(torch.int32)
         corr = torch.cat([corr, corr.new_zeros(G, OBg * 8 - Og, K)], 1) if OBg * 8 != Og else corr
         self.corr = corr.reshape(G, OBg, 8, K).permute(0, 1, 3, 2).contiguous()
-        self.pre, self.scale, self.bias = (self._padded(t.float().reshape(G, Og)) for t in (prescale, scale, bias))
         self.ones, self.zeros = self._padded(torch.ones(G, Og)), self._padded(torch.zeros(G, Og))
-        self.affine = epilogue_constants(prescale, scale, bias)
+        self._set_epilogue(prescale, scale, bias)
         self._taps_setup(w_bits)
         self.w_bits, self._tie_w = w_bits, None
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         # the kernel's constant buffers are built here and never change: check them once
         _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
         _check_tensor(self.corr, torch.int32, G * OBg * K * 8, "kernel corrections")
-        _check_tensor(self.scale, torch.float32, G * OBg * 8, "kernel scale")
-        _check_tensor(self.bias, torch.float32, G * OBg * 8, "kernel bias")
-        _check_tensor(self.pre, torch.float32, G * OBg * 8, "kernel prescale")
+
+    def _set_epilogue(self, prescale: torch.Tensor | None, scale: torch.Tensor, bias: torch.Tensor) -> None:
+        O, G, Og = self.out_channels, self.groups, self.Og
+        prescale = torch.ones(O) if prescale is None else prescale
+        _need(scale.shape == (O,) and bias.shape == (O,) and prescale.shape == (O,),
+              "binary conv: prescale/scale/bias must have one value per output channel")
+        self.pre, self.scale, self.bias = (self._padded(t.float().reshape(G, Og)) for t in (prescale, scale, bias))
+        self.affine = epilogue_constants(prescale, scale, bias)
+        for t, what in ((self.pre, "prescale"), (self.scale, "scale"), (self.bias, "bias")):
+            _check_tensor(t, torch.float32, G * self.OBg * 8, f"kernel {what}")
+
+    def with_epilogue(self, scale: torch.Tensor, bias: torch.Tensor, prescale: torch.Tensor | None = None) -> "PackedConv":
+        """The same packed weights with other per-channel constants: a trained model's new scale
+        and BatchNorm statistics without re-packing weights whose signs did not change."""
+        other = copy.copy(self)
+        other._set_epilogue(prescale, scale, bias)
+        return other
 
     def _taps_setup(self, w_bits: torch.Tensor) -> None:
         """A narrow layer (KW x Cg <= 64 bits, one group: up to 21 channels for a 3x3 kernel) fills a
