@@ -310,6 +310,45 @@ class ScaledApproxSign(torch.autograd.Function):
         return _kernels["backward"](x, mean, rstd, grad, False)
 
 
+class ChannelScale(torch.autograd.Function):
+    """y * alpha with alpha [C, 1, 1] per channel of y [N, C, H, W]: the binary conv's scale.
+    Backward: dy = g * alpha (as autograd's mul) and dalpha = sum over (N, H, W) of g * y, in one
+    native sweep on CPU instead of a product, a second product and a reduction."""
+
+    @staticmethod
+    def forward(y: Tensor, alpha: Tensor) -> Tensor:
+        return y * alpha
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        y, alpha = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return grad * alpha, None
+        if _kernels["forward"] is _native_forward and _takes_native(y) and alpha.dtype == torch.float32 and alpha.numel() == y.shape[1]:
+            return _native_scale_backward(y, alpha, grad)
+        return grad * alpha, (grad * y).sum(dim=(0, 2, 3)).view_as(alpha)
+
+
+def _native_scale_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    if grad.stride() != y.stride() or grad.dtype != y.dtype or grad.device != y.device:
+        grad = torch.empty_like(y).copy_(grad)
+    a = alpha.detach().reshape(-1).contiguous()
+    dy, dalpha = torch.empty_like(y), torch.empty(a.shape[0], dtype=torch.float32)
+    N, C, H, W = y.shape
+    nhwc = not y.is_contiguous()  # _takes_native: NCHW or channels-last
+    _native().scale_backward(torch.get_num_threads(), (grad.data_ptr(), y.data_ptr(), dy.data_ptr(), y.numel(),
+                                                       a.data_ptr(), dalpha.data_ptr(), N, C, H * W, int(nhwc)))
+    return dy, dalpha.view_as(alpha)
+
+
+def channel_scale(y: Tensor, alpha: Tensor) -> Tensor:
+    return ChannelScale.apply(y, alpha) if torch.is_grad_enabled() else y * alpha
+
+
 def standardized_approx_sign(x: Tensor) -> Tensor:
     return StandardizedApproxSign.apply(x)[0]
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._packed_eval import packed_forward
+from .functional import channel_scale
 
 if TYPE_CHECKING:
     from .methods import Method
@@ -39,7 +40,7 @@ class BinaryConv2d(nn.Conv2d):
             return y
         y = F.conv2d(self.input_quantizer(x), self.weight_quantizer(self.weight), None,
                      self.stride, self.padding, self.dilation, self.groups)
-        return y if self.alpha is None else y * self.alpha
+        return y if self.alpha is None else channel_scale(y, self.alpha)
 
     @torch.no_grad()
     def binary_weight(self) -> Tensor:

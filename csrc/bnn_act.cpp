@@ -1,6 +1,7 @@
-/* Training kernels of SiMaN's and BiPer's activation binarizers (bnnkit/functional.py,
- * StandardizedApproxSign and ScaledApproxSign): per-sample statistics and the sign in the forward
- * pass, the exact gradient of ApproxSign after the per-sample standardisation in the backward pass.
+/* Training kernels around the binary convolutions (bnnkit/functional.py). SiMaN's and BiPer's
+ * activation binarizers (StandardizedApproxSign, ScaledApproxSign): per-sample statistics and the
+ * sign in the forward pass, the exact gradient of ApproxSign after the per-sample standardisation
+ * in the backward pass. And the backward of the per-channel scale y * alpha (ChannelScale).
  *
  * Each sample is a dense block of n floats (NCHW or channels-last alike: statistics over (C,H,W)
  * do not depend on the order, and everything else is elementwise). Two sweeps per sample instead
@@ -11,6 +12,12 @@
 #include <string.h>
 
 #include "bnn_kernels.h"
+
+/* The 32-byte vector helpers below are always inlined, so no call passes a vector across an ABI
+ * boundary that GCC would warn about. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define BNN_CLONES __attribute__((target_clones("avx2", "default")))
@@ -149,6 +156,72 @@ BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
             for (int64_t i = nv; i < n; ++i) {
                 const float y = x[i] * r;
                 dx[i] = r * (g[i] * surrogate(y) - (x[i] - m) * r * proj);
+            }
+        }
+    }
+}
+
+/* Backward of y * alpha (alpha per channel) for samples [s0, s1): dy = g * alpha, and each
+ * sample's per-channel sum of g * y into partial[s][c] (double), summed over the samples in order
+ * by the binding. NCHW: each channel's H*W values are contiguous; NHWC: channels are innermost. */
+BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s1) {
+    const int64_t C = a->C, P = a->P, n = C * P;
+    for (int64_t s = s0; s < s1; ++s) {
+        const float* g = a->grad + BNN_AT("scale grad", s * n, n, a->len);
+        const float* y = a->y + BNN_AT("scale y", s * n, n, a->len);
+        float* dy = a->dy + BNN_AT("scale dy", s * n, n, a->len);
+        double* part = a->partial + BNN_AT("scale partial", s * C, C, a->N * C);
+        if (!a->nhwc) {
+            const int64_t pv = P / LANES * LANES;
+            for (int64_t c = 0; c < C; ++c) {
+                const float al = a->alpha[BNN_AT("scale alpha", c, 1, C)];
+                const v8f va = splat(al);
+                const float* gc = g + c * P;
+                const float* yc = y + c * P;
+                float* dc = dy + c * P;
+                Sum sum;
+                for (int64_t b = 0; b < pv; b += BLOCK) {
+                    const int64_t e = b + BLOCK < pv ? b + BLOCK : pv;
+                    for (int64_t i = b; i < e; i += LANES) {
+                        const v8f vg = load(gc + i);
+                        store(dc + i, vg * va);
+                        sum.part += vg * load(yc + i);
+                    }
+                    sum.flush();
+                }
+                for (int64_t i = pv; i < P; ++i) {
+                    dc[i] = gc[i] * al;
+                    sum.total += (double)(gc[i] * yc[i]);
+                }
+                part[c] = sum.total;
+            }
+        } else {
+            /* float partials per channel, flushed into double every 32 pixels */
+            for (int64_t c = 0; c < C; ++c) part[c] = 0;
+            const int64_t FLUSH = 32;
+            for (int64_t p0 = 0; p0 < P; p0 += FLUSH) {
+                const int64_t p1 = p0 + FLUSH < P ? p0 + FLUSH : P;
+                for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                    if (c0 + LANES <= C) {
+                        const v8f va = load(a->alpha + BNN_AT("scale alpha", c0, LANES, C));
+                        v8f sum = splat(0.0f);
+                        for (int64_t p = p0; p < p1; ++p) {
+                            const v8f vg = load(g + BNN_AT("scale pixel", p * C + c0, LANES, n));
+                            store(dy + p * C + c0, vg * va);
+                            sum += vg * load(y + p * C + c0);
+                        }
+                        for (int j = 0; j < LANES; ++j) part[c0 + j] += (double)sum[j];
+                    } else {
+                        for (int64_t c = c0; c < C; ++c) {
+                            float sum = 0;
+                            for (int64_t p = p0; p < p1; ++p) {
+                                dy[p * C + c] = g[p * C + c] * a->alpha[c];
+                                sum += g[p * C + c] * y[p * C + c];
+                            }
+                            part[c] += (double)sum;
+                        }
+                    }
+                }
             }
         }
     }

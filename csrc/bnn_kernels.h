@@ -105,6 +105,16 @@ typedef struct {
 void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1);
 void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1);
 
+typedef struct {
+    const float* grad; const float* y;   /* [N][C][P] (NCHW, P = H*W) or [N][P][C] (nhwc) */
+    float* dy; int64_t len;              /* len = N * C * P for each of the three */
+    const float* alpha;                  /* [C] */
+    double* partial;                     /* [N][C]: sample s's sum of grad * y per channel */
+    int64_t N, C, P, nhwc;
+} ScaleArgs;
+
+void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s1);
+
 /* Bounds checking (debug builds only): BNN_AT(what, idx, span, len) is idx when elements
  * [idx, idx+span) lie inside a buffer of len elements; otherwise the failure is recorded (and
  * reported as a Python exception after the call) and index 0 is used instead, so a debug build

@@ -303,6 +303,38 @@ static PyObject* act_call(PyObject* args, int backward) {
 static PyObject* py_act_forward(PyObject*, PyObject* args) { return act_call(args, 0); }
 static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(args, 1); }
 
+/* (threads, (grad, y, dy, len, alpha, dalpha, N, C, P, nhwc)): dy = grad * alpha and
+ * dalpha[c] = sum over samples and pixels of grad * y, as float32 */
+static PyObject* py_scale_backward(PyObject*, PyObject* args) {
+    int nt;
+    PyObject* seq;
+    int64_t v[10];
+    if (!PyArg_ParseTuple(args, "iO", &nt, &seq)) return NULL;
+    if (read_ints(seq, v, 10, "scale_backward") < 0) return NULL;
+    ScaleArgs a;
+    a.grad = (const float*)(uintptr_t)v[0]; a.y = (const float*)(uintptr_t)v[1];
+    a.dy = (float*)(uintptr_t)v[2]; a.len = v[3];
+    a.alpha = (const float*)(uintptr_t)v[4];
+    float* dalpha = (float*)(uintptr_t)v[5];
+    a.N = v[6]; a.C = v[7]; a.P = v[8]; a.nhwc = v[9];
+    if (!a.grad || !a.y || !a.dy || !a.alpha || !dalpha || a.N < 0 || a.C < 1 || a.P < 1 || a.len != a.N * a.C * a.P)
+        return PyErr_Format(PyExc_ValueError, "scale_backward: inconsistent arguments");
+    std::vector<double> partial((size_t)(a.N * a.C), 0.0);
+    a.partial = partial.data();
+    if (nt < 1) nt = 1;
+    if (a.N < nt) nt = (int)(a.N > 0 ? a.N : 1);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(a.N, nt, [&](int64_t b, int64_t e) { scale_backward_samples(&a, b, e); });
+    for (int64_t c = 0; c < a.C; ++c) {
+        double total = 0;
+        for (int64_t s = 0; s < a.N; ++s) total += partial[(size_t)(s * a.C + c)];
+        dalpha[c] = (float)total;
+    }
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_cpu_features(PyObject*, PyObject*) {
     return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
                          "avx512", cpu_has_avx512() ? Py_True : Py_False);
@@ -328,6 +360,7 @@ static PyMethodDef methods[] = {
     {"pack", py_pack, METH_VARARGS, "pack(isa, threads, args): binarize and bit-pack NHWC activations"},
     {"act_forward", py_act_forward, METH_VARARGS, "act_forward(threads, args): per-sample statistics and sign, see csrc/bnn_act.cpp"},
     {"act_backward", py_act_backward, METH_VARARGS, "act_backward(threads, args): ApproxSign after standardisation, backward"},
+    {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},
     {NULL, NULL, 0, NULL},

@@ -116,3 +116,47 @@ def test_native_kernels_refuse_inconsistent_sizes():
         _native.lib().act_forward(1, (x.data_ptr(), 15, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1))
     with pytest.raises(ValueError, match="inconsistent"):  # a backward without its gradient
         _native.lib().act_backward(1, (x.data_ptr(), 16, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(3, 12, 5, 7), (4, 16, 8, 8)])
+def test_channel_scale_backward_matches_autograd(layout, shape):
+    """The binary conv's y * alpha: native backward in both layouts (channel counts and pixel counts
+    with and without a remainder of 8), against autograd of the plain product."""
+    torch.manual_seed(4)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    y0 = torch.randn(shape).contiguous(memory_format=fmt)
+    alpha0, g = torch.rand(shape[1], 1, 1) + 0.5, torch.randn(shape)
+    grads = []
+    for fn in (lambda y, a: y * a, functional.channel_scale):
+        y, alpha = y0.clone().requires_grad_(True), alpha0.clone().requires_grad_(True)
+        out = fn(y, alpha)
+        assert out.is_contiguous(memory_format=fmt)
+        out.backward(g)
+        grads.append((out.detach(), y.grad, alpha.grad))
+    (want_out, want_dy, want_da), (out, dy, da) = grads
+    assert torch.equal(out, want_out) and torch.equal(dy, want_dy)  # the same products, rounded once
+    assert da.shape == want_da.shape and torch.allclose(da, want_da, rtol=1e-5, atol=1e-5)
+    exact = (g.double() * y0.double()).sum(dim=(0, 2, 3)).view(-1, 1, 1)
+    assert torch.allclose(da.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_scale_is_thread_independent_and_falls_back():
+    torch.manual_seed(5)
+    y0, alpha0, g = torch.randn(6, 8, 4, 4), torch.rand(8, 1, 1), torch.randn(6, 8, 4, 4)
+
+    def grads(y0, alpha0, g):
+        y, alpha = y0.clone().requires_grad_(True), alpha0.clone().requires_grad_(True)
+        functional.channel_scale(y, alpha).backward(g)
+        return y.grad, alpha.grad
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = grads(y0, alpha0, g)
+        torch.set_num_threads(2)
+        two = grads(y0, alpha0, g)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert torch.autograd.gradcheck(functional.channel_scale, (y0.double().requires_grad_(), alpha0.double().requires_grad_()))

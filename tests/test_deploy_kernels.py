@@ -358,3 +358,13 @@ def test_debug_build_runs_the_activation_kernels_within_bounds(debug_lib):
             results.append((out, dx, mean, rstd))
         for release, checked in zip(*results):
             assert torch.equal(release, checked)
+    alpha = torch.rand(5)
+    for nhwc in (0, 1):
+        results = []
+        for lib in (_native.lib(), debug_lib):
+            dy, da = torch.empty_like(x), torch.empty(5)
+            lib.scale_backward(2, (g.data_ptr(), x.data_ptr(), dy.data_ptr(), x.numel(), alpha.data_ptr(), da.data_ptr(),
+                                   3, 5, 99, nhwc))
+            results.append((dy, da))
+        for release, checked in zip(*results):
+            assert torch.equal(release, checked)
