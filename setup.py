@@ -1,9 +1,11 @@
-"""Build of bnnkit's native deployment kernels (everything else is in pyproject.toml).
+"""Build of bnnkit's native kernels (everything else is in pyproject.toml).
 
 Plain C++ against the CPython C API only (no torch headers: torch is not available in the
-isolated build environment). One extension, bnnkit.deploy._kernels; the AVX-512 and AVX2 code
-paths are compiled inside `#pragma GCC target` regions and chosen at run time from the CPU's
-features, so the package runs on any x86-64 (and builds with the portable path elsewhere).
+isolated build environment). One extension, bnnkit.deploy._kernels: the deploy runtime's
+XOR-popcount convolutions, whose AVX-512 and AVX2 code paths are compiled inside `#pragma GCC
+target` regions and chosen at run time from the CPU's features, and the training kernels of
+csrc/bnn_act.cpp (GCC vector extensions, an AVX2 clone chosen at load time). The package runs on
+any x86-64 and builds with the portable paths elsewhere.
 """
 import os
 import sys

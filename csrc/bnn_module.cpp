@@ -1,4 +1,4 @@
-/* CPython bindings of the bnnkit deployment kernels: run-time instruction-set dispatch and
+/* CPython bindings of the bnnkit native kernels: run-time instruction-set dispatch and
  * OpenMP threading. Functions take raw buffer addresses (tensor.data_ptr()) with their lengths in
  * elements; bnnkit/deploy/_native.py validates every shape before calling here. No torch headers. */
 #define PY_SSIZE_T_CLEAN
@@ -367,6 +367,6 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, BNN_STR(BNNKIT_MODULE_NAME),
-                                    "bnnkit deployment kernels (XOR-popcount binary convolution)", -1, methods};
+                                    "bnnkit native kernels (XOR-popcount binary convolution; training activation kernels)", -1, methods};
 
 PyMODINIT_FUNC BNN_CAT(PyInit_, BNNKIT_MODULE_NAME)(void) { return PyModule_Create(&moddef); }
