@@ -1,6 +1,7 @@
 /* CPython bindings of the bnnkit native kernels: run-time instruction-set dispatch and
  * OpenMP threading. Functions take raw buffer addresses (tensor.data_ptr()) with their lengths in
- * elements; bnnkit/deploy/_native.py validates every shape before calling here. No torch headers. */
+ * elements; bnnkit/deploy/_native.py and bnnkit/functional.py validate every shape before calling
+ * here (and each binding checks that the lengths it is given agree). No torch headers. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
