@@ -20,6 +20,15 @@ def kernels():
     functional.set_kernels("native")
 
 
+def _on_threads(n, fn):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _run(fn, x, g):
     x = x.detach().clone().requires_grad_(True)
     y = fn(x)
@@ -70,14 +79,7 @@ def test_native_results_do_not_depend_on_the_thread_count(path):
     fn, _ = PATHS[path]
     torch.manual_seed(2)
     x, g = torch.randn(5, 16, 10, 10), torch.randn(5, 16, 10, 10)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _run(fn, x, g)
-        torch.set_num_threads(2)
-        two = _run(fn, x, g)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = (_on_threads(n, lambda: _run(fn, x, g)) for n in (1, 2))
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
@@ -150,13 +152,6 @@ def test_channel_scale_is_thread_independent_and_falls_back():
         functional.channel_scale(y, alpha).backward(g)
         return y.grad, alpha.grad
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = grads(y0, alpha0, g)
-        torch.set_num_threads(2)
-        two = grads(y0, alpha0, g)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = (_on_threads(n, lambda: grads(y0, alpha0, g)) for n in (1, 2))
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert torch.autograd.gradcheck(functional.channel_scale, (y0.double().requires_grad_(), alpha0.double().requires_grad_()))

@@ -148,6 +148,16 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     assert method == "xnor" or len(folded) >= len(eligible) // 2
 
 
+def _eval_logits(model, x, packed: bool):
+    """model(x) without autograd, with the packed eval path on or off."""
+    old = _packed_eval.set_enabled(packed)
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        _packed_eval.set_enabled(old)
+
+
 @pytest.mark.parametrize("method,settings", [("siman", {}), ("biper", {"stage": 2})])
 def test_packed_eval_follows_new_scales_and_statistics(method, settings):
     """After a step that moves alpha and the BatchNorm statistics but no weight sign, the packed
@@ -160,12 +170,7 @@ def test_packed_eval_follows_new_scales_and_statistics(method, settings):
     x = torch.randn(2, 3, 32, 32)
 
     def run(packed):
-        old = _packed_eval.set_enabled(packed)
-        try:
-            with torch.no_grad():
-                return model(x)
-        finally:
-            _packed_eval.set_enabled(old)
+        return _eval_logits(model, x, packed)
 
     run(True)
     before = {n: c.__dict__["_packed_weights_bn"].conv for n, c in binary_convs(model)
@@ -201,12 +206,7 @@ def test_conv_bn_folds_only_what_it_reproduces():
     x = torch.randn(2, 3, 32, 32)
 
     def run(m, packed):
-        old = _packed_eval.set_enabled(packed)
-        try:
-            with torch.no_grad():
-                return m(x)
-        finally:
-            _packed_eval.set_enabled(old)
+        return _eval_logits(m, x, packed)
 
     for change in ("none", "hook", "bn_training"):
         float_model, packed_model = copy.deepcopy(model), copy.deepcopy(model)
