@@ -110,7 +110,7 @@ def percentile(values: Tensor, q: float) -> Tensor:
 # SiMaN's and BiPer's activation paths as two kernels over whole tensors:
 #   forward(x, centered) -> (sign(x - mean) or sign(x), mean, rstd), per sample over (C,H,W);
 #   backward(x, mean, rstd, grad, centered) -> dL/dx.
-# Three implementations compute the same math (tests/test_functional.py holds them to each other
+# Three implementations compute the same math (tests/test_activation_kernels.py holds them to each other
 # and to autograd): native C++ (csrc/bnn_act.cpp, two sweeps per sample; the default on CPU),
 # eager PyTorch (GPU, and whatever the native one does not take), and the same PyTorch ops without
 # in-place writes, for torch.compile (set_compiled / BNNKIT_COMPILE=1).
@@ -203,7 +203,8 @@ def _native_forward(x: Tensor, centered: bool) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _native_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered: bool) -> Tensor:
-    if not (_takes_native(x) and grad.shape == x.shape and mean.is_contiguous() and rstd.is_contiguous()):
+    if not (_takes_native(x) and grad.shape == x.shape and all(
+            t.dtype == torch.float32 and t.numel() == x.shape[0] and t.is_contiguous() for t in (mean, rstd))):
         return _eager_backward(x, mean, rstd, grad, centered)
     if grad.stride() != x.stride() or grad.dtype != x.dtype or grad.device != x.device:
         grad = torch.empty_like(x).copy_(grad)  # the kernel pairs elements by position in memory
