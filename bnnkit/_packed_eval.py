@@ -44,12 +44,8 @@ def enabled() -> bool:
 
 def _native():
     if _state["native"] is None:
-        try:
-            from .deploy import _native
-            _native.lib()
-            _state["native"] = _native
-        except ImportError:
-            _state["native"] = False
+        from .deploy import _native
+        _state["native"] = _native if _native.try_lib() is not None else False
     return _state["native"]
 
 

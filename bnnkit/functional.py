@@ -170,18 +170,11 @@ def _pure_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered
     return rstd * (gp - centred * proj)
 
 
-_native_lib = None  # bnnkit.deploy._kernels once loaded; False if it is not built
-
-
 def _native():
-    global _native_lib
-    if _native_lib is None:
-        try:
-            from .deploy import _native as native
-            _native_lib = native.lib()
-        except ImportError:
-            _native_lib = False
-    return _native_lib
+    """The native kernels (bnnkit.deploy._kernels), or None where they are not built."""
+    from .deploy import _native as native  # the deploy package stays unimported until first use
+
+    return native.try_lib()
 
 
 def _takes_native(x: Tensor) -> bool:

@@ -155,3 +155,26 @@ def test_channel_scale_is_thread_independent_and_falls_back():
     one, two = (_on_threads(n, lambda: grads(y0, alpha0, g)) for n in (1, 2))
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert torch.autograd.gradcheck(functional.channel_scale, (y0.double().requires_grad_(), alpha0.double().requires_grad_()))
+
+
+def test_without_the_native_library_the_pytorch_ops_run(monkeypatch):
+    """An install whose extension did not build: try_lib() says so once, and training still runs."""
+    import importlib
+
+    def no_extension(name, *args, **kwargs):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(_native, "_lib", None)
+    monkeypatch.setattr(_native, "_missing", False)
+    monkeypatch.setattr(importlib, "import_module", no_extension)
+    assert _native.try_lib() is None and _native._missing
+    torch.manual_seed(6)
+    x, g = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    for path in sorted(PATHS):
+        fn, reference = PATHS[path]
+        y, grad = _run(fn, x, g)
+        want_y, want_grad = reference(x.double(), g.double())
+        assert torch.equal(y, want_y.float()) and torch.allclose(grad, want_grad.float(), rtol=1e-4, atol=1e-5)
+    y, alpha = torch.randn(2, 4, 3, 3, requires_grad=True), torch.rand(4, 1, 1, requires_grad=True)
+    functional.channel_scale(y, alpha).backward(torch.ones(2, 4, 3, 3))
+    assert torch.allclose(alpha.grad.flatten(), y.detach().sum(dim=(0, 2, 3)))

@@ -25,6 +25,7 @@ from ._errors import DeployFormatError
 
 ISA_CODES = {"portable": 1, "avx2": 2, "avx512": 3}
 _lib: ModuleType | None = None
+_missing = False  # the import failed once: try_lib() does not retry it on every call
 _scratch = threading.local()  # per-thread reusable tie buffers of pack()
 _NO_TIES = torch.empty((0, 4), dtype=torch.int32)
 
@@ -38,6 +39,18 @@ def lib() -> ModuleType:
             raise ImportError("bnnkit's native deployment kernels are not built; reinstall with "
                               "`pip install -e .` or run `python setup.py build_ext --inplace`") from e
     return _lib
+
+
+def try_lib() -> ModuleType | None:
+    """lib(), or None where the kernels are not built: callers then take their PyTorch path."""
+    global _missing
+    if _lib is None and _missing:
+        return None
+    try:
+        return lib()
+    except ImportError:
+        _missing = True
+        return None
 
 
 def set_library(module: ModuleType | None) -> ModuleType | None:
