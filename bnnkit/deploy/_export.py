@@ -72,8 +72,6 @@ class _Builder:
                            "attrs": attrs or {}, "tensors": tensors or {}})
 
 
-
-
 def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Module | None) -> None:
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise DeployExportError(f"{name}: only numeric zero padding is supported (got {conv.padding_mode}, {conv.padding})")
