@@ -107,6 +107,20 @@ static int parse_call(PyObject* args, int* isa, int* nt, int64_t* v, Py_ssize_t 
     return 0;
 }
 
+/* (threads, sequence of n integers) -> threads and v; -1 with a Python error set (the training
+ * kernels, which have a single code path) */
+static int parse_threads_call(PyObject* args, int* nt, int64_t* v, Py_ssize_t n, const char* what) {
+    PyObject* seq;
+    if (!PyArg_ParseTuple(args, "iO", nt, &seq)) return -1;
+    return read_ints(seq, v, n, what);
+}
+
+/* the threads to use for `tasks` independent tasks: at least 1, at most one a task */
+static int threads_for(int nt, int64_t tasks) {
+    if (nt < 1) nt = 1;
+    return tasks < nt ? (int)(tasks > 0 ? tasks : 1) : nt;
+}
+
 static void split(int64_t total, int nt, int tid, int64_t* b, int64_t* e) {
     int64_t q = total / nt, r = total % nt;
     *b = tid * q + (tid < r ? tid : r);
@@ -190,10 +204,9 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     std::vector<int32_t> tie_sorted;
     std::vector<int64_t> tie_rows;
     if (a.nties > 0 && sort_ties(&a, tie_sorted, tie_rows) < 0) return NULL;
-    if (nt < 1) nt = 1;
     const int64_t tasks = isa == ISA_AVX512 ? bconv_num_tasks_avx512(&a)
                           : isa == ISA_AVX2 ? bconv_num_tasks_avx2(&a) : bconv_num_tasks_portable(&a);
-    if (tasks < nt) nt = (int)(tasks > 0 ? tasks : 1);
+    nt = threads_for(nt, tasks);
     void (*fn)(const BConvArgs*, int64_t, int64_t) =
         isa == ISA_AVX512 ? bconv_tasks_avx512 : isa == ISA_AVX2 ? bconv_tasks_avx2 : bconv_tasks_portable;
     Py_BEGIN_ALLOW_THREADS
@@ -220,13 +233,12 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     if (!a.ties_count) return PyErr_Format(PyExc_ValueError, "pack: a tie counter is required");
     *a.ties_count = 0;
     if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");
-    if (nt < 1) nt = 1;
     std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);
     void (*fn)(const PackArgs*, const float*, int64_t, int64_t) =
         isa == ISA_AVX512 ? pack_rows_avx512 : isa == ISA_AVX2 ? pack_rows_avx2 : pack_rows_portable;
     double (*sum)(const float*, int64_t) = isa == ISA_AVX512 ? sample_sum_avx512 : sample_sum_portable;
     const int64_t per = a.H * a.W * a.C, rows = a.N * a.H;
-    if (rows < nt) nt = (int)(rows > 0 ? rows : 1);
+    nt = threads_for(nt, rows);
     Py_BEGIN_ALLOW_THREADS
     if (a.center == 2) {
         for (int64_t n = 0; n < a.N; ++n) thr[(size_t)n] = a.thr_in[BNN_AT("pack thresholds in", n, 1, a.thr_len)];
@@ -258,7 +270,7 @@ static PyObject* py_taps(PyObject*, PyObject* args) {
     if (N < 0 || Hp < 0 || Wq < 1 || KW < 1 || dw < 1 || Cg < 1 || KW * Cg > 64 || src_len != N * Hp * Wp ||
         dst_len != N * Hp * Wq)
         return PyErr_Format(PyExc_ValueError, "taps: inconsistent arguments");
-    if (nt < 1) nt = 1;
+    nt = threads_for(nt, N * Hp);
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(N * Hp, nt, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -280,10 +292,8 @@ static PyObject* py_taps(PyObject*, PyObject* args) {
 /* (threads, (x, x_len, grad, out, mean, rstd, N, n, centered)); grad is 0 for the forward */
 static PyObject* act_call(PyObject* args, int backward) {
     int nt;
-    PyObject* seq;
     int64_t v[9];
-    if (!PyArg_ParseTuple(args, "iO", &nt, &seq)) return NULL;
-    if (read_ints(seq, v, 9, backward ? "act_backward" : "act_forward") < 0) return NULL;
+    if (parse_threads_call(args, &nt, v, 9, backward ? "act_backward" : "act_forward") < 0) return NULL;
     ActArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
     a.grad = (const float*)(uintptr_t)v[2]; a.out = (float*)(uintptr_t)v[3];
@@ -291,8 +301,7 @@ static PyObject* act_call(PyObject* args, int backward) {
     a.N = v[6]; a.n = v[7]; a.centered = v[8];
     if (!a.x || !a.out || !a.mean || !a.rstd || (backward && !a.grad) || a.N < 0 || a.n < 1 || a.x_len != a.N * a.n)
         return PyErr_Format(PyExc_ValueError, "act: inconsistent arguments");
-    if (nt < 1) nt = 1;
-    if (a.N < nt) nt = (int)(a.N > 0 ? a.N : 1);
+    nt = threads_for(nt, a.N);
     void (*fn)(const ActArgs*, int64_t, int64_t) = backward ? act_backward_samples : act_forward_samples;
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(a.N, nt, [&](int64_t b, int64_t e) { fn(&a, b, e); });
@@ -308,10 +317,8 @@ static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(ar
  * dalpha[c] = sum over samples and pixels of grad * y, as float32 */
 static PyObject* py_scale_backward(PyObject*, PyObject* args) {
     int nt;
-    PyObject* seq;
     int64_t v[10];
-    if (!PyArg_ParseTuple(args, "iO", &nt, &seq)) return NULL;
-    if (read_ints(seq, v, 10, "scale_backward") < 0) return NULL;
+    if (parse_threads_call(args, &nt, v, 10, "scale_backward") < 0) return NULL;
     ScaleArgs a;
     a.grad = (const float*)(uintptr_t)v[0]; a.y = (const float*)(uintptr_t)v[1];
     a.dy = (float*)(uintptr_t)v[2]; a.len = v[3];
@@ -322,8 +329,7 @@ static PyObject* py_scale_backward(PyObject*, PyObject* args) {
         return PyErr_Format(PyExc_ValueError, "scale_backward: inconsistent arguments");
     std::vector<double> partial((size_t)(a.N * a.C), 0.0);
     a.partial = partial.data();
-    if (nt < 1) nt = 1;
-    if (a.N < nt) nt = (int)(a.N > 0 ? a.N : 1);
+    nt = threads_for(nt, a.N);
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(a.N, nt, [&](int64_t b, int64_t e) { scale_backward_samples(&a, b, e); });
     for (int64_t c = 0; c < a.C; ++c) {
