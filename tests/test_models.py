@@ -113,6 +113,16 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
             assert torch.isfinite(p.grad).all(), pname
 
 
+def _eval_logits(model, x, packed: bool):
+    """model(x) without autograd, with the packed eval path on or off."""
+    old = _packed_eval.set_enabled(packed)
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        _packed_eval.set_enabled(old)
+
+
 @pytest.mark.parametrize("name,family,method", BUILDABLE, ids=[f"{f}-{n}-{m}" for n, f, m in BUILDABLE])
 def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     """On CPU, eval runs binary convs on packed bits (bnnkit._packed_eval): the same integers, the
@@ -128,15 +138,7 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     x = torch.randn(3, 3, 32, 32)
     for layout in (torch.contiguous_format, torch.channels_last):
         xl = x.contiguous(memory_format=layout)
-        outs = []
-        for enabled in (False, True):
-            old = _packed_eval.set_enabled(enabled)
-            try:
-                with torch.no_grad():
-                    outs.append(model(xl))
-            finally:
-                _packed_eval.set_enabled(old)
-        assert torch.equal(outs[0], outs[1])
+        assert torch.equal(_eval_logits(model, xl, False), _eval_logits(model, xl, True))
     packed = [n for n, c in binary_convs(model)
               if c.__dict__.get("_packed_weights") is not None or c.__dict__.get("_packed_weights_bn") is not None]
     # conv_bn's BatchNorm (and residual) went into the kernel's epilogue, with the same bits
@@ -146,16 +148,6 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     sign_input = [n for n, c in binary_convs(model) if c.binary_input]
     assert packed == eligible and (method == "xnor" or len(eligible) >= len(sign_input) - 1)
     assert method == "xnor" or len(folded) >= len(eligible) // 2
-
-
-def _eval_logits(model, x, packed: bool):
-    """model(x) without autograd, with the packed eval path on or off."""
-    old = _packed_eval.set_enabled(packed)
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        _packed_eval.set_enabled(old)
 
 
 @pytest.mark.parametrize("method,settings", [("siman", {}), ("biper", {"stage": 2})])
@@ -169,10 +161,7 @@ def test_packed_eval_follows_new_scales_and_statistics(method, settings):
     model.eval()
     x = torch.randn(2, 3, 32, 32)
 
-    def run(packed):
-        return _eval_logits(model, x, packed)
-
-    run(True)
+    _eval_logits(model, x, True)
     before = {n: c.__dict__["_packed_weights_bn"].conv for n, c in binary_convs(model)
               if c.__dict__.get("_packed_weights_bn") is not None}
     assert before
@@ -183,8 +172,7 @@ def test_packed_eval_follows_new_scales_and_statistics(method, settings):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.add_(0.05)
                 m.running_var.mul_(1.3)
-    got = run(True)
-    assert torch.equal(got, run(False))
+    assert torch.equal(_eval_logits(model, x, True), _eval_logits(model, x, False))
     for name, conv in binary_convs(model):
         if name in before:
             now = conv.__dict__["_packed_weights_bn"].conv
@@ -205,9 +193,6 @@ def test_conv_bn_folds_only_what_it_reproduces():
     model.eval()
     x = torch.randn(2, 3, 32, 32)
 
-    def run(m, packed):
-        return _eval_logits(m, x, packed)
-
     for change in ("none", "hook", "bn_training"):
         float_model, packed_model = copy.deepcopy(model), copy.deepcopy(model)
         calls = []
@@ -217,7 +202,7 @@ def test_conv_bn_folds_only_what_it_reproduces():
                 bn.register_forward_hook(lambda mod, inp, out: calls.append(out.shape))
             if change == "bn_training":
                 bn.train()
-        assert torch.equal(run(float_model, False), run(packed_model, True)), change
+        assert torch.equal(_eval_logits(float_model, x, False), _eval_logits(packed_model, x, True)), change
         conv = packed_model.layer1[0].conv1
         folded = conv.__dict__.get("_packed_weights_bn") is not None
         assert folded == (change == "none"), change
