@@ -191,13 +191,16 @@ def _native_forward(x: Tensor, centered: bool) -> tuple[Tensor, Tensor, Tensor]:
     N = x.shape[0]
     out, mean, rstd = torch.empty_like(x), x.new_empty(N, 1, 1, 1), x.new_empty(N, 1, 1, 1)
     _native().act_forward(torch.get_num_threads(), (x.data_ptr(), x.numel(), 0, out.data_ptr(), mean.data_ptr(),
-                                                    rstd.data_ptr(), N, x.numel() // N, int(centered)))
+                                                    rstd.data_ptr(), N, x.numel() // N, int(centered), 0))
     return out, mean, rstd
 
 
-def _native_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered: bool) -> Tensor:
+def _native_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered: bool,
+                     sign_slope: bool = False) -> Tensor:
     if not (_takes_native(x) and grad.shape == x.shape and all(
             t.dtype == torch.float32 and t.numel() == x.shape[0] and t.is_contiguous() for t in (mean, rstd))):
+        if sign_slope:
+            raise RuntimeError("bnnkit: SiMaN's native weight backward got tensors it does not take")
         return _eager_backward(x, mean, rstd, grad, centered)
     if grad.stride() != x.stride() or grad.dtype != x.dtype or grad.device != x.device:
         grad = torch.empty_like(x).copy_(grad)  # the kernel pairs elements by position in memory
@@ -205,7 +208,7 @@ def _native_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, center
     N = x.shape[0]
     _native().act_backward(torch.get_num_threads(), (x.data_ptr(), x.numel(), grad.data_ptr(), dx.data_ptr(),
                                                      mean.data_ptr(), rstd.data_ptr(), N, x.numel() // N,
-                                                     int(centered)))
+                                                     int(centered), int(sign_slope)))
     return dx
 
 
@@ -325,6 +328,55 @@ class ChannelScale(torch.autograd.Function):
         if _kernels["forward"] is _native_forward and _takes_native(y) and alpha.dtype == torch.float32 and alpha.numel() == y.shape[1]:
             return _native_scale_backward(y, alpha, grad)
         return grad * alpha, (grad * y).sum(dim=(0, 2, 3)).view_as(alpha)
+
+
+class SignMagnitudeCode(torch.autograd.Function):
+    """SiMaN's weight path in two native kernels (CPU float32, with the native kernels in use).
+
+    Forward, per output channel (row) of the latent weight w [O, C, K, K] and its 0/1 code [O, k]:
+    optionally w <- w - mean_r(w) in place (quirk Q1 without clipping); mean and rstd of the row;
+    if `update`, code <- 1 where |w - mean| is above the row's lower median (as torch.median picks
+    it), else 0; output 2 * code - 1. The code is the larger half of |S|, S = (w - mean) * rstd:
+    a positive scale keeps the order, so the selection skips it.
+    Backward: dL/dS = sign(S) * g (straight through |S|), then the exact gradient of the
+    standardisation, dw = rstd * (g' - mean(g') - S * sum(g' * S) / (k - 1)), g' = sign(S) * g.
+    The same math as siman.py's eager path, which runs everywhere else (and with kernels 'eager')."""
+
+    @staticmethod
+    def forward(weight: Tensor, code: Tensor, center: bool, update: bool) -> tuple[Tensor, Tensor, Tensor]:
+        O = weight.shape[0]
+        wb, mean, rstd = torch.empty_like(weight), weight.new_empty(O, 1, 1, 1), weight.new_empty(O, 1, 1, 1)
+        _native().siman_weight(torch.get_num_threads(), (weight.data_ptr(), weight.numel(), code.data_ptr(),
+                                                         wb.data_ptr(), mean.data_ptr(), rstd.data_ptr(), O,
+                                                         weight.numel() // O, int(center), int(update)))
+        # written through pointers: tell autograd and every version-keyed cache
+        if center:
+            torch.autograd.graph.increment_version(weight)
+        if update:
+            torch.autograd.graph.increment_version(code)
+        return wb, mean, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(inputs[0], mean, rstd)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> tuple[Tensor, None, None, None]:
+        weight, mean, rstd = ctx.saved_tensors
+        return _native_backward(weight, mean, rstd, grad, centered=True, sign_slope=True), None, None, None
+
+
+def takes_native_siman_weight(weight: Tensor, code: Tensor) -> bool:
+    """Whether SignMagnitudeCode runs this weight: native kernels in use, dense float32 CPU tensors."""
+    return (_kernels["forward"] is _native_forward and _takes_native(weight) and weight.is_contiguous()
+            and code.dtype == torch.float32 and code.is_contiguous() and code.numel() == weight.numel()
+            and code.device == weight.device)
+
+
+def sign_magnitude_code(weight: Tensor, code: Tensor, center: bool, update: bool) -> Tensor:
+    return SignMagnitudeCode.apply(weight, code, center, update)[0]
 
 
 def _native_scale_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <vector>
+
 #include "bnn_kernels.h"
 
 /* The 32-byte vector helpers below are always inlined, so no call passes a vector across an ABI
@@ -53,6 +55,10 @@ __attribute__((always_inline)) inline v8f surrogate(v8f y) {
     return s > zero ? s : zero;
 }
 
+/* the backward's elementwise slope: ApproxSign's, or sign(y), the gradient of |y| */
+template <bool SIGN_SLOPE, class T>
+__attribute__((always_inline)) inline T slope(T y) { return SIGN_SLOPE ? sign_of(y) : surrogate(y); }
+
 /* Running sums: 8 float lanes within a block, flushed into double between blocks. */
 struct Sum {
     v8f part = splat(0.0f);
@@ -65,49 +71,158 @@ struct Sum {
 
 }  // namespace
 
-/* Sample s: mean, rstd = 1/sqrt(var + eps) (unbiased var) and out = sign(x - mean) (centered) or
- * sign(x). The sums are taken about x[0] so that a large mean does not cancel the variance away. */
+/* mean and rstd = 1/sqrt(var + eps) (unbiased var) of x[0, n), and with SIGN_OUT out = sign(x) in
+ * the same sweep. The sums are taken about x[0] so that a large mean does not cancel the variance
+ * away. */
+template <bool SIGN_OUT>
+__attribute__((always_inline)) inline void sample_stats(const float* x, int64_t n, float* out, float* mean,
+                                                        float* rstd) {
+    const int64_t nv = n / LANES * LANES;
+    const float shift = x[0];
+    const v8f vshift = splat(shift);
+    Sum s1, s2;
+    for (int64_t b = 0; b < nv; b += BLOCK) {
+        const int64_t e = b + BLOCK < nv ? b + BLOCK : nv;
+        for (int64_t i = b; i < e; i += LANES) {
+            const v8f v = load(x + i), d = v - vshift;
+            s1.part += d;
+            s2.part += d * d;
+            if (SIGN_OUT) store(out + i, sign_of(v));
+        }
+        s1.flush();
+        s2.flush();
+    }
+    for (int64_t i = nv; i < n; ++i) {
+        const double d = (double)x[i] - shift;
+        s1.total += d;
+        s2.total += d * d;
+        if (SIGN_OUT) out[i] = sign_of(x[i]);
+    }
+    double var = n > 1 ? (s2.total - s1.total * s1.total / (double)n) / (double)(n - 1) : NAN;
+    if (var < 0) var = 0;
+    *mean = (float)((double)shift + s1.total / (double)n);
+    *rstd = (float)(1.0 / sqrt(var + EPS));
+}
+
+/* Sample s: mean, rstd and out = sign(x - mean) (centered) or sign(x). */
 BNN_CLONES void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
     const int64_t n = a->n, nv = n / LANES * LANES;
     for (int64_t s = s0; s < s1; ++s) {
         const float* x = a->x + BNN_AT("act x", s * n, n, a->x_len);
         float* out = a->out + BNN_AT("act out", s * n, n, a->x_len);
-        const float shift = x[0];
-        const v8f vshift = splat(shift);
-        Sum s1, s2;
-        for (int64_t b = 0; b < nv; b += BLOCK) {
-            const int64_t e = b + BLOCK < nv ? b + BLOCK : nv;
-            for (int64_t i = b; i < e; i += LANES) {
-                const v8f v = load(x + i), d = v - vshift;
-                s1.part += d;
-                s2.part += d * d;
-                if (!a->centered) store(out + i, sign_of(v));
-            }
-            s1.flush();
-            s2.flush();
+        float* mean = a->mean + BNN_AT("act mean", s, 1, a->N);
+        float* rstd = a->rstd + BNN_AT("act rstd", s, 1, a->N);
+        if (!a->centered) {
+            sample_stats<true>(x, n, out, mean, rstd);
+            continue;
         }
-        for (int64_t i = nv; i < n; ++i) {
-            const double d = (double)x[i] - shift;
-            s1.total += d;
-            s2.total += d * d;
-            if (!a->centered) out[i] = sign_of(x[i]);
-        }
-        double var = n > 1 ? (s2.total - s1.total * s1.total / (double)n) / (double)(n - 1) : NAN;
-        if (var < 0) var = 0;
-        const float mean = (float)((double)shift + s1.total / (double)n);
-        a->mean[BNN_AT("act mean", s, 1, a->N)] = mean;
-        a->rstd[BNN_AT("act rstd", s, 1, a->N)] = (float)(1.0 / sqrt(var + EPS));
-        if (!a->centered) continue;
-        const v8f vmean = splat(mean);
+        sample_stats<false>(x, n, nullptr, mean, rstd);
+        const float m = *mean;
+        const v8f vmean = splat(m);
         for (int64_t i = 0; i < nv; i += LANES) store(out + i, sign_of(load(x + i) - vmean));
-        for (int64_t i = nv; i < n; ++i) out[i] = sign_of(x[i] - mean);
+        for (int64_t i = nv; i < n; ++i) out[i] = sign_of(x[i] - m);
     }
 }
 
-/* Sample s, with y = (x - mean) * rstd (centered) or x * rstd, g' = g * max(0, 2 - 2|y|):
+/* The key of rank `rank` (0-based, ascending) among keys[0, n): bit patterns of non-negative
+ * floats, which order as the floats do. Radix selection on bits 30-20 (exponent and 3 mantissa
+ * bits: a row's magnitudes span few exponents, so the bucket of the rank holds a few percent of
+ * them), then 19-10, then 9-0: a histogram picks the bucket holding the rank, and the next pass
+ * looks only at that bucket's keys (copied to tmp). Two interleaved histograms and a branch-free
+ * copy: the keys crowd into few buckets, in no predictable order. */
+static uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp) {
+    static const int SHIFT[3] = {20, 10, 0};
+    static const uint32_t MASK[3] = {0x7FF, 0x3FF, 0x3FF};
+    int32_t hist[2][2048];
+    uint32_t prefix = 0;
+    const uint32_t* cur = keys;
+    int64_t m = n;
+    for (int p = 0; p < 3; ++p) {
+        const int shift = SHIFT[p];
+        const uint32_t mask = MASK[p];
+        int32_t* h0 = hist[0];
+        int32_t* h1 = hist[1];
+        memset(h0, 0, sizeof(int32_t) * (mask + 1));
+        memset(h1, 0, sizeof(int32_t) * (mask + 1));
+        const int64_t m2 = m / 2 * 2;
+        for (int64_t i = 0; i < m2; i += 2) {
+            ++h0[(cur[i] >> shift) & mask];
+            ++h1[(cur[i + 1] >> shift) & mask];
+        }
+        if (m2 < m) ++h0[(cur[m2] >> shift) & mask];
+        uint32_t bucket = 0;
+        for (;; ++bucket) {  /* rank < m: ends inside the table */
+            const int64_t count = (int64_t)h0[bucket] + h1[bucket];
+            if (rank < count) break;
+            rank -= count;
+        }
+        prefix |= bucket << shift;
+        if (p == 2) break;
+        int64_t kept = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            const uint32_t key = cur[i];
+            tmp[kept] = key;
+            kept += ((key >> shift) & mask) == bucket;
+        }
+        cur = tmp;
+        m = kept;
+    }
+    return prefix;
+}
+
+/* the sum of x[0, n) in float lanes flushed into double, as the statistics take it */
+__attribute__((always_inline)) inline double sample_sum(const float* x, int64_t n) {
+    const int64_t nv = n / LANES * LANES;
+    Sum sum;
+    for (int64_t b = 0; b < nv; b += BLOCK) {
+        const int64_t e = b + BLOCK < nv ? b + BLOCK : nv;
+        for (int64_t i = b; i < e; i += LANES) sum.part += load(x + i);
+        sum.flush();
+    }
+    for (int64_t i = nv; i < n; ++i) sum.total += (double)x[i];
+    return sum.total;
+}
+
+/* SiMaN's weight binarizer on rows [r0, r1) of w [O][k] (bnnkit/methods/siman.py):
+ *   center:  w -= mean of the row, in place (quirk Q1 when no clipping precedes it);
+ *   then mean and rstd of the row as the activations' statistics (for the backward);
+ *   update:  code = 1 where |w - mean| is above the row's lower median (rank (k-1)/2, as
+ *            torch.median), else 0: the larger floor(k/2) magnitudes. Dividing by the row's
+ *            standard deviation keeps the order, so the selection skips it;
+ *   wb = 2 code - 1. */
+BNN_CLONES void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t r1) {
+    const int64_t k = a->k;
+    std::vector<uint32_t> keys(a->update ? (size_t)(2 * k) : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+        float* w = a->w + BNN_AT("siman w", r * k, k, a->len);
+        float* code = a->code + BNN_AT("siman code", r * k, k, a->len);
+        float* wb = a->wb + BNN_AT("siman wb", r * k, k, a->len);
+        float* mean = a->mean + BNN_AT("siman mean", r, 1, a->O);
+        float* rstd = a->rstd + BNN_AT("siman rstd", r, 1, a->O);
+        if (a->center) {
+            const float m = (float)(sample_sum(w, k) / (double)k);
+            for (int64_t i = 0; i < k; ++i) w[i] -= m;
+        }
+        sample_stats<false>(w, k, nullptr, mean, rstd);
+        if (a->update) {
+            const float m = *mean;
+            for (int64_t i = 0; i < k; ++i) {
+                const float mag = fabsf(w[i] - m);
+                memcpy(&keys[(size_t)i], &mag, sizeof mag);
+            }
+            const uint32_t median = select_rank(keys.data(), k, (k - 1) / 2, keys.data() + k);
+            for (int64_t i = 0; i < k; ++i) code[i] = keys[(size_t)i] > median ? 1.0f : 0.0f;
+        }
+        for (int64_t i = 0; i < k; ++i) wb[i] = 2.0f * code[i] - 1.0f;
+    }
+}
+
+/* Sample s, with y = (x - mean) * rstd (centered) or x * rstd, and g' = g * max(0, 2 - 2|y|)
+ * (ApproxSign) or g' = g * sign(y) (sign_slope: the gradient of |y|, SiMaN's weights):
  *   centered: dx = rstd * (g' - sum(g')/n - y * sum(g' y)/(n - 1))
  *   scaled:   dx = rstd * (g' - (x - mean) * rstd * sum(g' y)/(n - 1))          */
-BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
+template <bool SIGN_SLOPE>
+__attribute__((always_inline)) inline void backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
     const int64_t n = a->n, nv = n / LANES * LANES;
     for (int64_t s = s0; s < s1; ++s) {
         const float* x = a->x + BNN_AT("act x", s * n, n, a->x_len);
@@ -122,7 +237,7 @@ BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
             const int64_t e = b + BLOCK < nv ? b + BLOCK : nv;
             for (int64_t i = b; i < e; i += LANES) {
                 const v8f y = (load(x + i) - vshift) * vr;
-                const v8f gp = load(g + i) * surrogate(y);
+                const v8f gp = load(g + i) * slope<SIGN_SLOPE>(y);
                 sg.part += gp;
                 sgy.part += gp * y;
             }
@@ -131,7 +246,7 @@ BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
         }
         for (int64_t i = nv; i < n; ++i) {
             const float y = (x[i] - shift) * r;
-            const float gp = g[i] * surrogate(y);
+            const float gp = g[i] * slope<SIGN_SLOPE>(y);
             sg.total += (double)gp;
             sgy.total += (double)gp * (double)y;
         }
@@ -141,24 +256,29 @@ BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
             const v8f vmg = splat(mean_gp), vp = splat(proj);
             for (int64_t i = 0; i < nv; i += LANES) {
                 const v8f y = (load(x + i) - vm) * vr;
-                store(dx + i, vr * (load(g + i) * surrogate(y) - vmg - y * vp));
+                store(dx + i, vr * (load(g + i) * slope<SIGN_SLOPE>(y) - vmg - y * vp));
             }
             for (int64_t i = nv; i < n; ++i) {
                 const float y = (x[i] - m) * r;
-                dx[i] = r * (g[i] * surrogate(y) - mean_gp - y * proj);
+                dx[i] = r * (g[i] * slope<SIGN_SLOPE>(y) - mean_gp - y * proj);
             }
         } else {
             const v8f vp = splat(proj);
             for (int64_t i = 0; i < nv; i += LANES) {
                 const v8f v = load(x + i);
-                store(dx + i, vr * (load(g + i) * surrogate(v * vr) - (v - vm) * vr * vp));
+                store(dx + i, vr * (load(g + i) * slope<SIGN_SLOPE>(v * vr) - (v - vm) * vr * vp));
             }
             for (int64_t i = nv; i < n; ++i) {
                 const float y = x[i] * r;
-                dx[i] = r * (g[i] * surrogate(y) - (x[i] - m) * r * proj);
+                dx[i] = r * (g[i] * slope<SIGN_SLOPE>(y) - (x[i] - m) * r * proj);
             }
         }
     }
+}
+
+BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
+    if (a->sign_slope) backward_samples<true>(a, s0, s1);
+    else backward_samples<false>(a, s0, s1);
 }
 
 /* Backward of y * alpha (alpha per channel) for samples [s0, s1): dy = g * alpha, and each

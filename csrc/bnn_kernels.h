@@ -100,10 +100,24 @@ typedef struct {
     float* mean; float* rstd;            /* [N]: written by the forward, read by the backward */
     int64_t N, n;
     int64_t centered;                    /* 1: SiMaN's sign(x - mean); 0: BiPer's sign(x) */
+    int64_t sign_slope;                  /* backward: 1 for sign(y) (the gradient of |y|), 0 for ApproxSign's */
 } ActArgs;
 
 void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1);
 void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1);
+
+/* SiMaN's weight binarizer (csrc/bnn_act.cpp): O rows of k floats each, dense. */
+typedef struct {
+    float* w; int64_t len;               /* [O][k], len = O * k; code and wb alike */
+    float* code;                         /* 0/1 per weight: read, and rewritten when update */
+    float* wb;                           /* out: 2 code - 1 */
+    float* mean; float* rstd;            /* [O]: the row statistics the backward needs */
+    int64_t O, k;
+    int64_t center;                      /* first subtract each row's mean from w, in place */
+    int64_t update;                      /* recompute the code (training) */
+} SimanWeightArgs;
+
+void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t r1);
 
 typedef struct {
     const float* grad; const float* y;   /* [N][C][P] (NCHW, P = H*W) or [N][P][C] (nhwc) */

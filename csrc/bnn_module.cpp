@@ -289,16 +289,16 @@ static PyObject* py_taps(PyObject*, PyObject* args) {
 }
 
 /* ---- training activation kernels (csrc/bnn_act.cpp) --------------------------------------- */
-/* (threads, (x, x_len, grad, out, mean, rstd, N, n, centered)); grad is 0 for the forward */
+/* (threads, (x, x_len, grad, out, mean, rstd, N, n, centered, sign_slope)); grad is 0 for the forward */
 static PyObject* act_call(PyObject* args, int backward) {
     int nt;
-    int64_t v[9];
-    if (parse_threads_call(args, &nt, v, 9, backward ? "act_backward" : "act_forward") < 0) return NULL;
+    int64_t v[10];
+    if (parse_threads_call(args, &nt, v, 10, backward ? "act_backward" : "act_forward") < 0) return NULL;
     ActArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
     a.grad = (const float*)(uintptr_t)v[2]; a.out = (float*)(uintptr_t)v[3];
     a.mean = (float*)(uintptr_t)v[4]; a.rstd = (float*)(uintptr_t)v[5];
-    a.N = v[6]; a.n = v[7]; a.centered = v[8];
+    a.N = v[6]; a.n = v[7]; a.centered = v[8]; a.sign_slope = v[9];
     if (!a.x || !a.out || !a.mean || !a.rstd || (backward && !a.grad) || a.N < 0 || a.n < 1 || a.x_len != a.N * a.n)
         return PyErr_Format(PyExc_ValueError, "act: inconsistent arguments");
     nt = threads_for(nt, a.N);
@@ -312,6 +312,26 @@ static PyObject* act_call(PyObject* args, int backward) {
 
 static PyObject* py_act_forward(PyObject*, PyObject* args) { return act_call(args, 0); }
 static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(args, 1); }
+
+/* (threads, (w, len, code, wb, mean, rstd, O, k, center, update)): SiMaN's weight binarizer */
+static PyObject* py_siman_weight(PyObject*, PyObject* args) {
+    int nt;
+    int64_t v[10];
+    if (parse_threads_call(args, &nt, v, 10, "siman_weight") < 0) return NULL;
+    SimanWeightArgs a;
+    a.w = (float*)(uintptr_t)v[0]; a.len = v[1];
+    a.code = (float*)(uintptr_t)v[2]; a.wb = (float*)(uintptr_t)v[3];
+    a.mean = (float*)(uintptr_t)v[4]; a.rstd = (float*)(uintptr_t)v[5];
+    a.O = v[6]; a.k = v[7]; a.center = v[8]; a.update = v[9];
+    if (!a.w || !a.code || !a.wb || !a.mean || !a.rstd || a.O < 0 || a.k < 1 || a.len != a.O * a.k)
+        return PyErr_Format(PyExc_ValueError, "siman_weight: inconsistent arguments");
+    nt = threads_for(nt, a.O);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(a.O, nt, [&](int64_t b, int64_t e) { siman_weight_rows(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
 
 /* (threads, (grad, y, dy, len, alpha, dalpha, N, C, P, nhwc)): dy = grad * alpha and
  * dalpha[c] = sum over samples and pixels of grad * y, as float32 */
@@ -367,6 +387,7 @@ static PyMethodDef methods[] = {
     {"pack", py_pack, METH_VARARGS, "pack(isa, threads, args): binarize and bit-pack NHWC activations"},
     {"act_forward", py_act_forward, METH_VARARGS, "act_forward(threads, args): per-sample statistics and sign, see csrc/bnn_act.cpp"},
     {"act_backward", py_act_backward, METH_VARARGS, "act_backward(threads, args): ApproxSign after standardisation, backward"},
+    {"siman_weight", py_siman_weight, METH_VARARGS, "siman_weight(threads, args): SiMaN's weight code and statistics, see csrc/bnn_act.cpp"},
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},

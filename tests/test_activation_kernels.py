@@ -7,6 +7,7 @@ import torch
 
 from bnnkit import functional
 from bnnkit.deploy import _native
+from bnnkit.quantizers import QUANTIZERS
 from tests.test_quantizers import ref_biper_input, ref_siman_input
 
 PATHS = {"siman": (functional.standardized_approx_sign, ref_siman_input),
@@ -115,9 +116,9 @@ def test_native_kernels_refuse_inconsistent_sizes():
     x = torch.randn(2, 8)
     out, m = torch.empty_like(x), torch.empty(2)
     with pytest.raises(ValueError, match="inconsistent"):
-        _native.lib().act_forward(1, (x.data_ptr(), 15, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1))
+        _native.lib().act_forward(1, (x.data_ptr(), 15, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1, 0))
     with pytest.raises(ValueError, match="inconsistent"):  # a backward without its gradient
-        _native.lib().act_backward(1, (x.data_ptr(), 16, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1))
+        _native.lib().act_backward(1, (x.data_ptr(), 16, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1, 0))
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -178,3 +179,61 @@ def test_without_the_native_library_the_pytorch_ops_run(monkeypatch):
     y, alpha = torch.randn(2, 4, 3, 3, requires_grad=True), torch.rand(4, 1, 1, requires_grad=True)
     functional.channel_scale(y, alpha).backward(torch.ones(2, 4, 3, 3))
     assert torch.allclose(alpha.grad.flatten(), y.detach().sum(dim=(0, 2, 3)))
+    q = QUANTIZERS.get("siman_weight")(torch.randn(4, 3, 3, 3)).train()
+    w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+    q(w).backward(torch.ones(4, 3, 3, 3))
+    assert (q.code.sum(dim=1) == 13).all() and torch.isfinite(w.grad).all()
+
+
+def _siman_weight_step(kernels, kind, w0, g, percent, training):
+    kernels(kind)
+    torch.manual_seed(0)
+    q = QUANTIZERS.get("siman_weight")(torch.randn(w0.shape), percent=percent).train(training)
+    w = torch.nn.Parameter(w0.clone())
+    assert functional.takes_native_siman_weight(w, q.code) == (kind == "native")
+    out = q(w)
+    out.backward(g)
+    return w.detach(), q.code.clone(), out.detach(), w.grad
+
+
+@pytest.mark.parametrize("percent", [0.0, 5.0])
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (32, 64, 3, 3), (5, 3, 1, 1), (4, 2, 1, 1)])
+def test_native_siman_weight_matches_eager(kernels, shape, percent):
+    """SiMaN's weight path in native kernels (csrc/bnn_act.cpp: radix selection of each row's lower
+    median) against the eager PyTorch ops: the same centred weights, code, output and gradient;
+    rows of 2, 3, 36 and 576 weights, with and without clipping, training and eval with grad."""
+    torch.manual_seed(1)
+    w0, g = torch.randn(shape) * 0.05 + 0.01, torch.randn(shape)
+    for training in (True, False):
+        native, eager = (_siman_weight_step(kernels, kind, w0, g, percent, training) for kind in ("native", "eager"))
+        assert torch.allclose(native[0], eager[0], rtol=0, atol=1e-7)  # centred (and clipped) in place
+        assert torch.equal(native[1], eager[1]) and torch.equal(native[2], eager[2])
+        assert torch.allclose(native[3], eager[3], rtol=1e-4, atol=1e-5)
+        k = w0[0].numel()
+        if training and k > 2:  # a centred row of two is a tie, +-d: neither is above the median
+            assert (native[1].sum(dim=1) == k // 2).all()
+
+
+def test_native_siman_weight_keeps_ties_and_threads_out_of_the_result(kernels):
+    """Rows of repeated magnitudes (a few levels): the code is every magnitude above the lower
+    median, as torch.median's comparison gives it, not a split of the tied ones; and the kernel's
+    results do not depend on the thread count."""
+    torch.manual_seed(2)
+    levels = torch.tensor([0.1, 0.5, 2.0, 3.5])
+    w0 = levels[torch.randint(0, 4, (16, 8, 3, 3))]
+    g = torch.randn(16, 8, 3, 3)
+    native, eager = (_siman_weight_step(kernels, kind, w0, g, 0.0, True) for kind in ("native", "eager"))
+    assert torch.equal(native[1], eager[1]) and not (native[1].sum(dim=1) == 36).all()
+    one, two = (_on_threads(n, lambda: _siman_weight_step(kernels, "native", w0 * 1.7, g, 0.0, True)) for n in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_native_siman_weight_tells_autograd_what_it_rewrote(kernels):
+    """The kernels write the latent weight and the code in place through pointers; their version
+    counters move as PyTorch's own in-place ops would move them."""
+    kernels("native")
+    q = QUANTIZERS.get("siman_weight")(torch.randn(4, 2, 3, 3)).train()
+    w = torch.nn.Parameter(torch.randn(4, 2, 3, 3))
+    versions = w._version, q.code._version
+    q(w)
+    assert w._version > versions[0] and q.code._version > versions[1]

@@ -347,15 +347,25 @@ def test_debug_build_runs_the_activation_kernels_within_bounds(debug_lib):
     """The training kernels of csrc/bnn_act.cpp, checked: the same bits as the release build."""
     torch.manual_seed(0)
     x, g = torch.randn(3, 5, 9, 11), torch.randn(3, 5, 9, 11)
-    for centered in (1, 0):
+    for centered, sign_slope in ((1, 0), (0, 0), (1, 1)):
         results = []
         for lib in (_native.lib(), debug_lib):
             out, dx, mean, rstd = torch.empty_like(x), torch.empty_like(x), torch.empty(3), torch.empty(3)
             lib.act_forward(2, (x.data_ptr(), x.numel(), 0, out.data_ptr(), mean.data_ptr(), rstd.data_ptr(), 3, 495,
-                                centered))
+                                centered, 0))
             lib.act_backward(2, (x.data_ptr(), x.numel(), g.data_ptr(), dx.data_ptr(), mean.data_ptr(),
-                                 rstd.data_ptr(), 3, 495, centered))
+                                 rstd.data_ptr(), 3, 495, centered, sign_slope))
             results.append((out, dx, mean, rstd))
+        for release, checked in zip(*results):
+            assert torch.equal(release, checked)
+    for center, update in ((1, 1), (0, 1), (0, 0)):  # SiMaN's weight rows: 15 rows of 33
+        results = []
+        for lib in (_native.lib(), debug_lib):
+            w, code = x.reshape(15, 99)[:, :33].clone(), (g.reshape(15, 99)[:, :33] > 0).float()
+            wb, mean, rstd = torch.empty_like(w), torch.empty(15), torch.empty(15)
+            lib.siman_weight(2, (w.data_ptr(), w.numel(), code.data_ptr(), wb.data_ptr(), mean.data_ptr(),
+                                 rstd.data_ptr(), 15, 33, center, update))
+            results.append((w, code, wb, mean, rstd))
         for release, checked in zip(*results):
             assert torch.equal(release, checked)
     alpha = torch.rand(5)

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import per_row_standardize, percentile, standardized_approx_sign
+from ..functional import (per_row_standardize, percentile, sign_magnitude_code, standardized_approx_sign,
+                          takes_native_siman_weight)
 from ..layers import BinaryConv2d
 from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method
@@ -68,6 +69,11 @@ class SimanWeight(WeightQuantizer):
             self.code.zero_().scatter_(1, order, 1.0)
 
     def forward(self, weight: Tensor) -> Tensor:
+        if (torch.is_grad_enabled() and self.sort == "median"
+                and takes_native_siman_weight(weight, self.code)):  # the same math in two native kernels
+            if self.percent > 0:  # the clipping's percentiles span the whole tensor: PyTorch's selection
+                self._center_and_clip(weight)
+            return sign_magnitude_code(weight, self.code, center=self.percent == 0, update=self.training)
         self._center_and_clip(weight)
         if not self.training and not torch.is_grad_enabled():  # eval reads the stored code only (Q2)
             return (2 * self.code - 1).view_as(weight)
