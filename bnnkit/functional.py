@@ -85,26 +85,36 @@ def per_row_standardize(w: Tensor) -> Tensor:
     return v / torch.sqrt(v.var(dim=(1, 2, 3), keepdim=True) + EPS)
 
 
+def _percentile_rank(n: int, q: float) -> tuple[int, float]:
+    """numpy's 'linear' percentile q of n values: the lower neighbour's rank and the fraction."""
+    pos = q / 100.0 * (n - 1)
+    lo = min(int(pos), n - 1)
+    return lo, pos - lo
+
+
+def _interpolate(a: Tensor, b: Tensor, t: float) -> Tensor:
+    """numpy's two-sided lerp between neighbours a and b, for the last ulp."""
+    if t >= 0.5:
+        return b - (b - a) * (1 - t)
+    return a + (b - a) * t
+
+
 def percentile(values: Tensor, q: float) -> Tensor:
     """numpy.percentile(values, q) with numpy's default 'linear' method, on the tensor's device.
 
     The position q/100*(n-1) in ascending order, linearly interpolated between its two
-    neighbours (numpy's own two-sided lerp, for the last ulp). One selection finds the lower
-    neighbour; the upper one is the smallest larger value, or the same value when it repeats.
-    No host synchronisation."""
+    neighbours. One selection finds the lower neighbour; the upper one is the smallest larger
+    value, or the same value when it repeats. No host synchronisation."""
     flat = values.flatten()
     n = flat.numel()
-    pos = q / 100.0 * (n - 1)
-    lo = min(int(pos), n - 1)
-    t = pos - lo
+    lo, t = _percentile_rank(n, q)
     a = torch.kthvalue(flat, lo + 1).values
     if t == 0 or lo == n - 1:
         return a
     repeats = (flat <= a).sum() > lo + 1  # rank lo + 1 holds the same value as rank lo
     b = torch.where(repeats, a, torch.where(flat > a, flat, torch.full_like(flat, float("inf"))).min())
-    if t >= 0.5:
-        return b - (b - a) * (1 - t)
-    return a + (b - a) * t
+    return _interpolate(a, b, t)
+
 
 # --- fused input quantizers ------------------------------------------------------------------
 # SiMaN's and BiPer's activation paths as two kernels over whole tensors:
@@ -330,11 +340,28 @@ class ChannelScale(torch.autograd.Function):
         return grad * alpha, (grad * y).sum(dim=(0, 2, 3)).view_as(alpha)
 
 
+def siman_center_and_clip_bounds(weight: Tensor, percent: float) -> Tensor:
+    """SiMaN's centring in place (w -= row mean) and, natively, the clipping bounds that
+    `percentile` gives for the centred |w| over the whole tensor: float32 [low, high], low at
+    `percent` and high at 100 - percent. For takes_native_siman_weight tensors."""
+    n, O = weight.numel(), weight.shape[0]
+    (lo_a, t_a), (lo_b, t_b) = _percentile_rank(n, percent), _percentile_rank(n, 100.0 - percent)
+    ranks = torch.tensor([lo_a, min(lo_a + 1, n - 1), lo_b, min(lo_b + 1, n - 1)], dtype=torch.int64)
+    values = torch.empty(4)
+    _native().siman_center_ranks(torch.get_num_threads(), (weight.data_ptr(), n, O, n // O, ranks.data_ptr(), 4,
+                                                           values.data_ptr()))
+    torch.autograd.graph.increment_version(weight)
+    bounds = [values[i] if t == 0 or lo == n - 1 else _interpolate(values[i], values[i + 1], t)
+              for i, lo, t in ((0, lo_a, t_a), (2, lo_b, t_b))]
+    return torch.stack(bounds)
+
+
 class SignMagnitudeCode(torch.autograd.Function):
     """SiMaN's weight path in two native kernels (CPU float32, with the native kernels in use).
 
     Forward, per output channel (row) of the latent weight w [O, C, K, K] and its 0/1 code [O, k]:
-    optionally w <- w - mean_r(w) in place (quirk Q1 without clipping); mean and rstd of the row;
+    optionally w <- w - mean_r(w) in place, and optionally (after siman_center_and_clip_bounds
+    has centred it) w <- sign(w) * clamp(|w|, low, high) in place (quirk Q1); mean and rstd of the row;
     if `update`, code <- 1 where |w - mean| is above the row's lower median (as torch.median picks
     it), else 0; output 2 * code - 1. The code is the larger half of |S|, S = (w - mean) * rstd:
     a positive scale keeps the order, so the selection skips it.
@@ -343,14 +370,19 @@ class SignMagnitudeCode(torch.autograd.Function):
     The same math as siman.py's eager path, which runs everywhere else (and with kernels 'eager')."""
 
     @staticmethod
-    def forward(weight: Tensor, code: Tensor, center: bool, update: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(weight: Tensor, code: Tensor, center: bool, clip: Tensor | None,
+                update: bool) -> tuple[Tensor, Tensor, Tensor]:
         O = weight.shape[0]
         wb, mean, rstd = torch.empty_like(weight), weight.new_empty(O, 1, 1, 1), weight.new_empty(O, 1, 1, 1)
+        if clip is not None:
+            clip = clip.detach().to(torch.float32).contiguous()
+            assert clip.shape == (2,)
         _native().siman_weight(torch.get_num_threads(), (weight.data_ptr(), weight.numel(), code.data_ptr(),
                                                          wb.data_ptr(), mean.data_ptr(), rstd.data_ptr(), O,
-                                                         weight.numel() // O, int(center), int(update)))
+                                                         weight.numel() // O, int(center),
+                                                         0 if clip is None else clip.data_ptr(), int(update)))
         # written through pointers: tell autograd and every version-keyed cache
-        if center:
+        if center or clip is not None:
             torch.autograd.graph.increment_version(weight)
         if update:
             torch.autograd.graph.increment_version(code)
@@ -363,9 +395,9 @@ class SignMagnitudeCode(torch.autograd.Function):
         ctx.save_for_backward(inputs[0], mean, rstd)
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> tuple[Tensor | None, ...]:
         weight, mean, rstd = ctx.saved_tensors
-        return _native_backward(weight, mean, rstd, grad, centered=True, sign_slope=True), None, None, None
+        return _native_backward(weight, mean, rstd, grad, centered=True, sign_slope=True), None, None, None, None
 
 
 def takes_native_siman_weight(weight: Tensor, code: Tensor) -> bool:
@@ -375,8 +407,9 @@ def takes_native_siman_weight(weight: Tensor, code: Tensor) -> bool:
             and code.device == weight.device)
 
 
-def sign_magnitude_code(weight: Tensor, code: Tensor, center: bool, update: bool) -> Tensor:
-    return SignMagnitudeCode.apply(weight, code, center, update)[0]
+def sign_magnitude_code(weight: Tensor, code: Tensor, center: bool, update: bool,
+                        clip: Tensor | None = None) -> Tensor:
+    return SignMagnitudeCode.apply(weight, code, center, clip, update)[0]
 
 
 def _native_scale_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:

@@ -130,7 +130,7 @@ BNN_CLONES void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
  * them), then 19-10, then 9-0: a histogram picks the bucket holding the rank, and the next pass
  * looks only at that bucket's keys (copied to tmp). Two interleaved histograms and a branch-free
  * copy: the keys crowd into few buckets, in no predictable order. */
-static uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp) {
+uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp) {
     static const int SHIFT[3] = {20, 10, 0};
     static const uint32_t MASK[3] = {0x7FF, 0x3FF, 0x3FF};
     int32_t hist[2][2048];
@@ -183,8 +183,27 @@ __attribute__((always_inline)) inline double sample_sum(const float* x, int64_t 
     return sum.total;
 }
 
+/* w -= mean of the row, in place, for rows [r0, r1); with keys, the bit patterns of the centred
+ * |w| into keys[r * k, (r + 1) * k) (for the clipping's percentiles over the whole tensor) */
+BNN_CLONES void siman_center_rows(const SimanWeightArgs* a, uint32_t* keys, int64_t r0, int64_t r1) {
+    const int64_t k = a->k;
+    for (int64_t r = r0; r < r1; ++r) {
+        float* w = a->w + BNN_AT("siman w", r * k, k, a->len);
+        const float m = (float)(sample_sum(w, k) / (double)k);
+        for (int64_t i = 0; i < k; ++i) w[i] -= m;
+        if (!keys) continue;
+        uint32_t* key = keys + BNN_AT("siman keys", r * k, k, a->len);
+        for (int64_t i = 0; i < k; ++i) {
+            const float mag = fabsf(w[i]);
+            memcpy(key + i, &mag, sizeof mag);
+        }
+    }
+}
+
 /* SiMaN's weight binarizer on rows [r0, r1) of w [O][k] (bnnkit/methods/siman.py):
- *   center:  w -= mean of the row, in place (quirk Q1 when no clipping precedes it);
+ *   center:  w -= mean of the row, in place (quirk Q1);
+ *   clip:    w = sign(w) * min(max(|w|, low), high), in place (Q1's percentile clipping, after
+ *            the centring, with the bounds taken over the whole tensor);
  *   then mean and rstd of the row as the activations' statistics (for the backward);
  *   update:  code = 1 where |w - mean| is above the row's lower median (rank (k-1)/2, as
  *            torch.median), else 0: the larger floor(k/2) magnitudes. Dividing by the row's
@@ -202,6 +221,10 @@ BNN_CLONES void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t 
         if (a->center) {
             const float m = (float)(sample_sum(w, k) / (double)k);
             for (int64_t i = 0; i < k; ++i) w[i] -= m;
+        }
+        if (a->clip) {
+            const float low = a->clip[0], high = a->clip[1];
+            for (int64_t i = 0; i < k; ++i) w[i] = sign_of(w[i]) * fminf(fmaxf(fabsf(w[i]), low), high);
         }
         sample_stats<false>(w, k, nullptr, mean, rstd);
         if (a->update) {

@@ -114,10 +114,14 @@ typedef struct {
     float* mean; float* rstd;            /* [O]: the row statistics the backward needs */
     int64_t O, k;
     int64_t center;                      /* first subtract each row's mean from w, in place */
+    const float* clip;                   /* NULL, or [2]: clip |w| to [low, high] in place (after center) */
     int64_t update;                      /* recompute the code (training) */
 } SimanWeightArgs;
 
 void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t r1);
+void siman_center_rows(const SimanWeightArgs* a, uint32_t* keys, int64_t r0, int64_t r1);
+/* the key of ascending rank `rank` among keys[0, n), bit patterns of non-negative floats (tmp: n) */
+uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp);
 
 typedef struct {
     const float* grad; const float* y;   /* [N][C][P] (NCHW, P = H*W) or [N][P][C] (nhwc) */

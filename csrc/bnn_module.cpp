@@ -313,21 +313,52 @@ static PyObject* act_call(PyObject* args, int backward) {
 static PyObject* py_act_forward(PyObject*, PyObject* args) { return act_call(args, 0); }
 static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(args, 1); }
 
-/* (threads, (w, len, code, wb, mean, rstd, O, k, center, update)): SiMaN's weight binarizer */
+/* (threads, (w, len, code, wb, mean, rstd, O, k, center, clip, update)): SiMaN's weight binarizer;
+ * clip is 0 or the address of float32 [low, high] */
 static PyObject* py_siman_weight(PyObject*, PyObject* args) {
     int nt;
-    int64_t v[10];
-    if (parse_threads_call(args, &nt, v, 10, "siman_weight") < 0) return NULL;
+    int64_t v[11];
+    if (parse_threads_call(args, &nt, v, 11, "siman_weight") < 0) return NULL;
     SimanWeightArgs a;
     a.w = (float*)(uintptr_t)v[0]; a.len = v[1];
     a.code = (float*)(uintptr_t)v[2]; a.wb = (float*)(uintptr_t)v[3];
     a.mean = (float*)(uintptr_t)v[4]; a.rstd = (float*)(uintptr_t)v[5];
-    a.O = v[6]; a.k = v[7]; a.center = v[8]; a.update = v[9];
+    a.O = v[6]; a.k = v[7]; a.center = v[8]; a.clip = (const float*)(uintptr_t)v[9]; a.update = v[10];
     if (!a.w || !a.code || !a.wb || !a.mean || !a.rstd || a.O < 0 || a.k < 1 || a.len != a.O * a.k)
         return PyErr_Format(PyExc_ValueError, "siman_weight: inconsistent arguments");
     nt = threads_for(nt, a.O);
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(a.O, nt, [&](int64_t b, int64_t e) { siman_weight_rows(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* (threads, (w, len, O, k, ranks, nranks, values)): SiMaN's rows centred in place, then values[j]
+ * = the centred |w| of ascending rank ranks[j] (int64) over the whole tensor, as float32 */
+static PyObject* py_siman_center_ranks(PyObject*, PyObject* args) {
+    int nt;
+    int64_t v[7];
+    if (parse_threads_call(args, &nt, v, 7, "siman_center_ranks") < 0) return NULL;
+    SimanWeightArgs a = {};
+    a.w = (float*)(uintptr_t)v[0]; a.len = v[1]; a.O = v[2]; a.k = v[3];
+    const int64_t* ranks = (const int64_t*)(uintptr_t)v[4];
+    const int64_t nranks = v[5];
+    float* values = (float*)(uintptr_t)v[6];
+    if (!a.w || !ranks || !values || a.O < 1 || a.k < 1 || a.len != a.O * a.k || nranks < 0 || nranks > 16)
+        return PyErr_Format(PyExc_ValueError, "siman_center_ranks: inconsistent arguments");
+    for (int64_t j = 0; j < nranks; ++j)
+        if (ranks[j] < 0 || ranks[j] >= a.len) return PyErr_Format(PyExc_ValueError, "siman_center_ranks: rank out of range");
+    std::vector<uint32_t> keys((size_t)a.len);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(a.O, threads_for(nt, a.O), [&](int64_t b, int64_t e) { siman_center_rows(&a, keys.data(), b, e); });
+    parallel_ranges(nranks, threads_for(nt, nranks), [&](int64_t b, int64_t e) {
+        std::vector<uint32_t> tmp((size_t)a.len);
+        for (int64_t j = b; j < e; ++j) {
+            const uint32_t key = select_rank(keys.data(), a.len, ranks[j], tmp.data());
+            memcpy(values + j, &key, sizeof key);
+        }
+    });
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
     Py_RETURN_NONE;
@@ -388,6 +419,7 @@ static PyMethodDef methods[] = {
     {"act_forward", py_act_forward, METH_VARARGS, "act_forward(threads, args): per-sample statistics and sign, see csrc/bnn_act.cpp"},
     {"act_backward", py_act_backward, METH_VARARGS, "act_backward(threads, args): ApproxSign after standardisation, backward"},
     {"siman_weight", py_siman_weight, METH_VARARGS, "siman_weight(threads, args): SiMaN's weight code and statistics, see csrc/bnn_act.cpp"},
+    {"siman_center_ranks", py_siman_center_ranks, METH_VARARGS, "siman_center_ranks(threads, args): SiMaN's centring and clipping percentiles"},
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},

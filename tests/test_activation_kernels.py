@@ -237,3 +237,22 @@ def test_native_siman_weight_tells_autograd_what_it_rewrote(kernels):
     versions = w._version, q.code._version
     q(w)
     assert w._version > versions[0] and q.code._version > versions[1]
+
+
+def test_native_clipping_bounds_are_numpy_percentiles_and_ranks_are_checked():
+    """siman_center_and_clip_bounds: the rows centred in place, then numpy's 'linear' percentiles of
+    the centred |w| over the whole tensor; ranks outside the tensor are refused."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(5)
+    w = torch.randn(8, 5, 3, 3) * 0.1 + 0.02
+    centred = w - w.double().mean(dim=(1, 2, 3), keepdim=True).float()
+    for percent in (1.0, 7.5, 14.9625):
+        got = functional.siman_center_and_clip_bounds(w.clone(), percent)
+        want = np.percentile(centred.abs().numpy(), [percent, 100 - percent])
+        assert got.dtype == torch.float32 and np.allclose(got.numpy(), want, rtol=1e-6, atol=1e-8)
+    kept = w.clone()
+    functional.siman_center_and_clip_bounds(kept, 5.0)
+    assert torch.allclose(kept, centred, atol=1e-7)
+    ranks, values = torch.tensor([360]), torch.empty(1)
+    with pytest.raises(ValueError, match="rank out of range"):
+        _native.lib().siman_center_ranks(1, (w.data_ptr(), 360, 8, 45, ranks.data_ptr(), 1, values.data_ptr()))

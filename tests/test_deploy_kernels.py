@@ -358,14 +358,17 @@ def test_debug_build_runs_the_activation_kernels_within_bounds(debug_lib):
             results.append((out, dx, mean, rstd))
         for release, checked in zip(*results):
             assert torch.equal(release, checked)
-    for center, update in ((1, 1), (0, 1), (0, 0)):  # SiMaN's weight rows: 15 rows of 33
+    bounds = torch.tensor([0.2, 1.5])
+    for center, clip, update in ((1, 0, 1), (0, 1, 1), (0, 0, 0)):  # SiMaN's weight rows: 15 rows of 33
         results = []
         for lib in (_native.lib(), debug_lib):
             w, code = x.reshape(15, 99)[:, :33].clone(), (g.reshape(15, 99)[:, :33] > 0).float()
-            wb, mean, rstd = torch.empty_like(w), torch.empty(15), torch.empty(15)
+            wb, mean, rstd, values = torch.empty_like(w), torch.empty(15), torch.empty(15), torch.empty(3)
+            ranks = torch.tensor([0, 247, 494])
+            lib.siman_center_ranks(2, (w.data_ptr(), w.numel(), 15, 33, ranks.data_ptr(), 3, values.data_ptr()))
             lib.siman_weight(2, (w.data_ptr(), w.numel(), code.data_ptr(), wb.data_ptr(), mean.data_ptr(),
-                                 rstd.data_ptr(), 15, 33, center, update))
-            results.append((w, code, wb, mean, rstd))
+                                 rstd.data_ptr(), 15, 33, center, bounds.data_ptr() if clip else 0, update))
+            results.append((w, code, wb, mean, rstd, values))
         for release, checked in zip(*results):
             assert torch.equal(release, checked)
     alpha = torch.rand(5)

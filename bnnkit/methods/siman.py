@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import (per_row_standardize, percentile, sign_magnitude_code, standardized_approx_sign,
-                          takes_native_siman_weight)
+from ..functional import (per_row_standardize, percentile, siman_center_and_clip_bounds, sign_magnitude_code,
+                          standardized_approx_sign, takes_native_siman_weight)
 from ..layers import BinaryConv2d
 from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method
@@ -71,9 +71,8 @@ class SimanWeight(WeightQuantizer):
     def forward(self, weight: Tensor) -> Tensor:
         if (torch.is_grad_enabled() and self.sort == "median"
                 and takes_native_siman_weight(weight, self.code)):  # the same math in two native kernels
-            if self.percent > 0:  # the clipping's percentiles span the whole tensor: PyTorch's selection
-                self._center_and_clip(weight)
-            return sign_magnitude_code(weight, self.code, center=self.percent == 0, update=self.training)
+            bounds = siman_center_and_clip_bounds(weight, self.percent) if self.percent > 0 else None
+            return sign_magnitude_code(weight, self.code, center=bounds is None, update=self.training, clip=bounds)
         self._center_and_clip(weight)
         if not self.training and not torch.is_grad_enabled():  # eval reads the stored code only (Q2)
             return (2 * self.code - 1).view_as(weight)
