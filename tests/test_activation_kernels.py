@@ -196,6 +196,15 @@ def _siman_weight_step(kernels, kind, w0, g, percent, training):
     return w.detach(), q.code.clone(), out.detach(), w.grad
 
 
+def _siman_weight_step_no_grad(kernels, kind, w0, percent):
+    kernels(kind)
+    torch.manual_seed(0)
+    q = QUANTIZERS.get("siman_weight")(torch.randn(w0.shape), percent=percent).eval()
+    w = torch.nn.Parameter(w0.clone())
+    out = q(w)
+    return w.detach(), out
+
+
 @pytest.mark.parametrize("percent", [0.0, 5.0])
 @pytest.mark.parametrize("shape", [(6, 4, 3, 3), (32, 64, 3, 3), (5, 3, 1, 1), (4, 2, 1, 1)])
 def test_native_siman_weight_matches_eager(kernels, shape, percent):
@@ -209,6 +218,10 @@ def test_native_siman_weight_matches_eager(kernels, shape, percent):
         assert torch.allclose(native[0], eager[0], rtol=0, atol=1e-7)  # centred (and clipped) in place
         assert torch.equal(native[1], eager[1]) and torch.equal(native[2], eager[2])
         assert torch.allclose(native[3], eager[3], rtol=1e-4, atol=1e-5)
+        if not training:  # evaluation without autograd: the same in-place centring and clipping, the stored code
+            with torch.no_grad():
+                native, eager = (_siman_weight_step_no_grad(kernels, kind, w0, percent) for kind in ("native", "eager"))
+            assert torch.allclose(native[0], eager[0], rtol=0, atol=1e-7) and torch.equal(native[1], eager[1])
         k = w0[0].numel()
         if training and k > 2:  # a centred row of two is a tie, +-d: neither is above the median
             assert (native[1].sum(dim=1) == k // 2).all()

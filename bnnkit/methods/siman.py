@@ -69,8 +69,7 @@ class SimanWeight(WeightQuantizer):
             self.code.zero_().scatter_(1, order, 1.0)
 
     def forward(self, weight: Tensor) -> Tensor:
-        if (torch.is_grad_enabled() and self.sort == "median"
-                and takes_native_siman_weight(weight, self.code)):  # the same math in two native kernels
+        if self.sort == "median" and takes_native_siman_weight(weight, self.code):  # the same math, native
             bounds = siman_center_and_clip_bounds(weight, self.percent) if self.percent > 0 else None
             return sign_magnitude_code(weight, self.code, center=bounds is None, update=self.training, clip=bounds)
         self._center_and_clip(weight)
