@@ -270,6 +270,14 @@ def compiled_enabled() -> bool:
     return kernels_in_use() == "compiled"
 
 
+def _save_input_and_stats(ctx, inputs, output) -> None:
+    """setup_context of the functions whose forward returns (result, mean, rstd): the backward
+    needs the input and the two statistics, which carry no gradient."""
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(inputs[0], mean, rstd)
+
+
 class StandardizedApproxSign(torch.autograd.Function):
     """Forward sign((x - mean_n) / sqrt(var_n + eps)) = sign(x - mean_n), per sample over (C,H,W),
     unbiased variance. Backward: ApproxSign's max(0, 2 - 2|y|) on y = (x - mean)/std, then the
@@ -281,11 +289,7 @@ class StandardizedApproxSign(torch.autograd.Function):
     def forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return _kernels["forward"](x, True)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(inputs[0], mean, rstd)
+    setup_context = staticmethod(_save_input_and_stats)
 
     @staticmethod
     def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> Tensor:
@@ -305,11 +309,7 @@ class ScaledApproxSign(torch.autograd.Function):
     def forward(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return _kernels["forward"](x, False)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(inputs[0], mean, rstd)
+    setup_context = staticmethod(_save_input_and_stats)
 
     @staticmethod
     def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> Tensor:
@@ -388,11 +388,7 @@ class SignMagnitudeCode(torch.autograd.Function):
             torch.autograd.graph.increment_version(code)
         return wb, mean, rstd
 
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(inputs[0], mean, rstd)
+    setup_context = staticmethod(_save_input_and_stats)
 
     @staticmethod
     def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> tuple[Tensor | None, ...]:
