@@ -169,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                              "the float twin has none")
     parser.add_argument("--compile", action="store_true", help="the same as --kernels compiled")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per case")
+    parser.add_argument("--percent", type=float, default=0.0,
+                        help="SiMaN's clipping percentile (its recipe schedules 15*(1 - e/E), so above 0 in "
+                             "every epoch; the method's default, 0, skips the clipping)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.percent < 50.0:
+        parser.error(f"--percent must lie in [0, 50), not {args.percent}")
     from .functional import kernels_in_use, set_kernels
 
     wanted = "compiled" if args.compile else args.kernels
@@ -181,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
              and (args.methods is None or any(chosen[c] == (m, s) for c in args.methods))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
-          f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}")
+          f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}, SiMaN percent={args.percent:g}")
     peak = matmul_gflops(args.matmul_size)
     print(f"float32 {args.matmul_size}x{args.matmul_size} matmul: {peak:.1f} GFLOP/s")
     print(HEADER, flush=True)
     for name, method, settings in cases:
+        if method == "siman" and args.percent:
+            settings = {**settings, "percent": args.percent}
         r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)
         print(format_row(r, peak), flush=True)
         if args.profile:

@@ -84,15 +84,24 @@ def test_float_twin_has_no_binary_layers_and_same_shapes():
     assert twin.eval()(x).shape == model.eval()(x).shape
 
 
-def test_bench_runs_and_prints_its_ratios(capsys):
+def test_bench_runs_and_prints_its_ratios(capsys, monkeypatch):
     assert bench_main(["--models", "resnet20_1w1a", "--methods", "biper2", "--batch", "8", "--rounds", "1", "--warmup", "0", "--matmul_size", "512"]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("resnet20_1w1a"))
     assert "biper s2" in row and len(row.split()) == 13 and row.count("x") >= 3  # t ratio, ev gain, 1st gain
     assert "GFLOP/s" in out and "activation kernels=native" in out
+    import bnnkit.bench as bench
+    seen = []
+    real_case = bench.bench_case
+    monkeypatch.setattr(bench, "bench_case", lambda name, method, settings, *a: seen.append(settings) or real_case(name, method, settings, *a))
     assert bench_main(["--models", "resnet20_1w1a", "--methods", "siman", "--batch", "4", "--rounds", "1", "--warmup", "0",
-                       "--matmul_size", "256", "--kernels", "eager"]) == 0
-    assert "activation kernels=eager" in capsys.readouterr().out
+                       "--matmul_size", "256", "--kernels", "eager", "--percent", "7.5"]) == 0
+    assert seen == [{"percent": 7.5}]  # the recipe's clipping, applied to SiMaN's model
+    out = capsys.readouterr().out
+    assert "activation kernels=eager" in out and "SiMaN percent=7.5" in out
+    with pytest.raises(SystemExit):
+        bench_main(["--percent", "50"])
+    assert "--percent must lie in [0, 50)" in capsys.readouterr().err
     assert functional.kernels_in_use() == "eager"
     functional.set_kernels("native")
 
