@@ -129,17 +129,16 @@ BNN_CLONES void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
  * bits: a row's magnitudes span few exponents, so the bucket of the rank holds a few percent of
  * them), then 19-10, then 9-0: a histogram picks the bucket holding the rank, and the next pass
  * looks only at that bucket's keys (copied to tmp). Two interleaved histograms and a branch-free
- * copy: the keys crowd into few buckets, in no predictable order. */
-uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp) {
-    static const int SHIFT[3] = {20, 10, 0};
-    static const uint32_t MASK[3] = {0x7FF, 0x3FF, 0x3FF};
+ * copy: the keys crowd into few buckets, in no predictable order. select_from starts at pass p0
+ * on keys that share the bits of `prefix` above it. */
+static const int RADIX_SHIFT[3] = {20, 10, 0};
+static const uint32_t RADIX_MASK[3] = {0x7FF, 0x3FF, 0x3FF};
+
+static uint32_t select_from(const uint32_t* cur, int64_t m, int64_t rank, int p0, uint32_t prefix, uint32_t* tmp) {
     int32_t hist[2][2048];
-    uint32_t prefix = 0;
-    const uint32_t* cur = keys;
-    int64_t m = n;
-    for (int p = 0; p < 3; ++p) {
-        const int shift = SHIFT[p];
-        const uint32_t mask = MASK[p];
+    for (int p = p0; p < 3; ++p) {
+        const int shift = RADIX_SHIFT[p];
+        const uint32_t mask = RADIX_MASK[p];
         int32_t* h0 = hist[0];
         int32_t* h1 = hist[1];
         memset(h0, 0, sizeof(int32_t) * (mask + 1));
@@ -168,6 +167,80 @@ uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tm
         m = kept;
     }
     return prefix;
+}
+
+uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp) {
+    return select_from(keys, n, rank, 0, 0, tmp);
+}
+
+/* out[j] = the key of rank ranks[j] among keys[0, n), for `count` ranks (each in [0, n)), on
+ * `slices` OpenMP tasks: one shared histogram of bits 30-20 and one gathering pass for all the
+ * buckets the ranks fall in (each slice writes at its own offsets, known from its histogram),
+ * then the remaining passes of each rank on its bucket's keys alone. The clipping's four
+ * percentile neighbours cost two passes over the tensor instead of eight. */
+void select_ranks(const uint32_t* keys, int64_t n, const int64_t* ranks, int64_t count, uint32_t* out, int slices) {
+    if (slices < 1) slices = 1;
+    const int64_t B = 2048;
+    std::vector<int64_t> hist((size_t)(slices * B), 0);
+#pragma omp parallel for schedule(static) num_threads(slices)
+    for (int t = 0; t < slices; ++t) {
+        int32_t h[2][2048];  /* two interleaved: the keys crowd into few buckets */
+        memset(h, 0, sizeof h);
+        const int64_t b = n * t / slices, e = n * (t + 1) / slices, e2 = b + (e - b) / 2 * 2;
+        for (int64_t i = b; i < e2; i += 2) {
+            ++h[0][keys[i] >> 20];
+            ++h[1][keys[i + 1] >> 20];
+        }
+        if (e2 < e) ++h[0][keys[e2] >> 20];
+        for (int64_t k = 0; k < B; ++k) hist[(size_t)(t * B + k)] = (int64_t)h[0][k] + h[1][k];
+    }
+    std::vector<int64_t> total((size_t)B, 0);
+    for (int t = 0; t < slices; ++t)
+        for (int64_t b = 0; b < B; ++b) total[(size_t)b] += hist[(size_t)(t * B + b)];
+    std::vector<uint32_t> bucket_of((size_t)count), buckets;
+    std::vector<int64_t> residual((size_t)count);
+    for (int64_t j = 0; j < count; ++j) {
+        int64_t r = ranks[j];
+        uint32_t b = 0;
+        while (b + 1 < (uint32_t)B && r >= total[b]) r -= total[b++];
+        bucket_of[(size_t)j] = b;
+        residual[(size_t)j] = r;
+        bool seen = false;
+        for (uint32_t d : buckets) seen = seen || d == b;
+        if (!seen) buckets.push_back(b);
+    }
+    const int64_t D = (int64_t)buckets.size();
+    std::vector<std::vector<uint32_t>> sets((size_t)D);
+    std::vector<int64_t> offset((size_t)(slices * D));
+    for (int64_t d = 0; d < D; ++d) {
+        sets[(size_t)d].resize((size_t)total[buckets[(size_t)d]]);
+        int64_t at = 0;
+        for (int t = 0; t < slices; ++t) {
+            offset[(size_t)(t * D + d)] = at;
+            at += hist[(size_t)(t * B + buckets[(size_t)d])];
+        }
+    }
+#pragma omp parallel for schedule(static) num_threads(slices)
+    for (int t = 0; t < slices; ++t) {
+        int64_t* at = offset.data() + t * D;
+        for (int64_t i = n * t / slices, e = n * (t + 1) / slices; i < e; ++i) {
+            const uint32_t key = keys[i], b = key >> 20;
+            for (int64_t d = 0; d < D; ++d)
+                if (b == buckets[(size_t)d]) {
+                    std::vector<uint32_t>& set = sets[(size_t)d];
+                    const int64_t slot = at[d]++;  /* BNN_AT may evaluate its index more than once */
+                    set[BNN_AT("select set", slot, 1, (int64_t)set.size())] = key;
+                }
+        }
+    }
+    for (int64_t j = 0; j < count; ++j) {
+        int64_t d = 0;
+        while (buckets[(size_t)d] != bucket_of[(size_t)j]) ++d;
+        std::vector<uint32_t>& set = sets[(size_t)d];
+        std::vector<uint32_t> tmp(set.size());
+        out[j] = select_from(set.data(), (int64_t)set.size(), residual[(size_t)j], 1, bucket_of[(size_t)j] << 20,
+                             tmp.data());
+    }
 }
 
 /* the sum of x[0, n) in float lanes flushed into double, as the statistics take it */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <stdlib.h>
 #include <atomic>
+#include <memory>
 #include <vector>
 
 #ifdef _OPENMP
@@ -345,20 +346,17 @@ static PyObject* py_siman_center_ranks(PyObject*, PyObject* args) {
     const int64_t* ranks = (const int64_t*)(uintptr_t)v[4];
     const int64_t nranks = v[5];
     float* values = (float*)(uintptr_t)v[6];
-    if (!a.w || !ranks || !values || a.O < 1 || a.k < 1 || a.len != a.O * a.k || nranks < 0 || nranks > 16)
+    if (!a.w || !ranks || !values || a.O < 1 || a.k < 1 || a.len != a.O * a.k || a.len >= (int64_t)1 << 31 ||
+        nranks < 0 || nranks > 16)
         return PyErr_Format(PyExc_ValueError, "siman_center_ranks: inconsistent arguments");
     for (int64_t j = 0; j < nranks; ++j)
         if (ranks[j] < 0 || ranks[j] >= a.len) return PyErr_Format(PyExc_ValueError, "siman_center_ranks: rank out of range");
-    std::vector<uint32_t> keys((size_t)a.len);
+    std::unique_ptr<uint32_t[]> keys(new uint32_t[(size_t)a.len]);  /* every element written below: no zeroing pass */
     Py_BEGIN_ALLOW_THREADS
-    parallel_ranges(a.O, threads_for(nt, a.O), [&](int64_t b, int64_t e) { siman_center_rows(&a, keys.data(), b, e); });
-    parallel_ranges(nranks, threads_for(nt, nranks), [&](int64_t b, int64_t e) {
-        std::vector<uint32_t> tmp((size_t)a.len);
-        for (int64_t j = b; j < e; ++j) {
-            const uint32_t key = select_rank(keys.data(), a.len, ranks[j], tmp.data());
-            memcpy(values + j, &key, sizeof key);
-        }
-    });
+    parallel_ranges(a.O, threads_for(nt, a.O), [&](int64_t b, int64_t e) { siman_center_rows(&a, keys.get(), b, e); });
+    std::vector<uint32_t> selected((size_t)nranks);
+    select_ranks(keys.get(), a.len, ranks, nranks, selected.data(), threads_for(nt, a.len));
+    memcpy(values, selected.data(), sizeof(uint32_t) * (size_t)nranks);
     Py_END_ALLOW_THREADS
     if (raise_debug_failures() < 0) return NULL;
     Py_RETURN_NONE;

@@ -269,3 +269,21 @@ def test_native_clipping_bounds_are_numpy_percentiles_and_ranks_are_checked():
     ranks, values = torch.tensor([360]), torch.empty(1)
     with pytest.raises(ValueError, match="rank out of range"):
         _native.lib().siman_center_ranks(1, (w.data_ptr(), 360, 8, 45, ranks.data_ptr(), 1, values.data_ptr()))
+
+
+@pytest.mark.parametrize("levels", [0, 5])
+def test_native_rank_selection_is_exact(levels):
+    """siman_center_ranks: the values at the asked ranks are exactly those of a sort of the centred
+    |w| over the whole tensor, for ranks spread over it, on rows of distinct values and on rows of a
+    few repeated levels (many equal keys in one bucket), on 1 and 2 threads."""
+    torch.manual_seed(8 + levels)
+    w0 = torch.randn(64, 9, 3, 3) * 0.05
+    if levels:
+        w0 = (w0 * levels * 20).round() / (levels * 20)
+    n = w0.numel()
+    ranks = torch.tensor([0, 1, n // 7, n // 2, n // 2 + 1, n - 2, n - 1])
+    for threads in (1, 2):
+        w, values = w0.clone(), torch.empty(len(ranks))
+        _native.lib().siman_center_ranks(threads, (w.data_ptr(), n, 64, 81, ranks.data_ptr(), len(ranks),
+                                                   values.data_ptr()))
+        assert torch.equal(values, w.abs().flatten().sort().values[ranks])
