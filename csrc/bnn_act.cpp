@@ -124,13 +124,13 @@ BNN_CLONES void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
     }
 }
 
-/* The key of rank `rank` (0-based, ascending) among keys[0, n): bit patterns of non-negative
+/* The key of rank `rank` (0-based, ascending) among cur[0, m): bit patterns of non-negative
  * floats, which order as the floats do. Radix selection on bits 30-20 (exponent and 3 mantissa
  * bits: a row's magnitudes span few exponents, so the bucket of the rank holds a few percent of
  * them), then 19-10, then 9-0: a histogram picks the bucket holding the rank, and the next pass
  * looks only at that bucket's keys (copied to tmp). Two interleaved histograms and a branch-free
- * copy: the keys crowd into few buckets, in no predictable order. select_from starts at pass p0
- * on keys that share the bits of `prefix` above it. */
+ * copy: the keys crowd into few buckets, in no predictable order. It starts at pass p0, on keys
+ * that share the bits of `prefix` above that pass (0 and 0 for a whole selection). */
 static const int RADIX_SHIFT[3] = {20, 10, 0};
 static const uint32_t RADIX_MASK[3] = {0x7FF, 0x3FF, 0x3FF};
 
@@ -167,10 +167,6 @@ static uint32_t select_from(const uint32_t* cur, int64_t m, int64_t rank, int p0
         m = kept;
     }
     return prefix;
-}
-
-uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp) {
-    return select_from(keys, n, rank, 0, 0, tmp);
 }
 
 /* out[j] = the key of rank ranks[j] among keys[0, n), for `count` ranks (each in [0, n)), on
@@ -256,14 +252,19 @@ __attribute__((always_inline)) inline double sample_sum(const float* x, int64_t 
     return sum.total;
 }
 
+/* w[0, k) -= its mean (summed as the statistics are), in place */
+__attribute__((always_inline)) inline void center_row(float* w, int64_t k) {
+    const float m = (float)(sample_sum(w, k) / (double)k);
+    for (int64_t i = 0; i < k; ++i) w[i] -= m;
+}
+
 /* w -= mean of the row, in place, for rows [r0, r1); with keys, the bit patterns of the centred
  * |w| into keys[r * k, (r + 1) * k) (for the clipping's percentiles over the whole tensor) */
 BNN_CLONES void siman_center_rows(const SimanWeightArgs* a, uint32_t* keys, int64_t r0, int64_t r1) {
     const int64_t k = a->k;
     for (int64_t r = r0; r < r1; ++r) {
         float* w = a->w + BNN_AT("siman w", r * k, k, a->len);
-        const float m = (float)(sample_sum(w, k) / (double)k);
-        for (int64_t i = 0; i < k; ++i) w[i] -= m;
+        center_row(w, k);
         if (!keys) continue;
         uint32_t* key = keys + BNN_AT("siman keys", r * k, k, a->len);
         for (int64_t i = 0; i < k; ++i) {
@@ -291,10 +292,7 @@ BNN_CLONES void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t 
         float* wb = a->wb + BNN_AT("siman wb", r * k, k, a->len);
         float* mean = a->mean + BNN_AT("siman mean", r, 1, a->O);
         float* rstd = a->rstd + BNN_AT("siman rstd", r, 1, a->O);
-        if (a->center) {
-            const float m = (float)(sample_sum(w, k) / (double)k);
-            for (int64_t i = 0; i < k; ++i) w[i] -= m;
-        }
+        if (a->center) center_row(w, k);
         if (a->clip) {
             const float low = a->clip[0], high = a->clip[1];
             for (int64_t i = 0; i < k; ++i) w[i] = sign_of(w[i]) * fminf(fmaxf(fabsf(w[i]), low), high);
@@ -306,7 +304,7 @@ BNN_CLONES void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t 
                 const float mag = fabsf(w[i] - m);
                 memcpy(&keys[(size_t)i], &mag, sizeof mag);
             }
-            const uint32_t median = select_rank(keys.data(), k, (k - 1) / 2, keys.data() + k);
+            const uint32_t median = select_from(keys.data(), k, (k - 1) / 2, 0, 0, keys.data() + k);
             for (int64_t i = 0; i < k; ++i) code[i] = keys[(size_t)i] > median ? 1.0f : 0.0f;
         }
         for (int64_t i = 0; i < k; ++i) wb[i] = 2.0f * code[i] - 1.0f;

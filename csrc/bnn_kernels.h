@@ -120,9 +120,8 @@ typedef struct {
 
 void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t r1);
 void siman_center_rows(const SimanWeightArgs* a, uint32_t* keys, int64_t r0, int64_t r1);
-/* the key of ascending rank `rank` among keys[0, n), bit patterns of non-negative floats (tmp: n) */
-uint32_t select_rank(const uint32_t* keys, int64_t n, int64_t rank, uint32_t* tmp);
-/* the same for count ranks at once, on `slices` OpenMP tasks (keys < 2^31 of them) */
+/* out[j] = the key of ascending rank ranks[j] among keys[0, n), bit patterns of non-negative
+ * floats, on `slices` OpenMP tasks (n < 2^31) */
 void select_ranks(const uint32_t* keys, int64_t n, const int64_t* ranks, int64_t count, uint32_t* out, int slices);
 
 typedef struct {
