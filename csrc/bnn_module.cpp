@@ -325,7 +325,9 @@ static PyObject* py_siman_weight(PyObject*, PyObject* args) {
     a.code = (float*)(uintptr_t)v[2]; a.wb = (float*)(uintptr_t)v[3];
     a.mean = (float*)(uintptr_t)v[4]; a.rstd = (float*)(uintptr_t)v[5];
     a.O = v[6]; a.k = v[7]; a.center = v[8]; a.clip = (const float*)(uintptr_t)v[9]; a.update = v[10];
-    if (!a.w || !a.code || !a.wb || !a.mean || !a.rstd || a.O < 0 || a.k < 1 || a.len != a.O * a.k)
+    /* a row's selection counts in int32 */
+    if (!a.w || !a.code || !a.wb || !a.mean || !a.rstd || a.O < 0 || a.k < 1 || a.k >= (int64_t)1 << 31 ||
+        a.len != a.O * a.k)
         return PyErr_Format(PyExc_ValueError, "siman_weight: inconsistent arguments");
     nt = threads_for(nt, a.O);
     Py_BEGIN_ALLOW_THREADS

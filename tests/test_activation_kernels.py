@@ -119,6 +119,9 @@ def test_native_kernels_refuse_inconsistent_sizes():
         _native.lib().act_forward(1, (x.data_ptr(), 15, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1, 0))
     with pytest.raises(ValueError, match="inconsistent"):  # a backward without its gradient
         _native.lib().act_backward(1, (x.data_ptr(), 16, 0, out.data_ptr(), m.data_ptr(), m.data_ptr(), 2, 8, 1, 0))
+    with pytest.raises(ValueError, match="inconsistent"):  # a row too long for the selection's int32 counts
+        _native.lib().siman_weight(1, (x.data_ptr(), 1 << 31, x.data_ptr(), out.data_ptr(), m.data_ptr(), m.data_ptr(),
+                                       1, 1 << 31, 0, 0, 1))
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
