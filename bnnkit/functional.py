@@ -408,15 +408,22 @@ def sign_magnitude_code(weight: Tensor, code: Tensor, center: bool, update: bool
     return SignMagnitudeCode.apply(weight, code, center, clip, update)[0]
 
 
-def _native_scale_backward(y: Tensor, alpha: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+def _native_scale_backward(y: Tensor, alpha: Tensor, grad: Tensor,
+                           inv_alpha: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(grad * alpha, sum over (N, H, W) of grad * y) in one sweep. With `inv_alpha` (1 / alpha,
+    float32 [C]), `y` holds y * alpha for integer-valued y with |y| < 2^21 (a packed binary conv's
+    output, bnnkit._packed_train), and the kernel recovers y exactly."""
     if grad.stride() != y.stride() or grad.dtype != y.dtype or grad.device != y.device:
         grad = torch.empty_like(y).copy_(grad)
     a = alpha.detach().reshape(-1).contiguous()
     dy, dalpha = torch.empty_like(y), torch.empty(a.shape[0], dtype=torch.float32)
     N, C, H, W = y.shape
     nhwc = not y.is_contiguous()  # _takes_native: NCHW or channels-last
+    if inv_alpha is not None:
+        assert inv_alpha.dtype == torch.float32 and inv_alpha.shape == (C,) and inv_alpha.is_contiguous()
     _native().scale_backward(torch.get_num_threads(), (grad.data_ptr(), y.data_ptr(), dy.data_ptr(), y.numel(),
-                                                       a.data_ptr(), dalpha.data_ptr(), N, C, H * W, int(nhwc)))
+                                                       a.data_ptr(), dalpha.data_ptr(), N, C, H * W, int(nhwc),
+                                                       0 if inv_alpha is None else inv_alpha.data_ptr()))
     return dy, dalpha.view_as(alpha)
 
 

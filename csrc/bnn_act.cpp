@@ -375,10 +375,27 @@ BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
     else backward_samples<false>(a, s0, s1);
 }
 
+/* An integer y from its product v = y * alpha, given inv = 1 / alpha: v * inv is within three
+ * float32 roundings of y, under 0.375 for |y| < 2^21, and adding then subtracting 1.5 * 2^23
+ * rounds it to the nearest integer (round-to-nearest, no fast-math; exact for |t| < 2^22). */
+__attribute__((always_inline)) inline float unscale(float v, float inv) {
+    const float t = v * inv;
+    return (t + 12582912.0f) - 12582912.0f;
+}
+__attribute__((always_inline)) inline v8f unscale(v8f v, v8f inv) {
+    const v8f magic = splat(12582912.0f);
+    return (v * inv + magic) - magic;
+}
+
+template <bool SCALED, class T>
+__attribute__((always_inline)) inline T conv_output(T v, T inv) { return SCALED ? unscale(v, inv) : v; }
+
 /* Backward of y * alpha (alpha per channel) for samples [s0, s1): dy = g * alpha, and each
  * sample's per-channel sum of g * y into partial[s][c] (double), summed over the samples in order
- * by the binding. NCHW: each channel's H*W values are contiguous; NHWC: channels are innermost. */
-BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s1) {
+ * by the binding. NCHW: each channel's H*W values are contiguous; NHWC: channels are innermost.
+ * SCALED: the saved tensor is y * alpha (a packed conv's output), y recovered exactly. */
+template <bool SCALED>
+__attribute__((always_inline)) inline void scale_backward(const ScaleArgs* a, int64_t s0, int64_t s1) {
     const int64_t C = a->C, P = a->P, n = C * P;
     for (int64_t s = s0; s < s1; ++s) {
         const float* g = a->grad + BNN_AT("scale grad", s * n, n, a->len);
@@ -389,7 +406,8 @@ BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s
             const int64_t pv = P / LANES * LANES;
             for (int64_t c = 0; c < C; ++c) {
                 const float al = a->alpha[BNN_AT("scale alpha", c, 1, C)];
-                const v8f va = splat(al);
+                const float inv = SCALED ? a->inv_alpha[BNN_AT("scale 1/alpha", c, 1, C)] : 1.0f;
+                const v8f va = splat(al), vinv = splat(inv);
                 const float* gc = g + c * P;
                 const float* yc = y + c * P;
                 float* dc = dy + c * P;
@@ -399,13 +417,13 @@ BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s
                     for (int64_t i = b; i < e; i += LANES) {
                         const v8f vg = load(gc + i);
                         store(dc + i, vg * va);
-                        sum.part += vg * load(yc + i);
+                        sum.part += vg * conv_output<SCALED>(load(yc + i), vinv);
                     }
                     sum.flush();
                 }
                 for (int64_t i = pv; i < P; ++i) {
                     dc[i] = gc[i] * al;
-                    sum.total += (double)(gc[i] * yc[i]);
+                    sum.total += (double)(gc[i] * conv_output<SCALED>(yc[i], inv));
                 }
                 part[c] = sum.total;
             }
@@ -418,19 +436,21 @@ BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s
                 for (int64_t c0 = 0; c0 < C; c0 += LANES) {
                     if (c0 + LANES <= C) {
                         const v8f va = load(a->alpha + BNN_AT("scale alpha", c0, LANES, C));
+                        const v8f vinv = SCALED ? load(a->inv_alpha + BNN_AT("scale 1/alpha", c0, LANES, C)) : va;
                         v8f sum = splat(0.0f);
                         for (int64_t p = p0; p < p1; ++p) {
                             const v8f vg = load(g + BNN_AT("scale pixel", p * C + c0, LANES, n));
                             store(dy + p * C + c0, vg * va);
-                            sum += vg * load(y + p * C + c0);
+                            sum += vg * conv_output<SCALED>(load(y + p * C + c0), vinv);
                         }
                         for (int j = 0; j < LANES; ++j) part[c0 + j] += (double)sum[j];
                     } else {
                         for (int64_t c = c0; c < C; ++c) {
                             float sum = 0;
+                            const float inv = SCALED ? a->inv_alpha[c] : 1.0f;
                             for (int64_t p = p0; p < p1; ++p) {
                                 dy[p * C + c] = g[p * C + c] * a->alpha[c];
-                                sum += g[p * C + c] * y[p * C + c];
+                                sum += g[p * C + c] * conv_output<SCALED>(y[p * C + c], inv);
                             }
                             part[c] += (double)sum;
                         }
@@ -439,4 +459,9 @@ BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s
             }
         }
     }
+}
+
+BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s1) {
+    if (a->scaled) scale_backward<true>(a, s0, s1);
+    else scale_backward<false>(a, s0, s1);
 }

@@ -128,8 +128,10 @@ typedef struct {
     const float* grad; const float* y;   /* [N][C][P] (NCHW, P = H*W) or [N][P][C] (nhwc) */
     float* dy; int64_t len;              /* len = N * C * P for each of the three */
     const float* alpha;                  /* [C] */
+    const float* inv_alpha;              /* [C] 1 / alpha, read when `scaled` */
     double* partial;                     /* [N][C]: sample s's sum of grad * y per channel */
     int64_t N, C, P, nhwc;
+    int64_t scaled;                      /* y holds y * alpha of integer y, |y| < 2^21: use rint(y / alpha) */
 } ScaleArgs;
 
 void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s1);

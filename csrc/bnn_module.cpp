@@ -364,18 +364,20 @@ static PyObject* py_siman_center_ranks(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
-/* (threads, (grad, y, dy, len, alpha, dalpha, N, C, P, nhwc)): dy = grad * alpha and
- * dalpha[c] = sum over samples and pixels of grad * y, as float32 */
+/* (threads, (grad, y, dy, len, alpha, dalpha, N, C, P, nhwc, inv_alpha)): dy = grad * alpha and
+ * dalpha[c] = sum over samples and pixels of grad * y, as float32. With inv_alpha (1 / alpha per
+ * channel; 0 for none), `y` holds y * alpha of integer-valued y, which the kernel recovers. */
 static PyObject* py_scale_backward(PyObject*, PyObject* args) {
     int nt;
-    int64_t v[10];
-    if (parse_threads_call(args, &nt, v, 10, "scale_backward") < 0) return NULL;
+    int64_t v[11];
+    if (parse_threads_call(args, &nt, v, 11, "scale_backward") < 0) return NULL;
     ScaleArgs a;
     a.grad = (const float*)(uintptr_t)v[0]; a.y = (const float*)(uintptr_t)v[1];
     a.dy = (float*)(uintptr_t)v[2]; a.len = v[3];
     a.alpha = (const float*)(uintptr_t)v[4];
     float* dalpha = (float*)(uintptr_t)v[5];
     a.N = v[6]; a.C = v[7]; a.P = v[8]; a.nhwc = v[9];
+    a.inv_alpha = (const float*)(uintptr_t)v[10]; a.scaled = a.inv_alpha != nullptr;
     if (!a.grad || !a.y || !a.dy || !a.alpha || !dalpha || a.N < 0 || a.C < 1 || a.P < 1 || a.len != a.N * a.C * a.P)
         return PyErr_Format(PyExc_ValueError, "scale_backward: inconsistent arguments");
     std::vector<double> partial((size_t)(a.N * a.C), 0.0);

@@ -372,12 +372,15 @@ def test_debug_build_runs_the_activation_kernels_within_bounds(debug_lib):
         for release, checked in zip(*results):
             assert torch.equal(release, checked)
     alpha = torch.rand(5)
-    for nhwc in (0, 1):
+    inv_alpha = 1 / alpha
+    scaled_y = (x * 10).round() * alpha.repeat_interleave(99).repeat(3).view_as(x)  # a packed conv's y * alpha
+    for nhwc, scaled in ((0, 0), (1, 0), (0, 1), (1, 1)):
         results = []
         for lib in (_native.lib(), debug_lib):
             dy, da = torch.empty_like(x), torch.empty(5)
-            lib.scale_backward(2, (g.data_ptr(), x.data_ptr(), dy.data_ptr(), x.numel(), alpha.data_ptr(), da.data_ptr(),
-                                   3, 5, 99, nhwc))
+            y = scaled_y if scaled else x
+            lib.scale_backward(2, (g.data_ptr(), y.data_ptr(), dy.data_ptr(), x.numel(), alpha.data_ptr(), da.data_ptr(),
+                                   3, 5, 99, nhwc, inv_alpha.data_ptr() if scaled else 0))
             results.append((dy, da))
         for release, checked in zip(*results):
             assert torch.equal(release, checked)
