@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._packed_eval import packed_forward
+from ._packed_train import packed_train_forward
 from .functional import channel_scale
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ class BinaryConv2d(nn.Conv2d):
         y = packed_forward(self, x)  # eval on CPU: the same result from 1-bit kernels, else None
         if y is not None:
             return y
-        y = F.conv2d(self.input_quantizer(x), self.weight_quantizer(self.weight), None,
-                     self.stride, self.padding, self.dilation, self.groups)
+        xb, wb = self.input_quantizer(x), self.weight_quantizer(self.weight)
+        y = packed_train_forward(self, xb, wb)  # training on CPU: the same bits forward and backward, else None
+        if y is not None:
+            return y
+        y = F.conv2d(xb, wb, None, self.stride, self.padding, self.dilation, self.groups)
         return y if self.alpha is None else channel_scale(y, self.alpha)
 
     @torch.no_grad()

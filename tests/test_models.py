@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import bnnkit
-from bnnkit import _packed_eval
+from bnnkit import _packed_eval, _packed_train
 from bnnkit.layers import binary_convs
 from bnnkit.methods import METHODS
 from bnnkit.models import _MODELS
@@ -84,7 +84,8 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
         conv.weight_quantizer.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, {}).__setitem__("w", o.detach()))
         conv.input_quantizer.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, {}).__setitem__("x", o.detach()))
     x, y = _input(), torch.tensor([1, 2])
-    packed = _packed_eval.set_enabled(False)  # CPU-only by design: tested below, not the path a GPU takes
+    # CPU-only by design, tested below and in test_packed_train: not the path a GPU takes
+    packed, packed_train = _packed_eval.set_enabled(False), _packed_train.set_enabled(False)
     try:
         with monkeypatch.context() as patch:
             _forbid_host_round_trips(patch)
@@ -95,6 +96,7 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
                 model(x)
     finally:
         _packed_eval.set_enabled(packed)
+        _packed_train.set_enabled(packed_train)
     assert torch.isfinite(loss)
     assert set(seen) == set(convs)
     for conv_name, out in seen.items():
