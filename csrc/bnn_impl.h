@@ -276,41 +276,98 @@ static inline void record_ties(const PackArgs* a, uint64_t eq, int64_t n, int64_
     }
 }
 
-/* NCHW input: one channel row at a time (contiguous reads), OR-ing its bit into the row's words. */
+#if defined(BNN_AVX_TRANSPOSE8)
+/* One word of P consecutive pixels of a sample (whole rows, contiguous in each channel plane):
+ * channels c0 .. c0+nb-1 (nb <= 64), the first at x[at0], planes `plane` floats apart. Each
+ * channel's P values are read in one contiguous sweep (reading many planes at the same offset at
+ * once defeats the prefetchers and, with planes a multiple of 4 KiB apart, thrashes L1) and OR
+ * its bit into the pixels' low (channels 0-31) or high halves, 8 pixels per compare. lo, hi:
+ * scratch of P values each. Returns false, with bits unspecified, when an input equals the
+ * threshold (a tie: the caller's scalar loop records it). */
+static inline bool pack_word_nchw_avx(const PackArgs* a, int64_t at0, int64_t plane, int64_t nb, int64_t P,
+                                      float th, uint32_t* lo, uint32_t* hi, uint64_t* bits) {
+    const int64_t Pv = P / 8 * 8;
+    const __m256 t = _mm256_set1_ps(th);
+    __m256 eq = _mm256_setzero_ps();
+    bool eq_tail = false;
+    memset(lo, 0, (size_t)P * sizeof(uint32_t));
+    memset(hi, 0, (size_t)P * sizeof(uint32_t));
+    for (int64_t c = 0; c < nb; ++c) {
+        const float* src = a->x + BNN_AT("pack input", at0 + c * plane, P, a->x_len);
+        uint32_t* acc = c < 32 ? lo : hi;
+        const uint32_t b = 1u << (c & 31);
+        const __m256i bit = _mm256_set1_epi32((int)b);
+        for (int64_t p = 0; p < Pv; p += 8) {
+            const __m256 v = _mm256_loadu_ps(src + p);
+            const __m256i m = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, t, _CMP_LT_OQ)), bit);
+            _mm256_storeu_si256((__m256i*)(acc + p), _mm256_or_si256(_mm256_loadu_si256((const __m256i*)(acc + p)), m));
+            eq = _mm256_or_ps(eq, _mm256_cmp_ps(v, t, _CMP_EQ_OQ));
+        }
+        for (int64_t p = Pv; p < P; ++p) {
+            acc[p] |= src[p] < th ? b : 0u;
+            eq_tail |= src[p] == th;
+        }
+    }
+    if (eq_tail || _mm256_movemask_ps(eq)) return false;
+    for (int64_t p = 0; p < P; ++p) bits[p] = (uint64_t)lo[p] | (uint64_t)hi[p] << 32;
+    return true;
+}
+#endif
+
+/* NCHW input: blocks of whole rows of one sample (up to 2048 pixels, contiguous in every channel
+ * plane), one channel at a time, OR-ing its bit into the block's words; with AVX, 8 pixels per
+ * compare. */
 static void pack_run_nchw(const PackArgs* a, const float* thr, int64_t r0, int64_t r1) {
-    const int64_t Hp = a->H + 2 * a->pad_h, Wp = a->W + 2 * a->pad_w, PW = a->G * a->Cw;
-    uint64_t small[2 * 512];
-    uint64_t* bits = a->W <= 512 ? small : (uint64_t*)malloc((size_t)(2 * a->W) * sizeof(uint64_t));
+    const int64_t Hp = a->H + 2 * a->pad_h, Wp = a->W + 2 * a->pad_w, PW = a->G * a->Cw, W = a->W;
+    const int64_t Rmax = W >= 2048 ? 1 : 2048 / W, Pmax = Rmax * W;
+    /* bits and eqs: Pmax words each; lo and hi: Pmax uint32 each */
+    uint64_t* bits = (uint64_t*)malloc((size_t)Pmax * (2 * sizeof(uint64_t) + 2 * sizeof(uint32_t)));
     if (!bits) return;
-    uint64_t* eqs = bits + a->W;
-    for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / a->H, y = r % a->H;
+    uint64_t* eqs = bits + Pmax;
+    uint32_t* lo = (uint32_t*)(eqs + Pmax);
+    uint32_t* hi = lo + Pmax;
+    (void)lo; (void)hi;
+    for (int64_t r = r0; r < r1;) {
+        const int64_t n = r / a->H, y0 = r % a->H;
+        int64_t R = a->H - y0;
+        if (R > Rmax) R = Rmax;
+        if (R > r1 - r) R = r1 - r;
+        const int64_t P = R * W;
         const float th = thr[n];
         for (int64_t g = 0; g < a->G; ++g) {
             for (int64_t w = 0; w < a->Cw; ++w) {
                 int64_t nb = a->Cg - 64 * w;
                 if (nb > 64) nb = 64;
                 const int64_t c0 = g * a->Cg + 64 * w;
+                const int64_t at0 = ((n * a->C + c0) * a->H + y0) * W;
+                bool done = false;
+#if defined(BNN_AVX_TRANSPOSE8)
+                done = pack_word_nchw_avx(a, at0, a->H * W, nb, P, th, lo, hi, bits);
+#endif
                 uint64_t any_eq = 0;
-                for (int64_t x = 0; x < a->W; ++x) bits[x] = eqs[x] = 0;
-                for (int64_t c = 0; c < nb; ++c) {
-                    const float* src = a->x + BNN_AT("pack input", ((n * a->C + c0 + c) * a->H + y) * a->W, a->W, a->x_len);
-                    for (int64_t x = 0; x < a->W; ++x) {
-                        bits[x] |= (uint64_t)(src[x] < th) << c;
-                        eqs[x] |= (uint64_t)(src[x] == th) << c;
+                if (!done) {
+                    for (int64_t p = 0; p < P; ++p) bits[p] = eqs[p] = 0;
+                    for (int64_t c = 0; c < nb; ++c) {
+                        const float* src = a->x + BNN_AT("pack input", at0 + c * a->H * W, P, a->x_len);
+                        for (int64_t p = 0; p < P; ++p) {
+                            bits[p] |= (uint64_t)(src[p] < th) << c;
+                            eqs[p] |= (uint64_t)(src[p] == th) << c;
+                        }
                     }
+                    for (int64_t p = 0; p < P; ++p) any_eq |= eqs[p];
                 }
-                const int64_t oi = ((n * Hp + y + a->pad_h) * Wp + a->pad_w) * PW + g * a->Cw + w;
-                for (int64_t x = 0; x < a->W; ++x) {
-                    a->out[BNN_AT("pack output", oi + x * PW, 1, a->out_len)] = bits[x];
-                    any_eq |= eqs[x];
+                for (int64_t dy = 0; dy < R; ++dy) {
+                    const int64_t oi = ((n * Hp + y0 + dy + a->pad_h) * Wp + a->pad_w) * PW + g * a->Cw + w;
+                    for (int64_t x = 0; x < W; ++x)
+                        a->out[BNN_AT("pack output", oi + x * PW, 1, a->out_len)] = bits[dy * W + x];
                 }
                 if (any_eq)
-                    for (int64_t x = 0; x < a->W; ++x) record_ties(a, eqs[x], n, y, x, c0);
+                    for (int64_t p = 0; p < P; ++p) record_ties(a, eqs[p], n, y0 + p / W, p % W, c0);
             }
         }
+        r += R;
     }
-    if (bits != small) free(bits);
+    free(bits);
 }
 
 static void pack_run(const PackArgs* a, const float* thr, int64_t r0, int64_t r1) {

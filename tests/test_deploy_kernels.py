@@ -164,6 +164,34 @@ def test_pack_accepts_given_thresholds():
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("shape, groups", [((2, 70, 45, 50), 1), ((1, 16, 3, 2100), 1), ((3, 48, 7, 7), 2),
+                                           ((2, 130, 9, 13), 1)], ids=["row-blocks", "wide", "groups", "3words"])
+def test_pack_reads_nchw_as_channels_last(shape, groups, debug_lib):
+    """NCHW inputs are packed a block of rows at a time, channel by channel: the same bits and ties
+    as the channels-last path, for blocks that split samples' rows (H*W > 2048), rows wider than
+    a block, row lengths off the vector width, several words and groups, on 1 and 2 threads (and
+    the bounds-checked build)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen)
+    x.view(-1)[torch.randint(0, x.numel(), (7,), generator=gen)] = 0.0  # ties
+    results = []
+    for lib in (_native.lib(), debug_lib):
+        old = _native.set_library(lib)
+        try:
+            for isa in ISAS:
+                for threads in (1, 2):
+                    for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+                        bits, _, ties = _native.pack(xin, groups=groups, pad=(1, 2), center=False, isa=isa, threads=threads)
+                        t = ties.long()
+                        order = ((t[:, 0] * shape[2] + t[:, 1]) * shape[3] + t[:, 2]) * shape[1] + t[:, 3]
+                        results.append((bits, ties[order.argsort()]))
+        finally:
+            _native.set_library(old)
+    assert results[0][1].shape[0] == 7
+    for bits, ties in results[1:]:
+        assert torch.equal(bits, results[0][0]) and torch.equal(ties, results[0][1])
+
+
 def test_pack_bit_layout():
     x = torch.ones(1, 70, 2, 1)
     x[0, 0, 0, 0] = -1.0       # word 0 bit 0
