@@ -53,8 +53,9 @@ class WeightQuantizer(Quantizer):
 class InputQuantizer(Quantizer):
     kind = "input"
     centered: ClassVar[bool] = False  # True: binarizes x - mean over (C,H,W) of each sample
-    # True: without autograd, forward(x) is exactly sign(x - t), t = 0 or (centered) that mean, so
-    # exact 1-bit kernels may replace the float conv in eval (bnnkit._packed_eval)
+    # True: forward(x) is exactly sign(x - t) in {-1, 0, +1}, t = 0 or (centered) that mean, with
+    # or without autograd, so exact 1-bit kernels may replace the float conv (bnnkit._packed_eval,
+    # bnnkit._packed_train)
     sign_valued: ClassVar[bool] = False
 
 
