@@ -104,6 +104,8 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     if not native:
         return None
     signs = layer.weight_quantizer(layer.weight)
+    if signs.dtype != torch.float32 or signs.device.type != "cpu" or signs.dim() != 4:
+        return None
     O = signs.shape[0]
     alpha = torch.ones(O) if layer.alpha is None else layer.alpha.detach().reshape(-1)
     if alpha.dtype != torch.float32 or alpha.shape != (O,):
@@ -112,17 +114,17 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     cache = layer.__dict__.get(key)
     same_signs = cache is not None and cache.signs.shape == signs.shape and torch.equal(cache.signs, signs)
     if not (same_signs and torch.equal(cache.alpha, alpha) and _same_bn(cache.bn_state, bn)):
-        if not same_signs and not bool((signs.abs() == 1).all()):
+        w_bits = None if same_signs else native.pack_weight_signs(signs.detach(), torch.get_num_threads())
+        if not same_signs and w_bits is None:  # not exactly ±1
             layer.__dict__[key] = None
             return None
         from .deploy._affine import bn_affine
-        from .deploy._bits import pack_signs
         # without bn, fma(y * alpha, 1, -0.0) is y * alpha for every value, -0.0 included
         scale, bias = (torch.ones(O), torch.full((O,), -0.0)) if bn is None else bn_affine(bn)
         if same_signs:  # a training step moved alpha or the BatchNorm statistics only
             conv = cache.conv.with_epilogue(scale, bias, prescale=alpha.clone())
         else:
-            conv = native.PackedConv(pack_signs(signs < 0), scale, bias, prescale=alpha.clone(),
+            conv = native.PackedConv(w_bits, scale, bias, prescale=alpha.clone(),
                                      in_channels=layer.in_channels, kernel=tuple(layer.kernel_size),
                                      stride=tuple(layer.stride), padding=tuple(layer.padding),
                                      dilation=tuple(layer.dilation), groups=layer.groups)

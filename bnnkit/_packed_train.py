@@ -56,14 +56,12 @@ class PackedBinaryConv(torch.autograd.Function):
 
     @staticmethod
     def forward(xb: Tensor, wb: Tensor, alpha: Tensor | None, layer: "BinaryConv2d",
-                inv_alpha: Tensor | None) -> Tensor:
-        from .deploy._bits import pack_signs
-
+                inv_alpha: Tensor | None, w_bits: Tensor) -> Tensor:
         native = _native()
         O = wb.shape[0]
         prescale = torch.ones(O) if alpha is None else alpha.detach().reshape(-1).clone()
         # without a BatchNorm, fma(y * alpha, 1, -0.0) is y * alpha for every value, -0.0 included
-        conv = native.PackedConv(pack_signs(wb.detach() < 0), torch.ones(O), torch.full((O,), -0.0),
+        conv = native.PackedConv(w_bits, torch.ones(O), torch.full((O,), -0.0),
                                  prescale=prescale, in_channels=layer.in_channels, kernel=tuple(layer.kernel_size),
                                  stride=tuple(layer.stride), padding=tuple(layer.padding),
                                  dilation=tuple(layer.dilation), groups=layer.groups)
@@ -75,7 +73,7 @@ class PackedBinaryConv(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        xb, wb, alpha, layer, inv_alpha = inputs
+        xb, wb, alpha, layer, inv_alpha, _ = inputs
         ctx.geometry = (tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation), layer.groups)
         ctx.save_for_backward(xb, wb, alpha, inv_alpha, output if alpha is not None else None)
 
@@ -96,7 +94,7 @@ class PackedBinaryConv(torch.autograd.Function):
             stride, padding, dilation, groups = ctx.geometry
             dx, dw, _ = torch.ops.aten.convolution_backward(dy, xb, wb, None, stride, padding, dilation, False,
                                                             [0, 0], groups, [need_x, need_w, False])
-        return dx, dw, dalpha, None, None
+        return dx, dw, dalpha, None, None, None
 
 
 def _strides_like_channels_last(t: Tensor) -> bool:
@@ -141,6 +139,9 @@ def packed_train_forward(layer: "BinaryConv2d", xb: Tensor, wb: Tensor) -> Tenso
             and wb.shape[1] * wb.shape[2] * wb.shape[3] < _MAX_DOT):
         return None
     takes_alpha, inv_alpha = _inverse_alpha(layer.alpha, wb.shape[0])
-    if not takes_alpha or not bool((wb.detach().abs() == 1).all()):
+    if not takes_alpha:
         return None
-    return PackedBinaryConv.apply(xb, wb, layer.alpha, layer, inv_alpha)
+    w_bits = _native().pack_weight_signs(wb.detach(), torch.get_num_threads())  # None unless exactly ±1
+    if w_bits is None:
+        return None
+    return PackedBinaryConv.apply(xb, wb, layer.alpha, layer, inv_alpha, w_bits)

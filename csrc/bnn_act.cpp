@@ -465,3 +465,23 @@ BNN_CLONES void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s
     if (a->scaled) scale_backward<true>(a, s0, s1);
     else scale_backward<false>(a, s0, s1);
 }
+
+/* Rows [o0, o1) of a weight tensor's signs, packed (WeightPackArgs). */
+void pack_weight_rows(const WeightPackArgs* a, int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+        int64_t bad = 0;
+        for (int64_t k = 0; k < a->K; ++k) {
+            for (int64_t w = 0; w < a->Cw; ++w) {
+                uint64_t word = 0;
+                const int64_t c1 = a->Cg < 64 * w + 64 ? a->Cg : 64 * w + 64;
+                for (int64_t c = 64 * w; c < c1; ++c) {
+                    const float v = a->w[BNN_AT("weight", o * a->so + c * a->sc + k * a->sk, 1, a->w_len)];
+                    word |= (uint64_t)(v < 0.0f) << (c - 64 * w);
+                    bad += v != 1.0f && v != -1.0f;
+                }
+                a->out[BNN_AT("weight words", (o * a->K + k) * a->Cw + w, 1, a->out_len)] = word;
+            }
+        }
+        a->bad[BNN_AT("weight bad counts", o, 1, a->O)] = bad;
+    }
+}

@@ -136,6 +136,18 @@ typedef struct {
 
 void scale_backward_samples(const ScaleArgs* a, int64_t s0, int64_t s1);
 
+/* Binary weights to the deploy layout: out [O][K][Cw] words, bit c % 64 of word c / 64 set where
+ * w[o, c, k] < 0 (element (o, c, k) at o*so + c*sc + k*sk); bad[o] = how many of row o's values
+ * are not exactly +1 or -1. */
+typedef struct {
+    const float* w; int64_t w_len;
+    int64_t O, Cg, K, Cw, so, sc, sk;
+    uint64_t* out; int64_t out_len;
+    int64_t* bad;                        /* [O] */
+} WeightPackArgs;
+
+void pack_weight_rows(const WeightPackArgs* a, int64_t o0, int64_t o1);
+
 /* Bounds checking (debug builds only): BNN_AT(what, idx, span, len) is idx when elements
  * [idx, idx+span) lie inside a buffer of len elements; otherwise the failure is recorded (and
  * reported as a Python exception after the call) and index 0 is used instead, so a debug build

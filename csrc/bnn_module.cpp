@@ -414,6 +414,27 @@ static PyObject* py_build_info(PyObject*, PyObject*) {
     return Py_BuildValue("{s:O,s:O}", "debug", dbg, "openmp", omp);
 }
 
+/* (threads, (w, w_len, O, Cg, K, Cw, so, sc, sk, out, out_len, bad)): pack_weight_rows over all rows */
+static PyObject* py_pack_weights(PyObject*, PyObject* args) {
+    int nt;
+    int64_t v[12];
+    if (parse_threads_call(args, &nt, v, 12, "pack_weights") < 0) return NULL;
+    WeightPackArgs a;
+    a.w = (const float*)(uintptr_t)v[0]; a.w_len = v[1];
+    a.O = v[2]; a.Cg = v[3]; a.K = v[4]; a.Cw = v[5]; a.so = v[6]; a.sc = v[7]; a.sk = v[8];
+    a.out = (uint64_t*)(uintptr_t)v[9]; a.out_len = v[10]; a.bad = (int64_t*)(uintptr_t)v[11];
+    if (!a.w || !a.out || !a.bad || a.O < 1 || a.Cg < 1 || a.K < 1 || a.Cw != (a.Cg + 63) / 64 || a.so < 0 || a.sc < 0
+        || a.sk < 0 || a.out_len != a.O * a.K * a.Cw
+        || (a.O - 1) * a.so + (a.Cg - 1) * a.sc + (a.K - 1) * a.sk >= a.w_len)
+        return PyErr_Format(PyExc_ValueError, "pack_weights: inconsistent arguments");
+    nt = threads_for(nt, a.O);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(a.O, nt, [&](int64_t b, int64_t e) { pack_weight_rows(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"bconv", py_bconv, METH_VARARGS, "bconv(isa, threads, args): binary convolution, see csrc/bnn_kernels.h"},
     {"taps", py_taps, METH_VARARGS, "taps(isa, threads, args): kernel-row taps side by side, see PackedConv"},
@@ -423,6 +444,7 @@ static PyMethodDef methods[] = {
     {"siman_weight", py_siman_weight, METH_VARARGS, "siman_weight(threads, args): SiMaN's weight code and statistics, see csrc/bnn_act.cpp"},
     {"siman_center_ranks", py_siman_center_ranks, METH_VARARGS, "siman_center_ranks(threads, args): SiMaN's centring and clipping percentiles"},
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
+    {"pack_weights", py_pack_weights, METH_VARARGS, "pack_weights(threads, args): binary weights to packed sign bits"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},
     {NULL, NULL, 0, NULL},

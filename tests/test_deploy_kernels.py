@@ -192,6 +192,27 @@ def test_pack_reads_nchw_as_channels_last(shape, groups, debug_lib):
         assert torch.equal(bits, results[0][0]) and torch.equal(ties, results[0][1])
 
 
+def test_weight_signs_pack_natively_and_refuse_anything_but_plus_minus_one(debug_lib):
+    """pack_weight_signs: _bits.pack_signs's words for ±1 weights in any layout (3 words, a
+    sliced kernel), on 1 and 2 threads and in the bounds-checked build; None for 0, -0.0, a
+    scaled sign or NaN anywhere."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.where(torch.rand(6, 130, 3, 3, generator=gen) < 0.5, -1.0, 1.0)
+    views = [w, w.contiguous(memory_format=torch.channels_last), w[:, :, :, :2], w[:, 5:70]]
+    for lib in (_native.lib(), debug_lib):
+        old = _native.set_library(lib)
+        try:
+            for view in views:
+                for threads in (1, 2):
+                    assert torch.equal(_native.pack_weight_signs(view, threads), pack_signs(view < 0))
+            for bad in (0.0, -0.0, 0.5, float("nan")):
+                v = w.clone()
+                v[4, 129, 2, 1] = bad
+                assert _native.pack_weight_signs(v, 2) is None, bad
+        finally:
+            _native.set_library(old)
+
+
 def test_pack_bit_layout():
     x = torch.ones(1, 70, 2, 1)
     x[0, 0, 0, 0] = -1.0       # word 0 bit 0

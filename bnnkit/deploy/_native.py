@@ -143,6 +143,25 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
         ties = _scratch.ties = torch.empty((found, 4), dtype=torch.int32)  # rare: room for all, pack again
 
 
+def pack_weight_signs(weight: torch.Tensor, threads: int) -> torch.Tensor | None:
+    """float32 CPU weights [O, Cg, KH, KW] that are exactly +1 or -1 -> their packed signs int64
+    [O, KH*KW, Cw] (bit 1 = -1, as _bits.pack_signs), in one native pass that also checks the
+    values; None when any value is not exactly ±1 (0, -0.0, a scale, NaN)."""
+    _need(weight.dim() == 4 and weight.dtype == torch.float32 and weight.device.type == "cpu",
+          "pack_weight_signs takes float32 CPU weights [O, Cg, KH, KW]")
+    O, Cg, KH, KW = weight.shape
+    so, sc, sh, sw = weight.stride()
+    if sh != KW * sw or min(weight.stride()) < 0:  # (kh, kw) must flatten to one stride
+        weight = weight.contiguous()
+        so, sc, sh, sw = weight.stride()
+    Cw, K = words(Cg), KH * KW
+    out = torch.empty((O, K, Cw), dtype=torch.int64)
+    bad = torch.empty(O, dtype=torch.int64)
+    lib().pack_weights(threads, (weight.data_ptr(), weight.untyped_storage().nbytes() // 4 - weight.storage_offset(),
+                                 O, Cg, K, Cw, so, sc, sw, out.data_ptr(), out.numel(), bad.data_ptr()))
+    return None if bool(bad.any()) else out
+
+
 def epilogue_constants(prescale: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return (prescale.float().view(1, -1, 1, 1).clone(), scale.double().view(1, -1, 1, 1).clone(),
             bias.double().view(1, -1, 1, 1).clone())
