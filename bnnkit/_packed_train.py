@@ -11,7 +11,9 @@ The backward stays float, as the gradients are real: it calls the aten::convolut
 that autograd's ConvolutionBackward0 calls, with the same saved ±1 input and weight, so the
 gradients are the same bits too. alpha's gradient, sum(g * y), needs y: it is recovered exactly
 from the saved output y * alpha (integer |y| < 2^21 and |alpha| within [2^-60, 2^60]), so the
-layer keeps one activation-sized tensor fewer than conv2d followed by `* alpha`.
+layer keeps one activation-sized tensor fewer than conv2d followed by `* alpha`. Like
+torch.exp's, this output is saved for the backward: modifying it in place before the backward
+raises autograd's in-place error (the published models feed it to a BatchNorm).
 
 BinaryConv2d.forward calls `packed_train_forward` after the quantizers and falls back to
 F.conv2d wherever it returns None: with the eager or compiled kernels (`--kernels`), off CPU, for
