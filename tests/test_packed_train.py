@@ -176,3 +176,14 @@ def test_packed_training_output_takes_conv2d_layout(spatial, kernel):
             outs = [_with_packed(p, lambda: layer(x)) for p in (True, False)]
             assert outs[0].stride() == outs[1].stride(), (x_layout, w_layout)
             assert torch.equal(outs[0], outs[1])
+
+
+def test_packed_training_output_modified_in_place_is_refused_not_silently_wrong():
+    """alpha's gradient is computed from the saved output: an in-place change to it before the
+    backward must raise autograd's error, never give a wrong gradient."""
+    layer = _layer("siman", padding=1)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    out = _with_packed(True, lambda: layer(x))
+    out.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
