@@ -84,6 +84,14 @@ def _foldable(bn: nn.Module, channels: int) -> bool:
                     for t in _bn_state(bn)[:4]))
 
 
+def layer_packed_conv(layer: "BinaryConv2d", w_bits: Tensor, prescale: Tensor, scale: Tensor, bias: Tensor):
+    """The deploy runtime's PackedConv for this layer's geometry: packed weights w_bits, epilogue
+    fma(y * prescale, scale, bias) per output channel."""
+    return _native().PackedConv(w_bits, scale, bias, prescale=prescale, in_channels=layer.in_channels,
+                                kernel=tuple(layer.kernel_size), stride=tuple(layer.stride),
+                                padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups)
+
+
 def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None,
                    residual: Tensor | None = None) -> Tensor | None:
     """The eval-mode output conv2d(input_quantizer(x), weight_quantizer(weight)) * alpha computed
@@ -118,16 +126,13 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
         if not same_signs and w_bits is None:  # not exactly ±1
             layer.__dict__[key] = None
             return None
-        from .deploy._affine import bn_affine
-        # without bn, fma(y * alpha, 1, -0.0) is y * alpha for every value, -0.0 included
-        scale, bias = (torch.ones(O), torch.full((O,), -0.0)) if bn is None else bn_affine(bn)
+        from .deploy._affine import epilogue_affine
+
+        scale, bias = epilogue_affine(bn, O)
         if same_signs:  # a training step moved alpha or the BatchNorm statistics only
             conv = cache.conv.with_epilogue(scale, bias, prescale=alpha.clone())
         else:
-            conv = native.PackedConv(w_bits, scale, bias, prescale=alpha.clone(),
-                                     in_channels=layer.in_channels, kernel=tuple(layer.kernel_size),
-                                     stride=tuple(layer.stride), padding=tuple(layer.padding),
-                                     dilation=tuple(layer.dilation), groups=layer.groups)
+            conv = layer_packed_conv(layer, w_bits, alpha.clone(), scale, bias)
         bn_state = None if bn is None else tuple(t.detach().clone() if isinstance(t, Tensor) else t
                                                   for t in _bn_state(bn))
         cache = layer.__dict__[key] = _PackedWeights(signs.detach().clone(), alpha.clone(), bn_state, conv)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import functional
-from ._packed_eval import _native
+from ._packed_eval import _native, layer_packed_conv
 
 if TYPE_CHECKING:
     from .layers import BinaryConv2d
@@ -59,14 +59,12 @@ class PackedBinaryConv(torch.autograd.Function):
     @staticmethod
     def forward(xb: Tensor, wb: Tensor, alpha: Tensor | None, layer: "BinaryConv2d",
                 inv_alpha: Tensor | None, w_bits: Tensor) -> Tensor:
+        from .deploy._affine import epilogue_affine  # the deploy package stays unimported until first use
+
         native = _native()
         O = wb.shape[0]
         prescale = torch.ones(O) if alpha is None else alpha.detach().reshape(-1).clone()
-        # without a BatchNorm, fma(y * alpha, 1, -0.0) is y * alpha for every value, -0.0 included
-        conv = native.PackedConv(w_bits, torch.ones(O), torch.full((O,), -0.0),
-                                 prescale=prescale, in_channels=layer.in_channels, kernel=tuple(layer.kernel_size),
-                                 stride=tuple(layer.stride), padding=tuple(layer.padding),
-                                 dilation=tuple(layer.dilation), groups=layer.groups)
+        conv = layer_packed_conv(layer, w_bits, prescale, *epilogue_affine(None, O))
         threads, isa, pad = torch.get_num_threads(), native.resolve_isa(), tuple(layer.padding)
         bits, _, ties = native.pack(xb.detach(), groups=layer.groups, pad=pad, center=False, isa=isa, threads=threads)
         # conv2d's layout, which later ops (BatchNorm's kernel choice, so its rounding) follow

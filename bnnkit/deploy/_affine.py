@@ -26,6 +26,14 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return a, fma_float32(-mean, a, bias)
 
 
+def epilogue_affine(bn: nn.Module | None, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (scale, bias) of a binary conv's epilogue fma(y, scale, bias): bn_affine(bn), or without
+    a BatchNorm (1, -0.0), for which fma(y, 1, -0.0) is y for every value, -0.0 included."""
+    if bn is None:
+        return torch.ones(channels), torch.full((channels,), -0.0)
+    return bn_affine(bn)
+
+
 def fma_float32(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """x * y + z for float32 vectors with a single rounding to float32 (nearest, ties to even).
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ._affine import bn_affine
+from ._affine import epilogue_affine
 from ._bits import pack_signs
 from ._errors import DeployExportError
 from ._format import write
@@ -102,8 +102,7 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
         prescale = alpha if bool((m == 1).all()) else prescale * alpha
     if getattr(conv, "bias", None) is not None:
         raise DeployExportError(f"{name}: binary convs with a bias are not supported")
-    # without a BatchNorm: fma(y, 1, -0.0) is y for every value, -0.0 included
-    scale, bias = (torch.ones(O), torch.full((O,), -0.0)) if bn is None else bn_affine(bn)
+    scale, bias = epilogue_affine(bn, O)
     binary_input = bool(getattr(conv, "binary_input", True))
     quant = getattr(conv, "input_quantizer", None)
     attrs = {"in_channels": conv.in_channels, "out_channels": O, "kernel": _pair(conv.kernel_size),
