@@ -12,17 +12,19 @@ not exactly ±1 (XNOR's ±mean|w|, a weight exactly 0), for real inputs (1w32a) 
 not declared `sign_valued`, or when the native kernels are not built. `set_enabled(False)` or
 BNNKIT_PACKED_EVAL=0 turns it off.
 
-Models write each `bn(conv(x)) + residual` as `conv_bn(conv, bn, x, residual)` (bnnkit.layers):
-there the kernel's epilogue also applies the eval-mode BatchNorm, as the fused multiply-add
-PyTorch's CPU kernel computes (deploy/_affine.py), and adds the residual with one float32
-rounding, so BatchNorm and the add cost no pass of their own and the bits are still the same.
+Models write each `act(bn(conv(x)) + residual)` as `conv_bn(conv, bn, x, residual, act)`
+(bnnkit.layers): there the kernel's epilogue also applies the eval-mode BatchNorm, as the fused
+multiply-add PyTorch's CPU kernel computes (deploy/_affine.py), adds the residual with one float32
+rounding and applies a PReLU or Hardtanh with PyTorch's formula, so none of them costs a pass of
+its own and the bits are still the same.
 """
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
 
@@ -92,13 +94,31 @@ def layer_packed_conv(layer: "BinaryConv2d", w_bits: Tensor, prescale: Tensor, s
                                 padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups)
 
 
+def _kernel_nonlinearity(nonlinearity, channels: int):
+    """The kernel's form of a PReLU or Hardtanh (deploy._native.Nonlinearity), or None for any
+    other callable, which then runs as given."""
+    nat = _native()
+    if nonlinearity is F.hardtanh:
+        return nat.Nonlinearity.hardtanh(-1.0, 1.0)
+    if not isinstance(nonlinearity, nn.Module) or not _no_hooks(nonlinearity):
+        return None
+    if type(nonlinearity) is nn.Hardtanh:
+        return nat.Nonlinearity.hardtanh(nonlinearity.min_val, nonlinearity.max_val)
+    if (type(nonlinearity) is nn.PReLU and nonlinearity.weight.dtype == torch.float32
+            and nonlinearity.weight.device.type == "cpu" and nonlinearity.weight.numel() in (1, channels)):
+        return nat.Nonlinearity.prelu(nonlinearity.weight, channels)
+    return None
+
+
 def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None,
-                   residual: Tensor | None = None) -> Tensor | None:
+                   residual: Tensor | None = None, nonlinearity: Callable[[Tensor], Tensor] | None = None) -> Tensor | None:
     """The eval-mode output conv2d(input_quantizer(x), weight_quantizer(weight)) * alpha computed
     on packed bits, in x's memory format, or None where that path does not apply. The kernel's
     epilogue multiplies the exact integer by alpha with one float32 rounding, as `y * alpha` does.
-    With `bn` (called by conv_bn) it returns bn(y), and with `residual` bn(y) + residual, both
-    applied in the kernel's epilogue with PyTorch's roundings (None where `bn` cannot be folded).
+    With `bn` (called by conv_bn) it returns bn(y), with `residual` bn(y) + residual, and with
+    `nonlinearity` that applied last, all in the kernel's epilogue with PyTorch's roundings (None
+    where `bn` cannot be folded; a nonlinearity other than PReLU and Hardtanh, or a residual in
+    another layout, runs after the kernel).
     Calls the weight quantizer exactly as the float path does (its side effects, such as SiMaN's
     in-place centring of the latent weights, are part of the model's behaviour)."""
     if (not _state["enabled"] or layer.training or torch.is_grad_enabled()
@@ -148,16 +168,17 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     # later reductions (the next SiMaN mean, pooling) must see the layout the float conv would give
     nchw = not native.is_channels_last(x)
     Ho, Wo = conv.out_size(x.shape[2], x.shape[3])
-    # The add is fused for channels-last outputs only: into NCHW output the kernel stores 8 channel
-    # planes at a time, and reading 8 residual planes alongside measured slower than PyTorch's
-    # separate add (ResNet-20, 16 channels at 32x32, batch 256: 11.0 against 10.2 ms; channels-last
-    # 6.6 against 24.5 ms).
-    same_layout = residual is not None and (
+    # The residual and nonlinearity are fused where the residual has the output's layout (in
+    # NCHW too since the kernel stores whole channel rows: ResNet-20's 16-channel 32x32 layer at
+    # batch 256, conv + add + PReLU 10.1 ms fused against 12.9 ms in three passes)
+    fused_residual = residual is not None and (
         residual.dtype == torch.float32 and residual.device.type == "cpu" and tuple(residual.shape) == (x.shape[0], O, Ho, Wo)
         and residual.is_contiguous(memory_format=torch.contiguous_format if nchw else torch.channels_last))
+    kernel_nonlin = None
+    if nonlinearity is not None and (residual is None or fused_residual):
+        kernel_nonlin = _kernel_nonlinearity(nonlinearity, O)
     out = conv(bits, x.shape[2], x.shape[3], pad, isa=isa, threads=threads, ties=ties, nchw=nchw,
-               residual=residual if same_layout and not nchw else None)
-    if residual is None or (same_layout and not nchw):
-        return out
-    # in place where the result keeps out's layout anyway; else PyTorch's layout rules decide it
-    return out.add_(residual) if same_layout else out + residual
+               residual=residual if fused_residual else None, nonlinearity=kernel_nonlin)
+    if residual is not None and not fused_residual:
+        out = out + residual  # PyTorch's layout rules decide the result's
+    return out if nonlinearity is None or kernel_nonlin is not None else nonlinearity(out)

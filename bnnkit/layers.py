@@ -1,7 +1,7 @@
 """The binary convolution every bnnkit model is built from."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,17 +55,20 @@ class BinaryConv2d(nn.Conv2d):
         return super().extra_repr() + ("" if self.binary_input else ", binary_input=False")
 
 
-def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor:
-    """bn(conv(x)), plus `residual` when given: the shape of every binary block. In eval mode on
-    CPU a BinaryConv2d's packed kernels apply the BatchNorm and the add in their epilogue, with
-    PyTorch's float32 roundings (bnnkit._packed_eval), so the result is the same to the last bit;
-    anywhere else, and for any other conv (the float twin's, a tracer's), it runs as written."""
+def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None = None,
+            nonlinearity: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """nonlinearity(bn(conv(x)) + residual), residual and nonlinearity optional: the shape of every
+    binary block. In eval mode on CPU a BinaryConv2d's packed kernels apply the BatchNorm, the add
+    and a PReLU or Hardtanh in their epilogue, with PyTorch's float32 roundings
+    (bnnkit._packed_eval), so the result is the same to the last bit; anywhere else, and for any
+    other conv (the float twin's, a tracer's), it runs as written."""
     if isinstance(conv, BinaryConv2d) and isinstance(x, Tensor) and (residual is None or isinstance(residual, Tensor)):
-        y = packed_forward(conv, x, bn=bn, residual=residual)
+        y = packed_forward(conv, x, bn=bn, residual=residual, nonlinearity=nonlinearity)
         if y is not None:
             return y
     y = bn(conv(x))
-    return y if residual is None else y + residual
+    y = y if residual is None else y + residual
+    return y if nonlinearity is None else nonlinearity(y)
 
 
 def binary_convs(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:

@@ -105,6 +105,59 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
     return any;
 }
 
+/* The nonlinearity of BConvArgs on the result v of output channel o. */
+static inline float bconv_nonlin(const BConvArgs* a, float v, int64_t o) {
+    if (a->nonlin == 1) {
+        const float s = a->nonlin_p[BNN_AT("bconv PReLU slopes", o, 1, a->nonlin_len)];
+        return v > 0.0f ? v : s * v;
+    }
+    if (a->nonlin == 2) return v < a->nonlin_p[0] ? a->nonlin_p[0] : (v > a->nonlin_p[1] ? a->nonlin_p[1] : v);
+    return v;
+}
+
+/* dst[x] = nonlin(src[x] (+ res[x])) for x < n, channel o: one loop per case, each a single pass
+ * that vectorizes. */
+template <int NL, bool RES>
+static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, float p0, float p1) {
+    for (int64_t x = 0; x < n; ++x) {
+        float v = src[x];
+        if (RES) v += res[x];  /* only with one: + 0 would turn -0.0 into +0.0 */
+        /* both sides computed unconditionally: a conditional multiply or compare may raise a
+         * floating-point exception, so the compiler would not vectorize it (and it sinks a
+         * ternary's multiply back into a branch: hence the bitwise select) */
+        if (NL == 1) {
+            const float m = p0 * v;
+            const uint32_t keep = 0u - (uint32_t)(v > 0.0f);
+            uint32_t vb, mb;
+            memcpy(&vb, &v, 4);
+            memcpy(&mb, &m, 4);
+            vb = (vb & keep) | (mb & ~keep);
+            memcpy(&v, &vb, 4);
+        }
+        if (NL == 2) {
+            const bool lt = v < p0, gt = v > p1;
+            v = lt ? p0 : (gt ? p1 : v);
+        }
+        dst[x] = v;
+    }
+}
+
+static inline void bconv_store_channel_row(const BConvArgs* a, const float* src, const float* res, float* dst,
+                                           int64_t n, int64_t o) {
+    float p0 = 0.0f, p1 = 0.0f;
+    if (a->nonlin == 1) p0 = a->nonlin_p[BNN_AT("bconv PReLU slopes", o, 1, a->nonlin_len)];
+    if (a->nonlin == 2) { p0 = a->nonlin_p[0]; p1 = a->nonlin_p[1]; }
+    if (res) {
+        if (a->nonlin == 1) store_channel_row<1, true>(src, res, dst, n, p0, p1);
+        else if (a->nonlin == 2) store_channel_row<2, true>(src, res, dst, n, p0, p1);
+        else store_channel_row<0, true>(src, res, dst, n, p0, p1);
+    } else {
+        if (a->nonlin == 1) store_channel_row<1, false>(src, res, dst, n, p0, p1);
+        else if (a->nonlin == 2) store_channel_row<2, false>(src, res, dst, n, p0, p1);
+        else store_channel_row<0, false>(src, res, dst, n, p0, p1);
+    }
+}
+
 /* T output pixels (ox ... ox+T-1 of row oy) by NB blocks of 8 output channels (ob, ob+1, ...).
  * offs[i], i = k*Cw + w: word offset of (kernel position k, word w) from a pixel's first word.
  * The epilogue writes NHWC output directly, or with rowbuf (NCHW output) the row's [NB][Wo][8]
@@ -161,42 +214,43 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
                     const float* r = a->res + BNN_AT("bconv residual", o0 + t * O, nch, a->res_len);
                     for (int j = 0; j < nch; ++j) dst[j] += r[j];
                 }
+                if (a->nonlin)
+                    for (int j = 0; j < nch; ++j) dst[j] = bconv_nonlin(a, dst[j], g * a->Og + (ob + b) * 8 + j);
             }
         }
     }
 }
 
-/* NCHW output: the row's [NB][Wo][8] results, transposed 8 pixels at a time into Wo contiguous
- * values per channel */
-static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, int64_t n, int64_t oy, int64_t g,
-                                  int64_t ob, int NB) {
+/* NCHW output: the row's [NB][Wo][8] results, transposed into tmp's [8][Wo] (one channel's row
+ * contiguous), then stored one channel row after the other. Storing 8 channels' rows
+ * interleaved, 8 pixels at a time, revisited each cache line once per 8 pixels across 8 planes
+ * (16 with a residual) that are often a multiple of 4 KiB apart, which evicted the lines between
+ * visits. */
+static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, float* tmp, int64_t n, int64_t oy,
+                                  int64_t g, int64_t ob, int NB) {
+    const int64_t Wo = a->Wo;
     for (int b = 0; b < NB; ++b) {
         int nch = (int)(a->Og - (ob + b) * 8);
         if (nch > 8) nch = 8;
         const int64_t ch0 = g * a->Og + (ob + b) * 8;
-        const float* rb = rowbuf + (int64_t)b * a->Wo * 8;
+        const float* rb = rowbuf + (int64_t)b * Wo * 8;
         int64_t x = 0;
         float col[8][8];
-        for (; x + 8 <= a->Wo; x += 8) {
+        for (; x + 8 <= Wo; x += 8) {
             transpose8(rb + x * 8, col);
-            for (int j = 0; j < nch; ++j) {
-                const int64_t i = bconv_out_index(a, n, ch0 + j, oy, x);
-                float* dst = a->out + BNN_AT("bconv output", i, 8, a->out_len);
-                if (a->res) {
-                    const float* r = a->res + BNN_AT("bconv residual", i, 8, a->res_len);
-                    for (int k = 0; k < 8; ++k) dst[k] = col[j][k] + r[k];
-                } else {
-                    memcpy(dst, col[j], 8 * sizeof(float));
-                }
-            }
+            for (int j = 0; j < 8; ++j) memcpy(tmp + j * Wo + x, col[j], 8 * sizeof(float));
         }
-        for (int j = 0; j < nch; ++j)
-            for (int64_t xr = x; xr < a->Wo; ++xr) {
-                const int64_t i = bconv_out_index(a, n, ch0 + j, oy, xr);
-                float v = rb[xr * 8 + j];
-                if (a->res) v += a->res[BNN_AT("bconv residual", i, 1, a->res_len)];  /* not + 0: keeps -0.0 */
-                a->out[BNN_AT("bconv output", i, 1, a->out_len)] = v;
-            }
+        for (; x < Wo; ++x)
+            for (int j = 0; j < 8; ++j) tmp[j * Wo + x] = rb[x * 8 + j];
+        for (int j = 0; j < nch; ++j) {
+            const int64_t i = bconv_out_index(a, n, ch0 + j, oy, 0);
+            float* dst = a->out + BNN_AT("bconv output", i, Wo, a->out_len);
+            const float* r = a->res ? a->res + BNN_AT("bconv residual", i, Wo, a->res_len) : NULL;
+            bconv_store_channel_row(a, tmp + j * Wo, r, dst, Wo, ch0 + j);
+            if (r && oy + 1 < a->Ho)  /* the next row's, for the task that follows: the residual's
+                                       * short rows, planes apart, defeat the hardware prefetchers */
+                for (int64_t x = 0; x < Wo; x += 16) __builtin_prefetch(r + Wo + x);
+        }
     }
 }
 
@@ -209,7 +263,7 @@ static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, int64
 
 template <int T, int NB>
 static inline void bconv_tiles(const BConvArgs* a, const int64_t* offs, int64_t n, int64_t oy, int64_t g,
-                               int64_t ob, float* rowbuf) {
+                               int64_t ob, float* rowbuf, float* tmp) {
     int64_t ox = 0;
     for (; ox + T <= a->Wo; ox += T) bconv_tile<T, NB>(a, offs, n, oy, ox, g, ob, rowbuf);
     if (T > 8)
@@ -224,7 +278,7 @@ static inline void bconv_tiles(const BConvArgs* a, const int64_t* offs, int64_t 
         case 6: bconv_tile<6, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
         default: bconv_tile<7, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
     }
-    if (rowbuf) store_row_nchw(a, rowbuf, n, oy, g, ob, NB);
+    if (rowbuf) store_row_nchw(a, rowbuf, tmp, n, oy, g, ob, NB);
 }
 
 /* Tasks: (n, oy, g, group of BNN_BLOCKS blocks of 8 output channels), the last index fastest. */
@@ -237,7 +291,9 @@ static void bconv_run(const BConvArgs* a, int64_t t0, int64_t t1) {
     const int64_t OBP = (a->OBg + BNN_BLOCKS - 1) / BNN_BLOCKS;
     int64_t small[1024];
     int64_t* offs = KC <= 1024 ? small : (int64_t*)malloc((size_t)KC * sizeof(int64_t));
-    float* rowbuf = a->out_nchw ? (float*)malloc((size_t)(BNN_BLOCKS * a->Wo * 8) * sizeof(float)) : NULL;
+    /* NCHW: the row's results [BNN_BLOCKS][Wo][8], then their transpose [8][Wo] */
+    float* rowbuf = a->out_nchw ? (float*)malloc((size_t)((BNN_BLOCKS + 1) * a->Wo * 8) * sizeof(float)) : NULL;
+    float* tmp = rowbuf ? rowbuf + BNN_BLOCKS * a->Wo * 8 : NULL;
     if (!offs || (a->out_nchw && !rowbuf)) {
         if (offs != small) free(offs);
         free(rowbuf);
@@ -255,10 +311,10 @@ static void bconv_run(const BConvArgs* a, int64_t t0, int64_t t1) {
         const int64_t n = r / a->Ho;
         const int64_t ob = obp * BNN_BLOCKS;
         if (BNN_BLOCKS == 2 && ob + 1 < a->OBg)
-            bconv_tiles<BNN_TILE, BNN_BLOCKS>(a, offs, n, oy, g, ob, rowbuf);
+            bconv_tiles<BNN_TILE, BNN_BLOCKS>(a, offs, n, oy, g, ob, rowbuf, tmp);
         else
             for (int64_t b = ob; b < a->OBg && b < ob + BNN_BLOCKS; ++b)
-                bconv_tiles<BNN_TILE, 1>(a, offs, n, oy, g, b, rowbuf);
+                bconv_tiles<BNN_TILE, 1>(a, offs, n, oy, g, b, rowbuf, tmp);
     }
     if (offs != small) free(offs);
     free(rowbuf);

@@ -55,7 +55,13 @@ typedef struct {
     const float* res; int64_t res_len;   /* NULL, or a residual in the output's layout and shape,
                                           * added to each result after its epilogue (one rounding,
                                           * as PyTorch's `bn(conv(x)) + residual`) */
+    /* The block's nonlinearity, applied to each result last (after the residual), with PyTorch's
+     * own formula so the bits are the same: 0 none; 1 PReLU, nonlin_p = [G*Og] slopes,
+     * v > 0 ? v : slope * v; 2 Hardtanh, nonlin_p = [lo, hi], v < lo ? lo : v > hi ? hi : v
+     * (NaN and -0.0 pass through, as torch.clamp's). */
+    int64_t nonlin; const float* nonlin_p; int64_t nonlin_len;
 } BConvArgs;
+
 
 /* Index of output (n, channel o, row oy, column ox) in either layout. */
 static inline int64_t bconv_out_index(const BConvArgs* a, int64_t n, int64_t o, int64_t oy, int64_t ox) {

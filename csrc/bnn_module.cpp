@@ -182,8 +182,8 @@ static int sort_ties(BConvArgs* a, std::vector<int32_t>& sorted, std::vector<int
 
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
-    int64_t v[47];
-    if (parse_call(args, &isa, &nt, v, 47, "bconv") < 0) return NULL;
+    int64_t v[50];
+    if (parse_call(args, &isa, &nt, v, 50, "bconv") < 0) return NULL;
     BConvArgs a;
     a.act = (const uint64_t*)(uintptr_t)v[0]; a.act_len = v[1];
     a.N = v[2]; a.H = v[3]; a.W = v[4]; a.Hp = v[5]; a.Wp = v[6]; a.bpad_h = v[7]; a.bpad_w = v[8];
@@ -202,6 +202,13 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.tie_w = (const int8_t*)(uintptr_t)v[40]; a.tie_w_len = v[41];
     a.tie_KW = v[42]; a.tie_dw = v[43]; a.tie_Cg = v[44];
     a.res = (const float*)(uintptr_t)v[45]; a.res_len = v[46];
+    a.nonlin = v[47]; a.nonlin_p = (const float*)(uintptr_t)v[48]; a.nonlin_len = v[49];
+    if (!(a.nonlin == 0 || (a.nonlin == 1 && a.nonlin_p && a.nonlin_len == a.G * a.Og) ||
+          (a.nonlin == 2 && a.nonlin_p && a.nonlin_len == 2))) {
+        PyErr_Format(PyExc_ValueError, "bconv: nonlinearity %lld with %lld parameters (PReLU needs one per output "
+                     "channel, Hardtanh two)", (long long)a.nonlin, (long long)a.nonlin_len);
+        return NULL;
+    }
     std::vector<int32_t> tie_sorted;
     std::vector<int64_t> tie_rows;
     if (a.nties > 0 && sort_ties(&a, tie_sorted, tie_rows) < 0) return NULL;

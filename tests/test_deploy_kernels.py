@@ -135,6 +135,47 @@ def test_residual_is_added_after_the_epilogue(case, isa, nchw):
              residual=res.contiguous(memory_format=torch.channels_last if nchw else torch.contiguous_format))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 5, 7, 10)], ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
+def test_nonlinearity_is_applied_last_as_pytorch_does(case, isa, nchw):
+    """conv(..., residual=r, nonlinearity=PReLU or Hardtanh) == torch's prelu / hardtanh of
+    conv(...) + r to the bit: signed zeros, NaN, infinities, the clamp bounds and values one ulp
+    either side of them included; with and without a residual, one slope or one per channel."""
+    N, C, O, H, W, k, s, p, d, g, center, _ = case
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(N, C, H, W, generator=gen)
+    w = torch.randn(O, C // g, k, k, generator=gen) < 0
+    conv = _native.PackedConv(pack_signs(w), torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen) * 0.5,
+                              prescale=(torch.rand(O, generator=gen) + 0.5) / (C // g), in_channels=C,
+                              kernel=(k, k), stride=(s, s), padding=(p, p), dilation=(d, d), groups=g)
+    layout = torch.contiguous_format if nchw else torch.channels_last
+    bits, _, ties = _native.pack(x.contiguous(memory_format=layout), groups=g, pad=(p, p), center=center, isa=isa,
+                                 threads=2)
+    plain = conv(bits, H, W, (p, p), isa=isa, threads=2, ties=ties, nchw=nchw)
+    res = torch.randn(plain.shape, generator=gen)
+    one = torch.tensor([1.0, -1.0])
+    special = torch.cat([torch.tensor([-0.0, 0.0, float("nan"), float("inf"), -float("inf"), 0.5, -0.25]), one,
+                         torch.nextafter(one, one * 2), torch.nextafter(one, one * 0)])
+    every5 = res.view(-1)[::5]
+    every5.copy_(special.repeat(every5.numel() // len(special) + 1)[: every5.numel()])
+    res.view(-1)[3::13] = -plain.reshape(-1)[3::13]  # sums of exactly 0
+    res = res.contiguous(memory_format=layout)
+    slopes = torch.randn(O, generator=gen)
+    cases = [(_native.Nonlinearity.prelu(slopes, O), lambda t: torch.prelu(t, slopes)),
+             (_native.Nonlinearity.prelu(slopes[:1], O), lambda t: torch.prelu(t, slopes[:1])),
+             (_native.Nonlinearity.hardtanh(-1.0, 1.0), torch.nn.functional.hardtanh),
+             (_native.Nonlinearity.hardtanh(-0.25, 0.5), lambda t: torch.nn.functional.hardtanh(t, -0.25, 0.5))]
+    for nonlin, torch_fn in cases:
+        for r in (None, res):
+            out = conv(bits, H, W, (p, p), isa=isa, threads=2, ties=ties, nchw=nchw, residual=r, nonlinearity=nonlin)
+            want = torch_fn(plain if r is None else plain + r)
+            same = (out == want) | (out.isnan() & want.isnan())
+            assert same.all() and torch.equal(torch.signbit(out), torch.signbit(want)), (nonlin.kind, r is None)
+            assert out.is_contiguous(memory_format=layout)
+    assert not torch.equal(torch.prelu(plain + res, slopes), plain + res)  # the cases do clamp and scale
+
+
 def test_isa_paths_and_thread_counts_agree_bitwise():
     assert ISAS[0] == "portable"
     for case in CASES:
@@ -314,7 +355,7 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
     args = [bits.data_ptr(), bits.numel() - 7, N, H, W, H + 2, W + 2, 1, 1, 1, C, 1, O, 1, k, k, 1, 1, 1, 1, 1, 1, H, W,
             conv.wk.data_ptr(), conv.wk.numel(), table.data_ptr(), table.numel(),
             conv.scale.data_ptr(), conv.bias.data_ptr(), conv.scale.numel(), out.data_ptr(), out.numel(), 0, 0,
-            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1], 0, 0, k, 1, C, 0, 0]
+            conv.pre.data_ptr(), 0, row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1], 0, 0, k, 1, C, 0, 0, 0, 0, 0]
     for isa in ISAS:
         with pytest.raises(RuntimeError, match="bounds check failed.*bconv activations"):
             debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
@@ -357,6 +398,16 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
                 debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
     args[36] = 0
     args[45:47] = [0, 0]
+    slopes = torch.ones(O)
+    for kind, n in ((1, O - 1), (2, 3), (3, 0), (1, 0)):                 # wrong parameter counts: refused
+        args[47:50] = [kind, slopes.data_ptr() if n else 0, n]
+        with pytest.raises(ValueError, match="nonlinearity"):
+            debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)
+    for nchw in (0, 1):                                                  # a PReLU within bounds: fine
+        args[36], args[47:50] = nchw, [1, slopes.data_ptr(), O]
+        for isa in ISAS:
+            debug_lib.bconv(_native.ISA_CODES[isa], 1, args)
+    args[36], args[47:50] = 0, [0, 0, 0]
     args[6] = W + 4                                            # lie about the row length: caught
     with pytest.raises(RuntimeError, match="bounds check failed"):
         debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)

@@ -216,6 +216,47 @@ def test_conv_bn_folds_only_what_it_reproduces():
         assert packed_model.layer1[0].conv2.__dict__.get("_packed_weights_bn") is not None  # its neighbour folds
 
 
+@pytest.mark.parametrize("name,method,settings", [("resnet20_1w1a", "siman", {}), ("resnet18_1w1a", "biper", {"stage": 2})])
+def test_conv_bn_applies_the_block_nonlinearity_in_the_kernel(monkeypatch, name, method, settings):
+    """In packed eval the PReLU (SiMaN) and Hardtanh (BiPer, F.hardtanh) after conv_bn run in the
+    kernel's epilogue: the modules and functions are not called, and the logits keep their bits.
+    A nonlinearity with a forward hook runs as written, its hook with it."""
+    import copy
+
+    torch.manual_seed(0)
+    model = bnnkit.create_model(name, method, **settings)
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    calls = {"prelu": 0, "hardtanh": 0}
+    prelu_forward, hardtanh = torch.nn.PReLU.forward, F.hardtanh
+
+    def counting_prelu(self, t):
+        calls["prelu"] += 1
+        return prelu_forward(self, t)
+
+    def counting_hardtanh(t, *args, **kwargs):
+        calls["hardtanh"] += 1
+        return hardtanh(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.PReLU, "forward", counting_prelu)
+    monkeypatch.setattr(F, "hardtanh", counting_hardtanh)
+    want = _eval_logits(model, x, False)
+    unfused = dict(calls)
+    assert max(unfused.values()) >= 8  # every block's nonlinearity ran
+    calls.update(prelu=0, hardtanh=0)
+    assert torch.equal(_eval_logits(model, x, True), want)
+    assert calls == {"prelu": 0, "hardtanh": 0}, calls
+
+    if method == "siman":  # a hook makes the PReLU observable: it runs as a module again
+        hooked = copy.deepcopy(model)
+        seen = []
+        hooked.layer1[0].nonlinear1.register_forward_hook(lambda mod, inp, out: seen.append(out.clone()))
+        assert torch.equal(_eval_logits(hooked, x, True), want)
+        assert calls["prelu"] == 1 and len(seen) == 1
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(bnnkit.UnknownNameError, match="valid models: .*resnet20_1w1a"):
         bnnkit.create_model("resnet21_1w1a")

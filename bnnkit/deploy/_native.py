@@ -174,6 +174,26 @@ def epilogue(dots: torch.Tensor, prescale: torch.Tensor, scale: torch.Tensor, bi
     return torch.addcmul(bias, (dots * prescale).double(), scale).float()
 
 
+class Nonlinearity:
+    """A nonlinearity the binary conv applies to its results last (after a residual), with
+    PyTorch's CPU formula, so the bits equal the module's: PReLU v > 0 ? v : slope * v (one slope
+    per output channel), Hardtanh v < lo ? lo : v > hi ? hi : v (NaN and -0.0 pass through)."""
+
+    __slots__ = ("kind", "params")
+
+    def __init__(self, kind: int, params: torch.Tensor) -> None:
+        self.kind, self.params = kind, params.detach().to(torch.float32).contiguous()
+
+    @classmethod
+    def prelu(cls, slopes: torch.Tensor, channels: int) -> "Nonlinearity":
+        _need(slopes.numel() in (1, channels), f"PReLU with {slopes.numel()} slopes for {channels} channels")
+        return cls(1, slopes.detach().reshape(-1).expand(channels))
+
+    @classmethod
+    def hardtanh(cls, lo: float, hi: float) -> "Nonlinearity":
+        return cls(2, torch.tensor([lo, hi], dtype=torch.float32))
+
+
 class PackedConv:
     """A binary convolution in the kernel's layout, built from the file's weights [O, KH*KW, Cw].
 
@@ -308,12 +328,13 @@ class PackedConv:
 
     def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
                  ties: torch.Tensor | None = None, raw: bool = False, nchw: bool = False,
-                 residual: torch.Tensor | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, nonlinearity: Nonlinearity | None = None) -> torch.Tensor:
         """packed, ties: outputs of pack() for an input of spatial size H x W with padding bpad.
         raw: return the exact integer dot products (as float32) without the epilogue.
         nchw: return a tensor in PyTorch's default layout instead of channels_last.
         residual: a float32 tensor of the output's shape and layout, added to the epilogue's result
-        (one float32 rounding, as `epilogue + residual` in PyTorch)."""
+        (one float32 rounding, as `epilogue + residual` in PyTorch).
+        nonlinearity: applied last, to each result, with PyTorch's formula (see Nonlinearity)."""
         _need(packed.dim() == 4, "packed activations must be 4-d")
         N, Hp, Wp, PW = packed.shape
         _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
@@ -336,6 +357,11 @@ class PackedConv:
                   f"residual of shape {tuple(residual.shape)} and strides {residual.stride()} is not stored as the "
                   f"conv's output {tuple(out.shape)} ({'NCHW' if nchw else 'channels_last'})")
             _need(residual.dtype == torch.float32 and residual.device.type == "cpu", "residual must be float32 on CPU")
+        nonlin_kind, nonlin_p = 0, None
+        if nonlinearity is not None:
+            _need(not raw, "a nonlinearity is applied after the epilogue, which raw outputs skip")
+            nonlin_kind, nonlin_p = nonlinearity.kind, nonlinearity.params
+            _check_tensor(nonlin_p, torch.float32, O if nonlin_kind == 1 else 2, "nonlinearity parameters")
         row_cls, col_cls, table = self.borders(H, W)
         # inputs exactly at their threshold are removed from the integer dot products, tile by tile
         # (the native side checks that each lies inside the input, and sorts them by input row)
@@ -359,7 +385,8 @@ class PackedConv:
             row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1],
             tie_w.data_ptr() if nties else 0, tie_w.numel() if nties else 0,
             self.kernel[1], self.dilation[1], self.Cg,
-            residual.data_ptr() if residual is not None else 0, residual.numel() if residual is not None else 0))
+            residual.data_ptr() if residual is not None else 0, residual.numel() if residual is not None else 0,
+            nonlin_kind, nonlin_p.data_ptr() if nonlin_kind else 0, nonlin_p.numel() if nonlin_kind else 0))
         return out
 
 

@@ -28,8 +28,8 @@ class BiRealBlock(nn.Module):
             self.shortcut = PadShortcut(planes // 4, "slice" if act == "siman" else "avg")
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.nonlinear1(conv_bn(self.conv1, self.bn1, x, self.shortcut(x)))
-        return self.nonlinear2(conv_bn(self.conv2, self.bn2, z, z))
+        z = conv_bn(self.conv1, self.bn1, x, self.shortcut(x), self.nonlinear1)
+        return conv_bn(self.conv2, self.bn2, z, z, self.nonlinear2)
 
 
 def _act(kind: str, channels: int) -> nn.Module:
@@ -93,8 +93,8 @@ class BasicBlock(nn.Module):
                 self.shortcut = PadShortcut(planes // 4 if planes != in_planes else 0, "avg")
 
     def forward(self, x: Tensor) -> Tensor:
-        z = F.hardtanh(conv_bn(self.conv1, self.bn1, x))
-        return F.hardtanh(conv_bn(self.conv2, self.bn2, z, self.shortcut(x)))
+        z = conv_bn(self.conv1, self.bn1, x, nonlinearity=F.hardtanh)
+        return conv_bn(self.conv2, self.bn2, z, self.shortcut(x), F.hardtanh)
 
 
 class ResNet18(nn.Module):

@@ -27,8 +27,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        z = self.nonlinear1(conv_bn(self.conv1, self.bn1, x, identity))
-        return self.nonlinear2(conv_bn(self.conv2, self.bn2, z, z))
+        z = conv_bn(self.conv1, self.bn1, x, identity, self.nonlinear1)
+        return conv_bn(self.conv2, self.bn2, z, z, self.nonlinear2)
 
 
 class ResNet(nn.Module):

@@ -29,9 +29,9 @@ class DWBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x if self.stride == 1 else F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
-        z = F.hardtanh(conv_bn(self.conv1, self.bn1, x, residual))
-        u = F.hardtanh(conv_bn(self.conv2, self.bn2, z))
-        return F.hardtanh(conv_bn(self.conv3, self.bn3, u, u))
+        z = conv_bn(self.conv1, self.bn1, x, residual, F.hardtanh)
+        u = conv_bn(self.conv2, self.bn2, z, nonlinearity=F.hardtanh)
+        return conv_bn(self.conv3, self.bn3, u, u, F.hardtanh)
 
 
 class MobileNet(nn.Module):

@@ -33,8 +33,8 @@ class VGGSmall(nn.Module):
         x = self.nonlinear0(self.bn0(self.conv0(x)))
         for i in range(1, 6):
             conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
-            x = bn(self.pooling(conv(x))) if i % 2 else conv_bn(conv, bn, x)
-            x = getattr(self, f"nonlinear{i}")(x)
+            act = getattr(self, f"nonlinear{i}")
+            x = act(bn(self.pooling(conv(x)))) if i % 2 else conv_bn(conv, bn, x, nonlinearity=act)
         return self.fc(x.flatten(1))
 
 
