@@ -221,6 +221,12 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
     }
 }
 
+/* Outputs of at least this many floats (4 MiB) are stored NCHW with non-temporal stores: they
+ * outgrow the caches before the next layer reads them, and short rows planes apart cost a read
+ * for ownership of every line they write (ResNet-20's 16-channel layer at batch 256, 16 MiB:
+ * 8.3-8.6 against 6.4-6.7 ms a conv; its eval forward 193-206 against 181-187 ms). */
+#define BNN_STREAM_MIN_FLOATS ((int64_t)1 << 20)
+
 /* NCHW output: the row's [NB][Wo][8] results, transposed into tmp's [8][Wo] (one channel's row
  * contiguous), then stored one channel row after the other. Storing 8 channels' rows
  * interleaved, 8 pixels at a time, revisited each cache line once per 8 pixels across 8 planes
@@ -229,6 +235,8 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
 static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, float* tmp, int64_t n, int64_t oy,
                                   int64_t g, int64_t ob, int NB) {
     const int64_t Wo = a->Wo;
+    const bool stream = a->out_len >= BNN_STREAM_MIN_FLOATS;
+    (void)stream;
     for (int b = 0; b < NB; ++b) {
         int nch = (int)(a->Og - (ob + b) * 8);
         if (nch > 8) nch = 8;
@@ -246,6 +254,12 @@ static inline void store_row_nchw(const BConvArgs* a, const float* rowbuf, float
             const int64_t i = bconv_out_index(a, n, ch0 + j, oy, 0);
             float* dst = a->out + BNN_AT("bconv output", i, Wo, a->out_len);
             const float* r = a->res ? a->res + BNN_AT("bconv residual", i, Wo, a->res_len) : NULL;
+#if defined(BNN_AVX_TRANSPOSE8)
+            if (stream && Wo % 8 == 0 && ((uintptr_t)dst & 31) == 0) {
+                bconv_store_channel_row(a, tmp + j * Wo, r, tmp + j * Wo, Wo, ch0 + j);
+                for (int64_t xs = 0; xs < Wo; xs += 8) _mm256_stream_ps(dst + xs, _mm256_loadu_ps(tmp + j * Wo + xs));
+            } else
+#endif
             bconv_store_channel_row(a, tmp + j * Wo, r, dst, Wo, ch0 + j);
             if (r && oy + 1 < a->Ho)  /* the next row's, for the task that follows: the residual's
                                        * short rows, planes apart, defeat the hardware prefetchers */
@@ -318,6 +332,9 @@ static void bconv_run(const BConvArgs* a, int64_t t0, int64_t t1) {
     }
     if (offs != small) free(offs);
     free(rowbuf);
+#if defined(BNN_AVX_TRANSPOSE8)
+    _mm_sfence();  /* non-temporal stores are weakly ordered: make them visible before the join */
+#endif
 }
 
 static inline void record_ties(const PackArgs* a, uint64_t eq, int64_t n, int64_t y, int64_t x, int64_t c0) {

@@ -176,6 +176,31 @@ def test_nonlinearity_is_applied_last_as_pytorch_does(case, isa, nchw):
     assert not torch.equal(torch.prelu(plain + res, slopes), plain + res)  # the cases do clamp and scale
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("width", [32, 30], ids=["rows_of_8k", "odd_rows"])
+def test_large_nchw_outputs_equal_the_channels_last_ones(isa, width):
+    """Outputs of 1M floats and more are stored NCHW with non-temporal stores (rows whose width is
+    a multiple of 8): the same values as the channels-last output, residual and PReLU included."""
+    N, C, O, H = 18, 64, 64, 32
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(N, C, H, width, generator=gen)
+    conv = _native.PackedConv(pack_signs(torch.randn(O, C, 3, 3, generator=gen) < 0), torch.rand(O, generator=gen) + 0.1,
+                              torch.randn(O, generator=gen), prescale=torch.rand(O, generator=gen) + 0.5, in_channels=C,
+                              kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    res = torch.randn(N, O, H, width, generator=gen)
+    nonlin = _native.Nonlinearity.prelu(torch.rand(O, generator=gen), O)
+    outs = []
+    for nchw in (True, False):
+        layout = torch.contiguous_format if nchw else torch.channels_last
+        bits, _, ties = _native.pack(x.contiguous(memory_format=layout), groups=1, pad=(1, 1), center=True, isa=isa,
+                                     threads=2)
+        outs.append([conv(bits, H, width, (1, 1), isa=isa, threads=2, ties=ties, nchw=nchw, residual=r, nonlinearity=nl)
+                     for r, nl in ((None, None), (res.contiguous(memory_format=layout), nonlin))])
+    assert outs[0][0].numel() >= 1 << 20
+    for streamed, cached in zip(*outs):
+        assert streamed.is_contiguous() and torch.equal(streamed, cached)
+
+
 def test_isa_paths_and_thread_counts_agree_bitwise():
     assert ISAS[0] == "portable"
     for case in CASES:
