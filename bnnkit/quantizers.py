@@ -44,6 +44,10 @@ class Quantizer(nn.Module):
 
 class WeightQuantizer(Quantizer):
     kind = "weight"
+    # True: forward's value is a function of the weight's bits and the `settings` alone, with no
+    # side effects, so packed eval may reuse its last result for a weight whose bits did not
+    # change (SiMaN's is not: it centres the latent weights in place on every call)
+    pure: ClassVar[bool] = False
 
     def export(self, weight: Tensor) -> Tensor:
         """The eval-mode binary weight, computed without side effects (for deployment)."""
@@ -89,6 +93,7 @@ class SteSignWeight(WeightQuantizer):
     BinaryConnect's deterministic binarization (Courbariaux et al., NeurIPS 2015 / 2016)."""
 
     name = "ste_sign_weight"
+    pure = True
 
     def forward(self, weight: Tensor) -> Tensor:
         return clipped_sign(weight)

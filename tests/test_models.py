@@ -257,6 +257,44 @@ def test_conv_bn_applies_the_block_nonlinearity_in_the_kernel(monkeypatch, name,
         assert calls["prelu"] == 1 and len(seen) == 1
 
 
+def test_packed_eval_reuses_a_pure_quantizers_signs_only_for_the_same_weights(monkeypatch):
+    """BiPer's weight quantizer is pure: packed eval skips it while the latent weights keep their
+    bits, and calls it again after any change: an in-place edit through .data (which autograd's
+    version counter does not see), a flipped sign bit, a new setting, a hook on the quantizer.
+    Every eval keeps the float path's bits."""
+    from bnnkit.methods.biper import BiperWeight
+
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", "biper", stage=2)
+    model.train()
+    model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    calls = []
+    forward = BiperWeight.forward
+    monkeypatch.setattr(BiperWeight, "forward", lambda self, w: calls.append(self) or forward(self, w))
+    convs = [c for _, c in binary_convs(model)]
+
+    def packed_calls():
+        calls.clear()
+        out = _eval_logits(model, x, True)
+        n = len(calls)
+        assert torch.equal(out, _eval_logits(model, x, False))
+        return n
+
+    assert packed_calls() == len(convs)  # first eval: every quantizer runs
+    assert packed_calls() == 0           # unchanged weights: none does
+    w = convs[3].weight
+    w.data[0, 0, 0, 0] = -w.data[0, 0, 0, 0]  # flips that weight's sign: through .data, no version bump
+    assert packed_calls() == 1
+    w.data[1, 0, 0, 0] = w.data[1, 0, 0, 0].item()  # the same value written again: no call
+    assert packed_calls() == 0
+    convs[5].weight_quantizer.configure(freq=21.0)
+    assert packed_calls() == 1
+    convs[7].weight_quantizer.register_forward_hook(lambda *a: None)
+    assert packed_calls() == 1 and packed_calls() == 1  # a hooked quantizer runs every time
+
+
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(bnnkit.UnknownNameError, match="valid models: .*resnet20_1w1a"):
         bnnkit.create_model("resnet21_1w1a")

@@ -32,6 +32,7 @@ class BiperWeight(WeightQuantizer):
 
     name = "biper_weight"
     settings = ("freq", "stage", "tau")
+    pure = True
     reference_state = {"beta": "beta"}
     reference_settings = {"tau": "tau"}
 
