@@ -126,14 +126,17 @@ def _kernel_nonlinearity(nonlinearity, channels: int):
 
 
 def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None,
-                   residual: Tensor | None = None, nonlinearity: Callable[[Tensor], Tensor] | None = None) -> Tensor | None:
+                   residual: Tensor | None = None, nonlinearity: Callable[[Tensor], Tensor] | None = None,
+                   layout: torch.memory_format | None = None) -> Tensor | None:
     """The eval-mode output conv2d(input_quantizer(x), weight_quantizer(weight)) * alpha computed
     on packed bits, in x's memory format, or None where that path does not apply. The kernel's
     epilogue multiplies the exact integer by alpha with one float32 rounding, as `y * alpha` does.
     With `bn` (called by conv_bn) it returns bn(y), with `residual` bn(y) + residual, and with
     `nonlinearity` that applied last, all in the kernel's epilogue with PyTorch's roundings (None
     where `bn` cannot be folded; a nonlinearity other than PReLU and Hardtanh, or a residual in
-    another layout, runs after the kernel).
+    another layout, runs after the kernel). `layout` (torch.contiguous_format or
+    torch.channels_last) overrides the output's memory format; the caller then owns the layout
+    the float path would have given later reductions.
     Calls the weight quantizer exactly as the float path does (its side effects, such as SiMaN's
     in-place centring of the latent weights, are part of the model's behaviour), except a pure one
     (WeightQuantizer.pure) whose weights, settings and mode are those of its cached result."""
@@ -188,7 +191,7 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     bits, _, ties = native.pack(x, groups=layer.groups, pad=pad, center=threshold is not None, isa=isa,
                                threads=threads, thresholds=threshold)
     # later reductions (the next SiMaN mean, pooling) must see the layout the float conv would give
-    nchw = not native.is_channels_last(x)
+    nchw = not native.is_channels_last(x) if layout is None else layout == torch.contiguous_format
     Ho, Wo = conv.out_size(x.shape[2], x.shape[3])
     # The residual and nonlinearity are fused where the residual has the output's layout (in
     # NCHW too since the kernel stores whole channel rows: ResNet-20's 16-channel 32x32 layer at

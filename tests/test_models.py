@@ -1,4 +1,6 @@
 """Every registered model with every method that builds it: counts, forward, backward, values."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -186,8 +188,6 @@ def test_conv_bn_folds_only_what_it_reproduces():
     """conv_bn folds the BatchNorm into the packed kernel only when nothing can tell: a forward hook
     on the BatchNorm, or a BatchNorm left in training mode, takes the path as written (the hook
     runs, the running statistics update), with the same outputs as the float path."""
-    import copy
-
     torch.manual_seed(0)
     model = bnnkit.create_model("resnet20_1w1a", "siman")
     model.train()
@@ -221,8 +221,6 @@ def test_conv_bn_applies_the_block_nonlinearity_in_the_kernel(monkeypatch, name,
     """In packed eval the PReLU (SiMaN) and Hardtanh (BiPer, F.hardtanh) after conv_bn run in the
     kernel's epilogue: the modules and functions are not called, and the logits keep their bits.
     A nonlinearity with a forward hook runs as written, its hook with it."""
-    import copy
-
     torch.manual_seed(0)
     model = bnnkit.create_model(name, method, **settings)
     model.train()
@@ -293,6 +291,40 @@ def test_packed_eval_reuses_a_pure_quantizers_signs_only_for_the_same_weights(mo
     assert packed_calls() == 1
     convs[7].weight_quantizer.register_forward_hook(lambda *a: None)
     assert packed_calls() == 1 and packed_calls() == 1  # a hooked quantizer runs every time
+
+
+@pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(2, 2), torch.nn.MaxPool2d(3, 2, padding=1),
+                                  torch.nn.MaxPool2d(2, 2, ceil_mode=True), torch.nn.MaxPool2d(3, 1, dilation=2)],
+                         ids=["2x2", "3x3pad", "ceil", "dilated"])
+def test_conv_pool_pools_channels_last_with_the_same_bits(pool):
+    """conv_pool in packed eval: the binary conv writes channels-last, the max-pooling runs there,
+    and the result comes back NCHW with the bits of pool(conv(x)); a hooked pool, a channels-last
+    input or training take the path as written."""
+    from bnnkit.layers import conv_pool
+
+    torch.manual_seed(0)
+    method = METHODS.get("biper")(stage=2)
+    conv = method.conv(32, 48, 3, 1, 1).eval()
+    x = torch.randn(4, 32, 15, 15)
+    old = _packed_eval.set_enabled(False)
+    try:
+        with torch.no_grad():
+            want = pool(conv(x))  # the float conv, pooled NCHW by PyTorch
+    finally:
+        _packed_eval.set_enabled(old)
+    assert conv.__dict__.get("_packed_weights") is None
+    with torch.no_grad():
+        got = conv_pool(conv, pool, x)
+    assert torch.equal(got, want) and got.is_contiguous()
+    assert conv.__dict__.get("_packed_weights") is not None  # it did run on packed bits
+    seen = []
+    hooked = copy.deepcopy(pool)
+    hooked.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].is_contiguous()))
+    with torch.no_grad():
+        assert torch.equal(conv_pool(conv, hooked, x), want)
+        xl = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(conv_pool(conv, pool, xl), pool(conv(xl)))
+    assert seen == [True]  # the hook saw the NCHW conv output, as written
 
 
 def test_unknown_names_list_the_valid_ones():

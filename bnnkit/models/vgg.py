@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..layers import conv_bn
+from ..layers import conv_bn, conv_pool
 from ..methods import Method
 from . import register_model
 from ._common import activation
@@ -34,7 +34,7 @@ class VGGSmall(nn.Module):
         for i in range(1, 6):
             conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
             act = getattr(self, f"nonlinear{i}")
-            x = act(bn(self.pooling(conv(x)))) if i % 2 else conv_bn(conv, bn, x, nonlinearity=act)
+            x = act(bn(conv_pool(conv, self.pooling, x))) if i % 2 else conv_bn(conv, bn, x, nonlinearity=act)
         return self.fc(x.flatten(1))
 
 
