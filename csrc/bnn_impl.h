@@ -105,16 +105,6 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
     return any;
 }
 
-/* The nonlinearity of BConvArgs on the result v of output channel o. */
-static inline float bconv_nonlin(const BConvArgs* a, float v, int64_t o) {
-    if (a->nonlin == 1) {
-        const float s = a->nonlin_p[BNN_AT("bconv PReLU slopes", o, 1, a->nonlin_len)];
-        return v > 0.0f ? v : s * v;
-    }
-    if (a->nonlin == 2) return v < a->nonlin_p[0] ? a->nonlin_p[0] : (v > a->nonlin_p[1] ? a->nonlin_p[1] : v);
-    return v;
-}
-
 /* dst[x] = nonlin(src[x] (+ res[x])) for x < n, channel o: one loop per case, each a single pass
  * that vectorizes. */
 template <int NL, bool RES>
@@ -214,8 +204,9 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
                     const float* r = a->res + BNN_AT("bconv residual", o0 + t * O, nch, a->res_len);
                     for (int j = 0; j < nch; ++j) dst[j] += r[j];
                 }
-                if (a->nonlin)
-                    for (int j = 0; j < nch; ++j) dst[j] = bconv_nonlin(a, dst[j], g * a->Og + (ob + b) * 8 + j);
+                if (a->nonlin)  /* one value per channel: each has its own slope */
+                    for (int j = 0; j < nch; ++j)
+                        bconv_store_channel_row(a, dst + j, NULL, dst + j, 1, g * a->Og + (ob + b) * 8 + j);
             }
         }
     }

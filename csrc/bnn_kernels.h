@@ -62,7 +62,6 @@ typedef struct {
     int64_t nonlin; const float* nonlin_p; int64_t nonlin_len;
 } BConvArgs;
 
-
 /* Index of output (n, channel o, row oy, column ox) in either layout. */
 static inline int64_t bconv_out_index(const BConvArgs* a, int64_t n, int64_t o, int64_t oy, int64_t ox) {
     const int64_t O = a->G * a->Og;
