@@ -105,10 +105,12 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
     return any;
 }
 
-/* dst[x] = nonlin(src[x] (+ res[x])) for x < n, channel o: one loop per case, each a single pass
- * that vectorizes. */
-template <int NL, bool RES>
-static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, float p0, float p1) {
+/* dst[x] = nonlin(src[x] (+ res[x])) for x < n: one loop per case, each a single pass that
+ * vectorizes. The PReLU slope is slope[x] with PER (the channels of one pixel), else slope[0]
+ * (one channel's row). */
+template <int NL, bool RES, bool PER>
+static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, const float* slope,
+                                     float lo, float hi) {
     for (int64_t x = 0; x < n; ++x) {
         float v = src[x];
         if (RES) v += res[x];  /* only with one: + 0 would turn -0.0 into +0.0 */
@@ -116,7 +118,7 @@ static inline void store_channel_row(const float* src, const float* res, float* 
          * floating-point exception, so the compiler would not vectorize it (and it sinks a
          * ternary's multiply back into a branch: hence the bitwise select) */
         if (NL == 1) {
-            const float m = p0 * v;
+            const float m = slope[PER ? x : 0] * v;
             const uint32_t keep = 0u - (uint32_t)(v > 0.0f);
             uint32_t vb, mb;
             memcpy(&vb, &v, 4);
@@ -125,27 +127,41 @@ static inline void store_channel_row(const float* src, const float* res, float* 
             memcpy(&v, &vb, 4);
         }
         if (NL == 2) {
-            const bool lt = v < p0, gt = v > p1;
-            v = lt ? p0 : (gt ? p1 : v);
+            const bool lt = v < lo, gt = v > hi;
+            v = lt ? lo : (gt ? hi : v);
         }
         dst[x] = v;
     }
 }
 
+template <bool PER>
+static inline void store_row_nonlin(const BConvArgs* a, const float* src, const float* res, float* dst, int64_t n,
+                                    const float* slope) {
+    const float lo = a->nonlin == 2 ? a->nonlin_p[0] : 0.0f, hi = a->nonlin == 2 ? a->nonlin_p[1] : 0.0f;
+    if (res) {
+        if (a->nonlin == 1) store_channel_row<1, true, PER>(src, res, dst, n, slope, lo, hi);
+        else if (a->nonlin == 2) store_channel_row<2, true, PER>(src, res, dst, n, slope, lo, hi);
+        else store_channel_row<0, true, PER>(src, res, dst, n, slope, lo, hi);
+    } else {
+        if (a->nonlin == 1) store_channel_row<1, false, PER>(src, res, dst, n, slope, lo, hi);
+        else if (a->nonlin == 2) store_channel_row<2, false, PER>(src, res, dst, n, slope, lo, hi);
+        else store_channel_row<0, false, PER>(src, res, dst, n, slope, lo, hi);
+    }
+}
+
+/* Channel o's row of n results: residual, then the nonlinearity (NCHW output). */
 static inline void bconv_store_channel_row(const BConvArgs* a, const float* src, const float* res, float* dst,
                                            int64_t n, int64_t o) {
-    float p0 = 0.0f, p1 = 0.0f;
-    if (a->nonlin == 1) p0 = a->nonlin_p[BNN_AT("bconv PReLU slopes", o, 1, a->nonlin_len)];
-    if (a->nonlin == 2) { p0 = a->nonlin_p[0]; p1 = a->nonlin_p[1]; }
-    if (res) {
-        if (a->nonlin == 1) store_channel_row<1, true>(src, res, dst, n, p0, p1);
-        else if (a->nonlin == 2) store_channel_row<2, true>(src, res, dst, n, p0, p1);
-        else store_channel_row<0, true>(src, res, dst, n, p0, p1);
-    } else {
-        if (a->nonlin == 1) store_channel_row<1, false>(src, res, dst, n, p0, p1);
-        else if (a->nonlin == 2) store_channel_row<2, false>(src, res, dst, n, p0, p1);
-        else store_channel_row<0, false>(src, res, dst, n, p0, p1);
-    }
+    const float* slope = a->nonlin == 1 ? a->nonlin_p + BNN_AT("bconv PReLU slopes", o, 1, a->nonlin_len) : NULL;
+    store_row_nonlin<false>(a, src, res, dst, n, slope);
+}
+
+/* One pixel's nch results of channels o .. o+nch-1, in place: residual, then the nonlinearity
+ * (channels-last output). */
+static inline void bconv_finish_pixel(const BConvArgs* a, const float* res, float* dst, int nch, int64_t o) {
+    const float* slope = a->nonlin == 1 ? a->nonlin_p + BNN_AT("bconv PReLU slopes", o, nch, a->nonlin_len) : NULL;
+    if (nch == 8) store_row_nonlin<true>(a, dst, res, dst, 8, slope);  /* a constant count: one vector */
+    else store_row_nonlin<true>(a, dst, res, dst, nch, slope);
 }
 
 /* T output pixels (ox ... ox+T-1 of row oy) by NB blocks of 8 output channels (ob, ob+1, ...).
@@ -200,13 +216,9 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
             else {
                 float* dst = a->out + BNN_AT("bconv output", o0 + t * O, nch, a->out_len);
                 P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb, dst, nch);
-                if (a->res) {
-                    const float* r = a->res + BNN_AT("bconv residual", o0 + t * O, nch, a->res_len);
-                    for (int j = 0; j < nch; ++j) dst[j] += r[j];
-                }
-                if (a->nonlin)  /* one value per channel: each has its own slope */
-                    for (int j = 0; j < nch; ++j)
-                        bconv_store_channel_row(a, dst + j, NULL, dst + j, 1, g * a->Og + (ob + b) * 8 + j);
+                if (a->res || a->nonlin)
+                    bconv_finish_pixel(a, a->res ? a->res + BNN_AT("bconv residual", o0 + t * O, nch, a->res_len) : NULL,
+                                       dst, nch, g * a->Og + (ob + b) * 8);
             }
         }
     }
