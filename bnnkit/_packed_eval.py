@@ -208,3 +208,48 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     if residual is not None and not fused_residual:
         out = out + residual  # PyTorch's layout rules decide the result's
     return out if nonlinearity is None or kernel_nonlin is not None else nonlinearity(out)
+
+
+def pool_forward(layer: "BinaryConv2d", pool: nn.Module, x: Tensor, bn: nn.Module | None,
+                 nonlinearity: Callable[[Tensor], Tensor] | None) -> Tensor | None:
+    """nonlinearity(bn(pool(layer(x)))) in packed eval for an NCHW x and an nn.MaxPool2d without
+    padding or dilation, NCHW like the float path's: the conv writes channels-last, then one native
+    pass pools, applies a foldable BatchNorm (as its epilogue would) and a PReLU or Hardtanh, and
+    stores NCHW; a BatchNorm or nonlinearity it cannot take runs after it in PyTorch. None where
+    packed eval does not apply (the caller runs the float path)."""
+    if not (type(pool) is nn.MaxPool2d and not pool.return_indices and _no_hooks(pool)):
+        return None
+    y = packed_forward(layer, x, layout=torch.channels_last)
+    if y is None:
+        return None
+    kernel, stride, padding, dilation = (_pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size,
+                                                             pool.padding, pool.dilation))
+    fold = bn is not None and _foldable(bn, y.shape[1])
+    kernel_nonlin = _kernel_nonlinearity(nonlinearity, y.shape[1]) if nonlinearity is not None and (bn is None or fold) else None
+    if (padding != (0, 0) or dilation != (1, 1) or pool.ceil_mode or y.shape[2] < kernel[0] or y.shape[3] < kernel[1]):
+        out, kernel_nonlin = pool(y).contiguous(), None  # channels-last pooling by PyTorch
+        if bn is not None:
+            out = bn(out)
+    else:
+        scale, bias = _bn_constants(bn) if fold else (None, None)
+        out = _native().max_pool_to_nchw(y, kernel, stride, torch.get_num_threads(), scale, bias, kernel_nonlin)
+        if bn is not None and not fold:
+            out = bn(out)
+    return out if nonlinearity is None or kernel_nonlin is not None else nonlinearity(out)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _bn_constants(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """bn_affine(bn), kept on the module until its statistics or affine parameters change."""
+    cached = bn.__dict__.get("_packed_eval_affine")
+    if cached is not None and _same_bn(cached[0], bn):
+        return cached[1]
+    from .deploy._affine import bn_affine
+
+    constants = bn_affine(bn)
+    bn.__dict__["_packed_eval_affine"] = (tuple(t.detach().clone() if isinstance(t, Tensor) else t
+                                                for t in _bn_state(bn)), constants)
+    return constants

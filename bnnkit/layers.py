@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._packed_eval import _no_hooks, packed_forward
+from ._packed_eval import _no_hooks, packed_forward, pool_forward
 from ._packed_train import packed_train_forward
 from .functional import channel_scale
 
@@ -71,19 +71,23 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None =
     return y if nonlinearity is None else nonlinearity(y)
 
 
-def conv_pool(conv: nn.Module, pool: nn.Module, x: Tensor) -> Tensor:
-    """pool(conv(x)). In packed eval on CPU, for an NCHW input and an nn.MaxPool2d, the binary
-    conv writes channels-last and the pooling runs there, then the result returns to NCHW:
-    PyTorch's NCHW max_pool2d runs at under 1 GB/s (64x128x32x32: 33 ms against 4.4 ms
-    channels-last), and a maximum over the same windows in the same order is the same value,
-    NaN and signed zeros included. Anywhere else it runs as written."""
-    if (isinstance(conv, BinaryConv2d) and type(pool) is nn.MaxPool2d and not pool.return_indices
-            and isinstance(x, Tensor) and x.dim() == 4 and x.is_contiguous()
-            and not x.is_contiguous(memory_format=torch.channels_last) and _no_hooks(conv) and _no_hooks(pool)):
-        y = packed_forward(conv, x, layout=torch.channels_last)
+def conv_pool(conv: nn.Module, pool: nn.Module, x: Tensor, bn: nn.Module | None = None,
+              nonlinearity: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """nonlinearity(bn(pool(conv(x)))), bn and nonlinearity optional. In packed eval on CPU, for an
+    NCHW input and an nn.MaxPool2d, the binary conv writes channels-last and one native pass
+    max-pools there, applies the BatchNorm and a PReLU or Hardtanh and writes NCHW
+    (bnnkit._packed_eval.pool_forward): PyTorch's NCHW max_pool2d runs at under 1 GB/s
+    (64x128x32x32: 33 ms against 4.4 ms channels-last), and a maximum over the same windows in
+    the same order is the same value, NaN and signed zeros included. Anywhere else it runs as
+    written."""
+    if (isinstance(conv, BinaryConv2d) and isinstance(x, Tensor) and x.dim() == 4 and x.is_contiguous()
+            and not x.is_contiguous(memory_format=torch.channels_last) and _no_hooks(conv)):
+        y = pool_forward(conv, pool, x, bn, nonlinearity)
         if y is not None:
-            return pool(y).contiguous()
-    return pool(conv(x))
+            return y
+    y = pool(conv(x))
+    y = y if bn is None else bn(y)
+    return y if nonlinearity is None else nonlinearity(y)
 
 
 def binary_convs(model: nn.Module) -> list[tuple[str, BinaryConv2d]]:

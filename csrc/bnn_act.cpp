@@ -485,3 +485,74 @@ void pack_weight_rows(const WeightPackArgs* a, int64_t o0, int64_t o1) {
         a->bad[BNN_AT("weight bad counts", o, 1, a->O)] = bad;
     }
 }
+
+/* Samples [s0, s1) of PoolArgs: a sample's Ho x Wo x C results are computed channels-last
+ * (vectorized over the channels), then each channel's plane is stored in one sequential sweep
+ * (a row at a time, 64 bytes per plane, paid a read for ownership per line and ran at half the
+ * speed). The arguments are copied to restrict-qualified locals: with -fno-strict-aliasing
+ * every store to the buffer would otherwise reload them, and the loops would not vectorize. */
+__attribute__((always_inline)) inline void pool_samples_body(const PoolArgs* a, int64_t s0, int64_t s1) {
+    const int64_t C = a->C, Wo = a->Wo, Ho = a->Ho, H = a->H, W = a->W, kh = a->kh, kw = a->kw, sh = a->sh, sw = a->sw;
+    const int64_t P = Ho * Wo;
+    const float* __restrict in = a->in;
+    const float* __restrict scale = a->scale;
+    const float* __restrict bias = a->bias;
+    const float* __restrict slope = a->nonlin == 1 ? a->nonlin_p : nullptr;
+    const int64_t nonlin = a->nonlin;
+    const float lo = nonlin == 2 ? a->nonlin_p[0] : 0.0f, hi = nonlin == 2 ? a->nonlin_p[1] : 0.0f;
+    /* rows of C + 16 floats: with C a power of two, the transposing sweep's reads down a column,
+     * rows a multiple of 512 bytes apart, would fall into 8 of L1's 64 sets and miss every time */
+    const int64_t Cs = C + 16;
+    std::vector<float> buf((size_t)(P * Cs));
+    float* __restrict res = buf.data();
+    if (nonlin == 1) (void)BNN_AT("pool PReLU slopes", 0, C, a->nonlin_len);
+    for (int64_t n = s0; n < s1; ++n) {
+        for (int64_t p = 0; p < P; ++p) {
+            const int64_t oy = p / Wo, ox = p % Wo;
+            float* __restrict m = res + p * Cs;
+            for (int64_t c = 0; c < C; ++c) m[c] = -INFINITY;
+            for (int64_t ky = 0; ky < kh; ++ky)
+                for (int64_t kx = 0; kx < kw; ++kx) {
+                    const int64_t i = ((n * H + oy * sh + ky) * W + ox * sw + kx) * C;
+                    const float* __restrict v = in + BNN_AT("pool input", i, C, a->in_len);
+                    for (int64_t c = 0; c < C; ++c) {
+                        const float x = v[c], cur = m[c];
+                        m[c] = (x > cur) | (x != x) ? x : cur;
+                    }
+                }
+            if (scale)
+                for (int64_t c = 0; c < C; ++c) m[c] = fmaf(m[c], scale[c], bias[c]);
+            if (nonlin == 1)  /* PyTorch's prelu: v > 0 ? v : slope * v, as a bitwise select (GCC
+                               * sinks a ternary's multiply into a branch and does not vectorize it) */
+                for (int64_t c = 0; c < C; ++c) {
+                    const float v = m[c], sv = slope[c] * v;
+                    const uint32_t keep = 0u - (uint32_t)(v > 0.0f);
+                    uint32_t vb, sb;
+                    memcpy(&vb, &v, 4);
+                    memcpy(&sb, &sv, 4);
+                    vb = (vb & keep) | (sb & ~keep);
+                    memcpy(&m[c], &vb, 4);
+                }
+            if (nonlin == 2)  /* hardtanh: v < lo ? lo : v > hi ? hi : v */
+                for (int64_t c = 0; c < C; ++c) {
+                    const float v = m[c];
+                    m[c] = v < lo ? lo : (v > hi ? hi : v);
+                }
+        }
+        float* __restrict dst = a->out + BNN_AT("pool output", n * C * P, C * P, a->out_len);
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t p = 0; p < P; ++p) dst[c * P + p] = res[p * Cs + c];
+    }
+}
+
+/* An AVX2 + FMA copy chosen at run time: target_clones("avx2") would leave fmaf a library call in
+ * the loop, and an "arch=" clone is chosen by CPU model, not by its features. */
+__attribute__((target("avx2,fma"))) static void pool_samples_avx2(const PoolArgs* a, int64_t s0, int64_t s1) {
+    pool_samples_body(a, s0, s1);
+}
+
+void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1) {
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2) pool_samples_avx2(a, s0, s1);
+    else pool_samples_body(a, s0, s1);
+}

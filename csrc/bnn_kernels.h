@@ -153,6 +153,21 @@ typedef struct {
 
 void pack_weight_rows(const WeightPackArgs* a, int64_t o0, int64_t o1);
 
+/* Max pooling of a channels-last float32 tensor, then optionally an eval-mode BatchNorm and a
+ * nonlinearity, written NCHW (csrc/bnn_act.cpp): out[n, c, oy, ox] = act(fma(m, scale[c], bias[c]))
+ * with m the maximum of in[n, oy*sh + ky, ox*sw + kx, c] over the window (ky, then kx; m starts at
+ * -inf and takes a value that is greater or NaN, as PyTorch's max_pool2d), no padding. */
+typedef struct {
+    const float* in; int64_t in_len;     /* [N][H][W][C] */
+    float* out; int64_t out_len;         /* [N][C][Ho][Wo] */
+    int64_t N, C, H, W, Ho, Wo, kh, kw, sh, sw;
+    const float* scale; const float* bias;  /* [C] each, or both NULL: no BatchNorm */
+    int64_t nonlin;                      /* 0 none; 1 PReLU, nonlin_p = [C] slopes; 2 Hardtanh, [lo, hi] */
+    const float* nonlin_p; int64_t nonlin_len;
+} PoolArgs;
+
+void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1);
+
 /* Bounds checking (debug builds only): BNN_AT(what, idx, span, len) is idx when elements
  * [idx, idx+span) lie inside a buffer of len elements; otherwise the failure is recorded (and
  * reported as a Python exception after the call) and index 0 is used instead, so a debug build

@@ -402,6 +402,35 @@ static PyObject* py_scale_backward(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+/* (threads, (in, in_len, out, out_len, N, C, H, W, Ho, Wo, kh, kw, sh, sw, scale, bias, nonlin,
+ * nonlin_p, nonlin_len)): channels-last max pooling, BatchNorm and nonlinearity, NCHW out
+ * (PoolArgs) */
+static PyObject* py_pool(PyObject*, PyObject* args) {
+    int nt;
+    int64_t v[19];
+    if (parse_threads_call(args, &nt, v, 19, "pool") < 0) return NULL;
+    PoolArgs a;
+    a.in = (const float*)(uintptr_t)v[0]; a.in_len = v[1];
+    a.out = (float*)(uintptr_t)v[2]; a.out_len = v[3];
+    a.N = v[4]; a.C = v[5]; a.H = v[6]; a.W = v[7]; a.Ho = v[8]; a.Wo = v[9];
+    a.kh = v[10]; a.kw = v[11]; a.sh = v[12]; a.sw = v[13];
+    a.scale = (const float*)(uintptr_t)v[14]; a.bias = (const float*)(uintptr_t)v[15];
+    a.nonlin = v[16]; a.nonlin_p = (const float*)(uintptr_t)v[17]; a.nonlin_len = v[18];
+    const bool geometry = a.N >= 0 && a.C >= 1 && a.kh >= 1 && a.kw >= 1 && a.sh >= 1 && a.sw >= 1 && a.Ho >= 1 &&
+                          a.Wo >= 1 && (a.Ho - 1) * a.sh + a.kh <= a.H && (a.Wo - 1) * a.sw + a.kw <= a.W;
+    const bool nonlin = a.nonlin == 0 || (a.nonlin == 1 && a.nonlin_p && a.nonlin_len == a.C) ||
+                        (a.nonlin == 2 && a.nonlin_p && a.nonlin_len == 2);
+    if (!a.in || !a.out || !geometry || a.in_len != a.N * a.H * a.W * a.C || a.out_len != a.N * a.C * a.Ho * a.Wo ||
+        (a.scale == nullptr) != (a.bias == nullptr) || !nonlin)
+        return PyErr_Format(PyExc_ValueError, "pool: inconsistent arguments");
+    nt = threads_for(nt, a.N);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(a.N, nt, [&](int64_t b, int64_t e) { pool_samples(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_cpu_features(PyObject*, PyObject*) {
     return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
                          "avx512", cpu_has_avx512() ? Py_True : Py_False);
@@ -452,6 +481,7 @@ static PyMethodDef methods[] = {
     {"siman_center_ranks", py_siman_center_ranks, METH_VARARGS, "siman_center_ranks(threads, args): SiMaN's centring and clipping percentiles"},
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
     {"pack_weights", py_pack_weights, METH_VARARGS, "pack_weights(threads, args): binary weights to packed sign bits"},
+    {"pool", py_pool, METH_VARARGS, "pool(threads, args): channels-last max pooling + BatchNorm + nonlinearity to NCHW"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},
     {NULL, NULL, 0, NULL},

@@ -293,38 +293,107 @@ def test_packed_eval_reuses_a_pure_quantizers_signs_only_for_the_same_weights(mo
     assert packed_calls() == 1 and packed_calls() == 1  # a hooked quantizer runs every time
 
 
+def _random_bn(channels: int) -> torch.nn.BatchNorm2d:
+    bn = torch.nn.BatchNorm2d(channels).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 3.0)
+        bn.weight.normal_()  # negative scales too: the pooling must come first
+        bn.bias.normal_()
+    return bn
+
+
+@pytest.mark.parametrize("after", ["none", "bn", "bn-hardtanh", "bn-prelu", "bn-F.hardtanh", "bn-relu"])
 @pytest.mark.parametrize("pool", [torch.nn.MaxPool2d(2, 2), torch.nn.MaxPool2d(3, 2, padding=1),
-                                  torch.nn.MaxPool2d(2, 2, ceil_mode=True), torch.nn.MaxPool2d(3, 1, dilation=2)],
-                         ids=["2x2", "3x3pad", "ceil", "dilated"])
-def test_conv_pool_pools_channels_last_with_the_same_bits(pool):
-    """conv_pool in packed eval: the binary conv writes channels-last, the max-pooling runs there,
-    and the result comes back NCHW with the bits of pool(conv(x)); a hooked pool, a channels-last
-    input or training take the path as written."""
+                                  torch.nn.MaxPool2d(2, 2, ceil_mode=True), torch.nn.MaxPool2d(3, 1, dilation=2),
+                                  torch.nn.MaxPool2d((3, 2), (1, 2))],
+                         ids=["2x2", "3x3pad", "ceil", "dilated", "3x2/1x2"])
+def test_conv_pool_pools_channels_last_with_the_same_bits(pool, after):
+    """conv_pool in packed eval: the binary conv writes channels-last, the max-pooling (with the
+    BatchNorm and nonlinearity after it, natively where it can) runs there, and the result comes
+    back NCHW with the bits of act(bn(pool(conv(x)))); a hooked pool, a channels-last input or
+    training take the path as written."""
     from bnnkit.layers import conv_pool
 
     torch.manual_seed(0)
     method = METHODS.get("biper")(stage=2)
     conv = method.conv(32, 48, 3, 1, 1).eval()
+    bn = None if after == "none" else _random_bn(48)
+    act = {"none": None, "bn": None, "bn-hardtanh": torch.nn.Hardtanh(-0.5, 0.75), "bn-F.hardtanh": F.hardtanh,
+           "bn-relu": torch.nn.ReLU()}.get(after)
+    if after == "bn-prelu":
+        act = torch.nn.PReLU(48)
+        with torch.no_grad():
+            act.weight.normal_()
+
+    def reference(x):
+        y = pool(conv(x))
+        y = y if bn is None else bn(y)
+        return y if act is None else act(y)
+
     x = torch.randn(4, 32, 15, 15)
     old = _packed_eval.set_enabled(False)
     try:
         with torch.no_grad():
-            want = pool(conv(x))  # the float conv, pooled NCHW by PyTorch
+            want = reference(x)  # the float conv, pooled NCHW by PyTorch
     finally:
         _packed_eval.set_enabled(old)
     assert conv.__dict__.get("_packed_weights") is None
     with torch.no_grad():
-        got = conv_pool(conv, pool, x)
-    assert torch.equal(got, want) and got.is_contiguous()
+        got = conv_pool(conv, pool, x, bn, act)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32)) and got.is_contiguous()
     assert conv.__dict__.get("_packed_weights") is not None  # it did run on packed bits
     seen = []
     hooked = copy.deepcopy(pool)
     hooked.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].is_contiguous()))
     with torch.no_grad():
-        assert torch.equal(conv_pool(conv, hooked, x), want)
+        assert torch.equal(conv_pool(conv, hooked, x, bn, act), want)
         xl = x.contiguous(memory_format=torch.channels_last)
-        assert torch.equal(conv_pool(conv, pool, xl), pool(conv(xl)))
+        assert torch.equal(conv_pool(conv, pool, xl, bn, act), reference(xl))
     assert seen == [True]  # the hook saw the NCHW conv output, as written
+
+
+@pytest.mark.parametrize("act", ["none", "prelu", "hardtanh"])
+def test_native_max_pool_picks_and_rounds_as_pytorch(act):
+    """max_pool_to_nchw against max_pool2d + batch_norm + the nonlinearity on values that tell the
+    rules apart: NaNs (which one wins), -0.0 against +0.0 (the first of equal values), infinities,
+    and BatchNorm constants with negative scales."""
+    from bnnkit.deploy import _native
+
+    torch.manual_seed(1)
+    x = torch.randn(3, 24, 9, 10)
+    specials = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf"), -0.0])
+    idx = torch.randint(0, x.numel(), (300,))
+    x.view(-1)[idx] = specials[torch.randint(0, len(specials), (300,))]
+    x.view(-1)[idx[:5]] = torch.tensor([float("nan")]).view(torch.int32).add(torch.arange(5, dtype=torch.int32)).view(torch.float32)
+    bn = _random_bn(24)
+    nl, module = None, None
+    if act == "prelu":
+        module = torch.nn.PReLU(24)
+        with torch.no_grad():
+            module.weight.normal_()
+        nl = _native.Nonlinearity.prelu(module.weight, 24)
+    elif act == "hardtanh":
+        module, nl = torch.nn.Hardtanh(-0.3, 0.6), _native.Nonlinearity.hardtanh(-0.3, 0.6)
+    from bnnkit.deploy._affine import bn_affine
+
+    for kernel, stride in (((2, 2), (2, 2)), ((3, 2), (2, 1)), ((1, 1), (1, 1))):
+        with torch.no_grad():
+            want = bn(F.max_pool2d(x, kernel, stride))
+            want = want if module is None else module(want)
+            got = _native.max_pool_to_nchw(x.contiguous(memory_format=torch.channels_last), kernel, stride, 2,
+                                           *bn_affine(bn), nl)
+            plain = _native.max_pool_to_nchw(x.contiguous(memory_format=torch.channels_last), kernel, stride, 1)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (kernel, stride)
+        assert torch.equal(plain.view(torch.int32), F.max_pool2d(x, kernel, stride).view(torch.int32))
+    with pytest.raises(_native.DeployFormatError, match="channels-last"):
+        _native.max_pool_to_nchw(x, (2, 2), (2, 2), 1)
+    # the binding refuses a window that would read past the input, and lengths that disagree
+    xl, out = x.contiguous(memory_format=torch.channels_last), torch.empty(3, 24, 5, 5)
+    for Ho, in_len in ((5, xl.numel()), (4, xl.numel() + 1)):
+        with pytest.raises(ValueError, match="pool: inconsistent arguments"):
+            _native.lib().pool(1, (xl.data_ptr(), in_len, out.data_ptr(), 3 * 24 * Ho * 5, 3, 24, 9, 10, Ho, 5,
+                                   2, 2, 2, 2, 0, 0, 0, 0, 0))
 
 
 def test_unknown_names_list_the_valid_ones():

@@ -194,6 +194,34 @@ class Nonlinearity:
         return cls(2, torch.tensor([lo, hi], dtype=torch.float32))
 
 
+def max_pool_to_nchw(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], threads: int,
+                     scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                     nonlinearity: Nonlinearity | None = None) -> torch.Tensor:
+    """nonlinearity(fma(max_pool2d(x), scale, bias)) of a channels-last float32 CPU tensor, written
+    NCHW in one pass: the maximum over each window (no padding, dilation 1, floor mode) as
+    PyTorch's max_pool2d picks it (NaN wins, then the first of equal values), then the
+    per-channel fma of an eval-mode BatchNorm (_affine.bn_affine) when scale and bias are given,
+    then a PReLU or Hardtanh. The same bits as the three PyTorch calls."""
+    _need(x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+          and x.is_contiguous(memory_format=torch.channels_last), "max_pool_to_nchw takes a channels-last float32 CPU tensor [N, C, H, W]")
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    _need(min(kh, kw, sh, sw) >= 1 and H >= kh and W >= kw, f"max pooling {kernel}/{stride} of a {H}x{W} input")
+    Ho, Wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+    _need((scale is None) == (bias is None), "max_pool_to_nchw: scale and bias go together")
+    consts = [None if t is None else t.detach().to(torch.float32).reshape(-1).contiguous() for t in (scale, bias)]
+    _need(all(t is None or t.numel() == C for t in consts), f"max_pool_to_nchw: {C} channels need {C} constants")
+    nl = nonlinearity
+    _need(nl is None or nl.kind == 2 or nl.params.numel() == C, f"max_pool_to_nchw: PReLU slopes for {C} channels")
+    params = None if nl is None else nl.params.contiguous()
+    out = torch.empty((N, C, Ho, Wo), dtype=torch.float32)
+    lib().pool(threads, (x.data_ptr(), x.numel(), out.data_ptr(), out.numel(), N, C, H, W, Ho, Wo, kh, kw, sh, sw,
+                         0 if consts[0] is None else consts[0].data_ptr(), 0 if consts[1] is None else consts[1].data_ptr(),
+                         0 if nl is None else nl.kind, 0 if params is None else params.data_ptr(),
+                         0 if params is None else params.numel()))
+    return out
+
+
 class PackedConv:
     """A binary convolution in the kernel's layout, built from the file's weights [O, KH*KW, Cw].
 

@@ -34,7 +34,7 @@ class VGGSmall(nn.Module):
         for i in range(1, 6):
             conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
             act = getattr(self, f"nonlinear{i}")
-            x = act(bn(conv_pool(conv, self.pooling, x))) if i % 2 else conv_bn(conv, bn, x, nonlinearity=act)
+            x = conv_pool(conv, self.pooling, x, bn, act) if i % 2 else conv_bn(conv, bn, x, nonlinearity=act)
         return self.fc(x.flatten(1))
 
 
