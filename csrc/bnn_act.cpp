@@ -556,3 +556,51 @@ void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1) {
     if (avx2) pool_samples_avx2(a, s0, s1);
     else pool_samples_body(a, s0, s1);
 }
+
+/* Output planes [p0, p1) of AvgPoolArgs (index n * (C + 2 pad) + channel) for the forward, input
+ * planes (n * C + c) for the backward. PyTorch's NCHW kernel reads each window with a scalar
+ * loop (about 2 GB/s here); these loops vectorize across a row, with the window's size a
+ * constant K (2: every published shortcut), or 0 for any k. */
+template <int K>
+__attribute__((always_inline)) inline void avg_pool_body(const AvgPoolArgs* a, int64_t p0, int64_t p1) {
+    const int64_t H = a->H, W = a->W, k = K ? K : a->k, Ho = H / k, Wo = W / k, Co = a->C + 2 * a->pad;
+    const float div = (float)(k * k);
+    for (int64_t p = p0; p < p1; ++p) {
+        if (!a->backward) {
+            const int64_t n = p / Co, c = p % Co - a->pad;
+            float* __restrict o = a->out + BNN_AT("avg pool output", p * Ho * Wo, Ho * Wo, a->out_len);
+            if (c < 0 || c >= a->C) {
+                for (int64_t i = 0; i < Ho * Wo; ++i) o[i] = 0.0f;
+                continue;
+            }
+            const float* __restrict x = a->x + BNN_AT("avg pool input", (n * a->C + c) * H * W, H * W, a->x_len);
+            for (int64_t oy = 0; oy < Ho; ++oy) {
+                float* __restrict orow = o + oy * Wo;
+                for (int64_t ox = 0; ox < Wo; ++ox) orow[ox] = 0.0f;
+                for (int64_t ky = 0; ky < k; ++ky) {
+                    const float* __restrict xrow = x + (oy * k + ky) * W;
+                    for (int64_t kx = 0; kx < k; ++kx)
+                        for (int64_t ox = 0; ox < Wo; ++ox) orow[ox] += xrow[ox * k + kx];
+                }
+                for (int64_t ox = 0; ox < Wo; ++ox) orow[ox] = orow[ox] / div;
+            }
+        } else {
+            const int64_t n = p / a->C, c = p % a->C;
+            const float* __restrict g = a->x + BNN_AT("avg pool grad", (n * Co + c + a->pad) * Ho * Wo, Ho * Wo, a->x_len);
+            float* __restrict d = a->out + BNN_AT("avg pool input grad", p * H * W, H * W, a->out_len);
+            for (int64_t y = 0; y < H; ++y) {
+                float* __restrict drow = d + y * W;
+                for (int64_t x = 0; x < W; ++x) drow[x] = 0.0f;
+                if (y >= Ho * k) continue;
+                const float* __restrict grow = g + (y / k) * Wo;
+                for (int64_t kx = 0; kx < k; ++kx)
+                    for (int64_t ox = 0; ox < Wo; ++ox) drow[ox * k + kx] = 0.0f + grow[ox] / div;
+            }
+        }
+    }
+}
+
+BNN_CLONES void avg_pool_planes(const AvgPoolArgs* a, int64_t p0, int64_t p1) {
+    if (a->k == 2) avg_pool_body<2>(a, p0, p1);
+    else avg_pool_body<0>(a, p0, p1);
+}

@@ -168,6 +168,18 @@ typedef struct {
 
 void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1);
 
+/* k x k average pooling with stride k (floor mode, no padding) of NCHW planes, with `pad` zero
+ * channels on each side of the output (csrc/bnn_act.cpp), as PyTorch's CPU kernels round it:
+ * forward out = ((0 + x0) + x1 + ...) / (k*k), window read row by row; backward (x = dL/dout,
+ * out = dL/din) din = 0 + dout / (k*k) inside a window, 0 outside every window. */
+typedef struct {
+    const float* x; int64_t x_len;       /* forward [N][C][H][W]; backward [N][C+2pad][Ho][Wo] */
+    float* out; int64_t out_len;         /* forward [N][C+2pad][Ho][Wo]; backward [N][C][H][W] */
+    int64_t N, C, H, W, k, pad, backward;
+} AvgPoolArgs;
+
+void avg_pool_planes(const AvgPoolArgs* a, int64_t p0, int64_t p1);
+
 /* Bounds checking (debug builds only): BNN_AT(what, idx, span, len) is idx when elements
  * [idx, idx+span) lie inside a buffer of len elements; otherwise the failure is recorded (and
  * reported as a Python exception after the call) and index 0 is used instead, so a debug build

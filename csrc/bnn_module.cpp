@@ -431,6 +431,29 @@ static PyObject* py_pool(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+/* (threads, (x, x_len, out, out_len, N, C, H, W, k, pad, backward)): k x k average pooling with
+ * zero channel padding, or its backward (AvgPoolArgs) */
+static PyObject* py_avg_pool(PyObject*, PyObject* args) {
+    int nt;
+    int64_t v[11];
+    if (parse_threads_call(args, &nt, v, 11, "avg_pool") < 0) return NULL;
+    AvgPoolArgs a;
+    a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
+    a.out = (float*)(uintptr_t)v[2]; a.out_len = v[3];
+    a.N = v[4]; a.C = v[5]; a.H = v[6]; a.W = v[7]; a.k = v[8]; a.pad = v[9]; a.backward = v[10];
+    const bool shape = a.N >= 0 && a.C >= 1 && a.k >= 1 && a.H >= a.k && a.W >= a.k && a.pad >= 0;
+    const int64_t big = a.N * a.C * a.H * a.W, small = shape ? a.N * (a.C + 2 * a.pad) * (a.H / a.k) * (a.W / a.k) : -1;
+    if (!a.x || !a.out || !shape || a.x_len != (a.backward ? small : big) || a.out_len != (a.backward ? big : small))
+        return PyErr_Format(PyExc_ValueError, "avg_pool: inconsistent arguments");
+    const int64_t planes = a.N * (a.backward ? a.C : a.C + 2 * a.pad);
+    nt = threads_for(nt, planes);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(planes, nt, [&](int64_t b, int64_t e) { avg_pool_planes(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject* py_cpu_features(PyObject*, PyObject*) {
     return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
                          "avx512", cpu_has_avx512() ? Py_True : Py_False);
@@ -482,6 +505,7 @@ static PyMethodDef methods[] = {
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
     {"pack_weights", py_pack_weights, METH_VARARGS, "pack_weights(threads, args): binary weights to packed sign bits"},
     {"pool", py_pool, METH_VARARGS, "pool(threads, args): channels-last max pooling + BatchNorm + nonlinearity to NCHW"},
+    {"avg_pool", py_avg_pool, METH_VARARGS, "avg_pool(threads, args): k x k average pooling with zero channel padding, or its backward"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},
     {NULL, NULL, 0, NULL},

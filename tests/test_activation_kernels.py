@@ -290,3 +290,42 @@ def test_native_rank_selection_is_exact(levels):
         _native.lib().siman_center_ranks(threads, (w.data_ptr(), n, 64, 81, ranks.data_ptr(), len(ranks),
                                                    values.data_ptr()))
         assert torch.equal(values, w.abs().flatten().sort().values[ranks])
+
+
+@pytest.mark.parametrize("shape,k,pad", [((4, 16, 32, 32), 2, 8), ((3, 5, 7, 9), 2, 0), ((2, 6, 10, 11), 3, 2),
+                                         ((2, 8, 8, 8), 1, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_avg_pool_pad_keeps_pytorchs_bits_forward_and_backward(shape, k, pad, threads):
+    """The native average pooling with zero channels (PadShortcut's) against F.avg_pool2d + F.pad
+    through autograd: values with signed zeros, NaN and infinities, odd sizes (floor mode), a
+    non-contiguous incoming gradient with -0.0 in it; both bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    flat = x.view(-1)
+    idx = torch.randperm(flat.numel())[:40]
+    flat[idx] = torch.tensor([-0.0, 0.0, float("nan"), float("inf"), -float("inf")]).repeat(8)
+    flat[:4] = -0.0  # a window of negative zeros: 0 + -0.0 is +0.0, as PyTorch's sum starts from 0
+    xa = x.clone().requires_grad_(True)
+    ya = torch.nn.functional.pad(torch.nn.functional.avg_pool2d(xa, k), (0, 0, 0, 0, pad, pad))
+    g = torch.randn(ya.shape[0], ya.shape[3], ya.shape[1], ya.shape[2]).permute(0, 2, 3, 1)  # not contiguous
+    g.reshape(-1)[:7] = -0.0
+    ya.backward(g)
+    xb = x.clone().requires_grad_(True)
+    yb = _on_threads(threads, lambda: functional.avg_pool_pad(xb, k, pad))
+    assert yb.grad_fn is not None and "AvgPoolPad" in type(yb.grad_fn).__name__  # the native path ran
+    _on_threads(threads, lambda: yb.backward(g))
+    assert torch.equal(yb.detach().view(torch.int32), ya.detach().view(torch.int32))
+    assert torch.equal(xb.grad.view(torch.int32), xa.grad.view(torch.int32))
+
+
+def test_avg_pool_pad_falls_back_and_the_binding_checks_sizes(kernels):
+    x = torch.randn(2, 4, 8, 8)
+    want = torch.nn.functional.pad(torch.nn.functional.avg_pool2d(x, 2), (0, 0, 0, 0, 1, 1))
+    assert torch.equal(functional.avg_pool_pad(x.contiguous(memory_format=torch.channels_last), 2, 1), want)
+    assert torch.equal(functional.avg_pool_pad(x.double(), 2, 1),
+                       torch.nn.functional.pad(torch.nn.functional.avg_pool2d(x.double(), 2), (0, 0, 0, 0, 1, 1)))
+    kernels("eager")
+    assert torch.equal(functional.avg_pool_pad(x, 2, 1), want)
+    out = torch.empty(2, 6, 4, 4)
+    with pytest.raises(ValueError, match="avg_pool: inconsistent arguments"):  # out too short for 2 pad channels each side
+        _native.lib().avg_pool(1, (x.data_ptr(), x.numel(), out.data_ptr(), out.numel(), 2, 4, 8, 8, 2, 2, 0))

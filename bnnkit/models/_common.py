@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional import avg_pool_pad
+
 
 def activation(arch: str, channels: int, stem: bool = False) -> nn.Module:
     """SiMaN: ReLU in the stem, PReLU(channels) in blocks; BiPer: Hardtanh everywhere."""
@@ -21,7 +23,9 @@ class PadShortcut(nn.Module):
         self.pad, self.pool = pad, pool
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x[:, :, ::2, ::2] if self.pool == "slice" else F.avg_pool2d(x, 2)
+        if self.pool == "avg":  # PyTorch's NCHW avg_pool2d is slow on CPU: one native pass, same bits
+            return avg_pool_pad(x, 2, self.pad)
+        x = x[:, :, ::2, ::2]
         return F.pad(x, (0, 0, 0, 0, self.pad, self.pad)) if self.pad else x
 
     def extra_repr(self) -> str:
