@@ -16,7 +16,9 @@ Models write each `act(bn(conv(x)) + residual)` as `conv_bn(conv, bn, x, residua
 (bnnkit.layers): there the kernel's epilogue also applies the eval-mode BatchNorm, as the fused
 multiply-add PyTorch's CPU kernel computes (deploy/_affine.py), adds the residual with one float32
 rounding and applies a PReLU or Hardtanh with PyTorch's formula, so none of them costs a pass of
-its own and the bits are still the same.
+its own and the bits are still the same. Pooled blocks, `act(bn(pool(conv(x))))`, are written
+`conv_pool(conv, pool, x, bn, act)`: the conv writes channels-last and one native pass max-pools,
+applies the BatchNorm and the nonlinearity and stores NCHW (`pool_forward`).
 """
 from __future__ import annotations
 
