@@ -166,7 +166,10 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     alpha = torch.ones(O) if layer.alpha is None else layer.alpha.detach().reshape(-1)
     if alpha.dtype != torch.float32 or alpha.shape != (O,):
         return None
-    same_signs = same_signs or (cache is not None and cache.signs.shape == signs.shape and torch.equal(cache.signs, signs))
+    if not same_signs and cache is not None and cache.signs.shape == signs.shape and torch.equal(cache.signs, signs):
+        same_signs = True
+        if source is not None:  # new latent weights with the same signs: the next call skips the quantizer
+            cache.source = (source[0], source[1].clone())
     if not (same_signs and torch.equal(cache.alpha, alpha) and _same_bn(cache.bn_state, bn)):
         w_bits = None if same_signs else native.pack_weight_signs(signs.detach(), torch.get_num_threads())
         if not same_signs and w_bits is None:  # not exactly ±1

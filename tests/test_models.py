@@ -287,6 +287,9 @@ def test_packed_eval_reuses_a_pure_quantizers_signs_only_for_the_same_weights(mo
     assert packed_calls() == 1
     w.data[1, 0, 0, 0] = w.data[1, 0, 0, 0].item()  # the same value written again: no call
     assert packed_calls() == 0
+    w.data[2, 0, 0, 0] = torch.nextafter(w.data[2, 0, 0, 0], torch.tensor(float("inf")))  # a new weight, the same sign
+    assert packed_calls() == 1
+    assert packed_calls() == 0  # the cache now knows these weights give those signs
     convs[5].weight_quantizer.configure(freq=21.0)
     assert packed_calls() == 1
     convs[7].weight_quantizer.register_forward_hook(lambda *a: None)
