@@ -139,17 +139,44 @@ HEADER = (f"{'model':<16} {'method':<9} {'batch':>5} {'train/s':>9} {'float/s':>
           f"{'eval/s':>9} {'feval/s':>9} {'ev gain':>8} {'1st gain':>8} {'GFLOP/s':>7} {'peak':>6}")
 
 
-def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 15) -> str:
+def missed_targets(r: dict) -> dict[str, str]:
+    """The targets this result misses, as {"train" | "eval": what was measured}: the training step
+    at most 1.0x the float twin's time (ResNet-20) or 1.1x (the others), eval at least 2x faster
+    than the training-mode forward."""
+    m = r["median_s"]
+    limit = 1.0 if r["model"].startswith("resnet20") else 1.1
+    ratio = m[("binary", "train")] / m[("float", "train")]
+    gain = m[("binary", "train_fwd")] / m[("binary", "eval")]
+    missed = {}
+    if ratio > limit:
+        missed["train"] = f"training step {ratio:.2f}x the float twin's (target <= {limit}x)"
+    if gain < 2.0:
+        missed["eval"] = f"eval {gain:.2f}x faster than the training forward (target >= 2x)"
+    return missed
+
+
+def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 15,
+                 parts: tuple[str, ...] = ("train",)) -> str:
+    """torch.profiler's top operators (self CPU time) of one training step ("train"), one
+    training-mode forward ("train_fwd") and/or one eval forward after a step ("eval"); the
+    native kernels show as bnnkit::<kernel>."""
     from . import create_model
 
     torch.manual_seed(0)
     model = create_model(name, method, **settings)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    step = make_steps(model, x, y, True)["train"]
-    step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    steps = make_steps(model, x, y, True)
+    titles = {"train": "training step", "train_fwd": "training-mode forward", "eval": "eval forward"}
+    out = []
+    for part in parts:
+        steps["train"]()
+        if part == "eval":
+            steps["eval"]()  # the first eval after a step re-packs the weights: time the next one
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            steps[part]()
+        out.append(f"-- {name} {method}: {titles[part]}, top {top} operators by self CPU time\n"
+                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="implementation of the fused activation paths (bnnkit.functional.set_kernels); "
                              "the float twin has none")
     parser.add_argument("--compile", action="store_true", help="the same as --kernels compiled")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per case")
+    parser.add_argument("--profile", nargs="?", const="always", default="misses", choices=["always", "misses", "never"],
+                        help="print torch.profiler's top operators (native kernels as bnnkit::<kernel>) of the "
+                             "parts of a case that miss a target (default: misses), of every case (--profile), "
+                             "or never")
     parser.add_argument("--percent", type=float, default=0.0,
                         help="SiMaN's clipping percentile (its recipe schedules 15*(1 - e/E), so above 0 in "
                              "every epoch; the method's default, 0, skips the clipping)")
@@ -195,8 +225,14 @@ def main(argv: list[str] | None = None) -> int:
             settings = {**settings, "percent": args.percent}
         r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)
         print(format_row(r, peak), flush=True)
-        if args.profile:
-            print(profile_case(name, method, settings, args.batch), flush=True)
+        missed = missed_targets(r)
+        if args.profile == "always" or (args.profile == "misses" and missed):
+            for line in missed.values():
+                print(f"   target missed: {line}")
+            parts = ("train", "train_fwd", "eval")
+            if args.profile == "misses":  # the step's operators, or the two forwards the eval gain compares
+                parts = (("train",) if "train" in missed else ()) + (("train_fwd", "eval") if "eval" in missed else ())
+            print(profile_case(name, method, settings, args.batch, parts=parts), flush=True)
     print("t ratio = binary train-step time / float train-step time (target <= 1.0 for resnet20, 1.1 others);"
           " ev gain = binary train-mode forward time / eval time (target >= 2), eval timed on the second batch"
           " after a step; 1st gain = the same for the first batch, which also rebuilds the packed weights"

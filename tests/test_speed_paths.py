@@ -106,6 +106,29 @@ def test_bench_runs_and_prints_its_ratios(capsys, monkeypatch):
     functional.set_kernels("native")
 
 
+def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(capsys):
+    from bnnkit.bench import missed_targets
+
+    def result(model, train, twin, fwd, ev):
+        return {"model": model, "median_s": {("binary", "train"): train, ("float", "train"): twin,
+                                             ("binary", "train_fwd"): fwd, ("binary", "eval"): ev}}
+
+    assert missed_targets(result("resnet20_1w1a", 1.0, 1.0, 2.0, 1.0)) == {}
+    assert set(missed_targets(result("resnet20_1w1a", 1.05, 1.0, 2.0, 1.0))) == {"train"}  # ResNet-20: 1.0x
+    assert missed_targets(result("resnet18_1w1a", 1.05, 1.0, 2.0, 1.0)) == {}  # the others: 1.1x
+    missed = missed_targets(result("vgg_small_1w1a", 1.2, 1.0, 1.5, 1.0))
+    assert set(missed) == {"train", "eval"} and "1.20x" in missed["train"] and "1.50x" in missed["eval"]
+    args = ["--models", "resnet20_1w1a", "--methods", "siman", "--batch", "4", "--rounds", "1", "--warmup", "0",
+            "--matmul_size", "256"]
+    assert bench_main(args + ["--profile"]) == 0
+    out = capsys.readouterr().out
+    for part in ("training step", "training-mode forward", "eval forward"):
+        assert f"resnet20_1w1a siman: {part}, top 15 operators" in out
+    assert "bnnkit::bconv" in out and "bnnkit::act_forward" in out  # native kernels are named, not hidden
+    assert bench_main(args + ["--profile", "never"]) == 0
+    assert "top 15 operators" not in capsys.readouterr().out
+
+
 def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
     import platform
 

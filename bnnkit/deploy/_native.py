@@ -30,18 +30,48 @@ _scratch = threading.local()  # per-thread reusable tie buffers of pack()
 _NO_TIES = torch.empty((0, 4), dtype=torch.int32)
 
 
-def lib() -> ModuleType:
-    global _lib
+class _Profiled:
+    """The kernels module with each call named in torch.profiler's tables (`bnnkit::bconv`,
+    `bnnkit::act_forward`, ...) while a profiler runs: without it, time spent in the native
+    kernels would show as no operator at all. Off the profiler a call costs one flag check."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.module, name)
+        if not callable(fn):
+            return fn
+        label = "bnnkit::" + name
+
+        @functools.wraps(fn)
+        def call(*args):
+            if not torch._C._autograd._profiler_enabled():
+                return fn(*args)
+            with torch.profiler.record_function(label):
+                return fn(*args)
+
+        self.__dict__[name] = call  # found directly from now on
+        return call
+
+
+_profiled: _Profiled | None = None
+
+
+def lib() -> _Profiled:
+    global _lib, _profiled
     if _lib is None:
         try:
             _lib = importlib.import_module("bnnkit.deploy._kernels")
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("bnnkit's native deployment kernels are not built; reinstall with "
                               "`pip install -e .` or run `python setup.py build_ext --inplace`") from e
-    return _lib
+    if _profiled is None or _profiled.module is not _lib:
+        _profiled = _Profiled(_lib)
+    return _profiled
 
 
-def try_lib() -> ModuleType | None:
+def try_lib() -> _Profiled | None:
     """lib(), or None where the kernels are not built: callers then take their PyTorch path."""
     global _missing
     if _lib is None and _missing:
