@@ -64,6 +64,17 @@ class _PackedWeights:
         self.signs, self.alpha, self.bn_state, self.conv, self.source = signs, alpha, bn_state, conv, source
 
 
+class _RealWeights:
+    """A pure weight quantizer's source whose output was not exactly ±1: until it changes, packed
+    eval returns at once instead of running the quantizer and the packing to find that again
+    (BiPer's stage 1 ran sin three times a conv: conv_bn's try, the conv's own try, the float path)."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: tuple) -> None:
+        self.source = source
+
+
 def _quantizer_source(layer: "BinaryConv2d") -> tuple | None:
     """What a pure weight quantizer's output is a function of: its settings, its mode and the
     latent weights (compared bit for bit, as int32); None for a quantizer that is not pure."""
@@ -155,6 +166,10 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     key = "_packed_weights" if bn is None else "_packed_weights_bn"
     cache = layer.__dict__.get(key)
     source = _quantizer_source(layer)
+    if isinstance(cache, _RealWeights):
+        if _same_source(cache.source, source):
+            return None  # these very weights gave real values (BiPer's stage 1): the float path runs
+        cache = None
     # a pure quantizer of unchanged weights would give the cached signs again: a compare of the
     # weights' bits instead of the quantizer and a compare of its output (BiPer's sin over
     # ResNet-18's 11 M weights, 30 ms an eval batch)
@@ -173,7 +188,7 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     if not (same_signs and torch.equal(cache.alpha, alpha) and _same_bn(cache.bn_state, bn)):
         w_bits = None if same_signs else native.pack_weight_signs(signs.detach(), torch.get_num_threads())
         if not same_signs and w_bits is None:  # not exactly ±1
-            layer.__dict__[key] = None
+            layer.__dict__[key] = None if source is None else _RealWeights((source[0], source[1].clone()))
             return None
         from .deploy._affine import epilogue_affine
 

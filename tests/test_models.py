@@ -296,6 +296,35 @@ def test_packed_eval_reuses_a_pure_quantizers_signs_only_for_the_same_weights(mo
     assert packed_calls() == 1 and packed_calls() == 1  # a hooked quantizer runs every time
 
 
+def test_packed_eval_remembers_that_stage_one_weights_are_real(monkeypatch):
+    """BiPer's stage 1 quantizer gives real values: packed eval finds that once per set of
+    weights, and afterwards leaves each conv to the float path at once (one quantizer call a conv,
+    the float path's own), until the weights or settings change; stage 2 then packs as usual."""
+    from bnnkit.methods.biper import BiperWeight
+
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", "biper", stage=1).eval()
+    x = torch.randn(2, 3, 32, 32)
+    calls = []
+    forward = BiperWeight.forward
+    monkeypatch.setattr(BiperWeight, "forward", lambda self, w: calls.append(self) or forward(self, w))
+    convs = [c for _, c in binary_convs(model)]
+
+    def packed_calls():
+        calls.clear()
+        out = _eval_logits(model, x, True)
+        n = len(calls)
+        assert torch.equal(out, _eval_logits(model, x, False))
+        return n
+
+    assert packed_calls() > len(convs)   # first eval: the packed tries run the quantizer too
+    assert packed_calls() == len(convs)  # then only the float path's call
+    convs[2].weight.data[0, 0, 0, 0] += 1.0
+    assert packed_calls() > len(convs) and packed_calls() == len(convs)
+    bnnkit.configure(model, stage=2)
+    assert packed_calls() == len(convs) and packed_calls() == 0  # stage 2: packed, then cached
+
+
 def _random_bn(channels: int) -> torch.nn.BatchNorm2d:
     bn = torch.nn.BatchNorm2d(channels).eval()
     with torch.no_grad():
