@@ -156,16 +156,18 @@ def missed_targets(r: dict) -> dict[str, str]:
 
 
 def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 15,
-                 parts: tuple[str, ...] = ("train",)) -> str:
+                 parts: tuple[str, ...] = ("train",), channels_last: bool = False, amp: str | None = None) -> str:
     """torch.profiler's top operators (self CPU time) of one training step ("train"), one
-    training-mode forward ("train_fwd") and/or one eval forward after a step ("eval"); the
-    native kernels show as bnnkit::<kernel>."""
+    training-mode forward ("train_fwd") and/or one eval forward after a step ("eval"), in the
+    bench's configuration; the native kernels show as bnnkit::<kernel>."""
     from . import create_model
 
     torch.manual_seed(0)
     model = create_model(name, method, **settings)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    steps = make_steps(model, x, y, True)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    steps = make_steps(model, x, y, True, amp)
     titles = {"train": "training step", "train_fwd": "training-mode forward", "eval": "eval forward"}
     out = []
     for part in parts:
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             parts = ("train", "train_fwd", "eval")
             if args.profile == "misses":  # the step's operators, or the two forwards the eval gain compares
                 parts = (("train",) if "train" in missed else ()) + (("train_fwd", "eval") if "eval" in missed else ())
-            print(profile_case(name, method, settings, args.batch, parts=parts), flush=True)
+            print(profile_case(name, method, settings, args.batch, parts=parts, channels_last=args.channels_last,
+                               amp=args.amp), flush=True)
     print("t ratio = binary train-step time / float train-step time (target <= 1.0 for resnet20, 1.1 others);"
           " ev gain = binary train-mode forward time / eval time (target >= 2), eval timed on the second batch"
           " after a step; 1st gain = the same for the first batch, which also rebuilds the packed weights"
