@@ -127,6 +127,12 @@ def _eval_logits(model, x, packed: bool):
         _packed_eval.set_enabled(old)
 
 
+def _ran_packed(conv, key: str) -> bool:
+    """Whether packed eval holds packed weights for this conv (not the marker of weights found
+    not to be exactly ±1)."""
+    return isinstance(conv.__dict__.get(key), _packed_eval._PackedWeights)
+
+
 @pytest.mark.parametrize("name,family,method", BUILDABLE, ids=[f"{f}-{n}-{m}" for n, f, m in BUILDABLE])
 def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     """On CPU, eval runs binary convs on packed bits (bnnkit._packed_eval): the same integers, the
@@ -143,10 +149,9 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     for layout in (torch.contiguous_format, torch.channels_last):
         xl = x.contiguous(memory_format=layout)
         assert torch.equal(_eval_logits(model, xl, False), _eval_logits(model, xl, True))
-    packed = [n for n, c in binary_convs(model)
-              if c.__dict__.get("_packed_weights") is not None or c.__dict__.get("_packed_weights_bn") is not None]
+    packed = [n for n, c in binary_convs(model) if _ran_packed(c, "_packed_weights") or _ran_packed(c, "_packed_weights_bn")]
     # conv_bn's BatchNorm (and residual) went into the kernel's epilogue, with the same bits
-    folded = [n for n, c in binary_convs(model) if c.__dict__.get("_packed_weights_bn") is not None]
+    folded = [n for n, c in binary_convs(model) if _ran_packed(c, "_packed_weights_bn")]
     # XNOR's weights are ±mean|w|, and a random weight can be exactly 0 (sign 0): those stay float
     eligible = [n for n, c in binary_convs(model) if c.binary_input and bool((c.binary_weight().abs() == 1).all())]
     sign_input = [n for n, c in binary_convs(model) if c.binary_input]
@@ -167,7 +172,7 @@ def test_packed_eval_follows_new_scales_and_statistics(method, settings):
 
     _eval_logits(model, x, True)
     before = {n: c.__dict__["_packed_weights_bn"].conv for n, c in binary_convs(model)
-              if c.__dict__.get("_packed_weights_bn") is not None}
+              if _ran_packed(c, "_packed_weights_bn")}
     assert before
     with torch.no_grad():
         for i, (_, conv) in enumerate(binary_convs(model)):
@@ -206,14 +211,14 @@ def test_conv_bn_folds_only_what_it_reproduces():
                 bn.train()
         assert torch.equal(_eval_logits(float_model, x, False), _eval_logits(packed_model, x, True)), change
         conv = packed_model.layer1[0].conv1
-        folded = conv.__dict__.get("_packed_weights_bn") is not None
+        folded = _ran_packed(conv, "_packed_weights_bn")
         assert folded == (change == "none"), change
         if change == "hook":
             assert len(calls) == 2  # once per model
         if change == "bn_training":
             assert torch.equal(float_model.layer1[0].bn1.running_mean, packed_model.layer1[0].bn1.running_mean)
             assert not torch.equal(packed_model.layer1[0].bn1.running_mean, model.layer1[0].bn1.running_mean)
-        assert packed_model.layer1[0].conv2.__dict__.get("_packed_weights_bn") is not None  # its neighbour folds
+        assert _ran_packed(packed_model.layer1[0].conv2, "_packed_weights_bn")  # its neighbour folds
 
 
 @pytest.mark.parametrize("name,method,settings", [("resnet20_1w1a", "siman", {}), ("resnet18_1w1a", "biper", {"stage": 2})])
@@ -374,7 +379,7 @@ def test_conv_pool_pools_channels_last_with_the_same_bits(pool, after):
     with torch.no_grad():
         got = conv_pool(conv, pool, x, bn, act)
     assert torch.equal(got.view(torch.int32), want.view(torch.int32)) and got.is_contiguous()
-    assert conv.__dict__.get("_packed_weights") is not None  # it did run on packed bits
+    assert _ran_packed(conv, "_packed_weights")  # it did run on packed bits
     seen = []
     hooked = copy.deepcopy(pool)
     hooked.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].is_contiguous()))
