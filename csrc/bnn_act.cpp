@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bnn_kernels.h"
+#include "bnn_nonlin.h"
 
 /* The 32-byte vector helpers below are always inlined, so no call passes a vector across an ABI
  * boundary that GCC would warn about. */
@@ -522,22 +523,10 @@ __attribute__((always_inline)) inline void pool_samples_body(const PoolArgs* a, 
                 }
             if (scale)
                 for (int64_t c = 0; c < C; ++c) m[c] = fmaf(m[c], scale[c], bias[c]);
-            if (nonlin == 1)  /* PyTorch's prelu: v > 0 ? v : slope * v, as a bitwise select (GCC
-                               * sinks a ternary's multiply into a branch and does not vectorize it) */
-                for (int64_t c = 0; c < C; ++c) {
-                    const float v = m[c], sv = slope[c] * v;
-                    const uint32_t keep = 0u - (uint32_t)(v > 0.0f);
-                    uint32_t vb, sb;
-                    memcpy(&vb, &v, 4);
-                    memcpy(&sb, &sv, 4);
-                    vb = (vb & keep) | (sb & ~keep);
-                    memcpy(&m[c], &vb, 4);
-                }
-            if (nonlin == 2)  /* hardtanh: v < lo ? lo : v > hi ? hi : v */
-                for (int64_t c = 0; c < C; ++c) {
-                    const float v = m[c];
-                    m[c] = v < lo ? lo : (v > hi ? hi : v);
-                }
+            if (nonlin == 1)
+                for (int64_t c = 0; c < C; ++c) m[c] = bnn_prelu(m[c], slope[c]);
+            if (nonlin == 2)
+                for (int64_t c = 0; c < C; ++c) m[c] = bnn_hardtanh(m[c], lo, hi);
         }
         float* __restrict dst = a->out + BNN_AT("pool output", n * C * P, C * P, a->out_len);
         for (int64_t c = 0; c < C; ++c)

@@ -24,6 +24,8 @@
 #include <string.h>
 #include <stdlib.h>
 
+#include "bnn_nonlin.h"
+
 namespace {
 
 typedef BNN_POLICY P;
@@ -105,8 +107,8 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
     return any;
 }
 
-/* dst[x] = nonlin(src[x] (+ res[x])) for x < n: one loop per case, each a single pass that
- * vectorizes. The PReLU slope is slope[x] with PER (the channels of one pixel), else slope[0]
+/* dst[x] = nonlin(src[x] (+ res[x])) for x < n (bnn_nonlin.h): one loop per case, each a single
+ * pass that vectorizes. The PReLU slope is slope[x] with PER (the channels of one pixel), else slope[0]
  * (one channel's row). */
 template <int NL, bool RES, bool PER>
 static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, const float* slope,
@@ -114,22 +116,8 @@ static inline void store_channel_row(const float* src, const float* res, float* 
     for (int64_t x = 0; x < n; ++x) {
         float v = src[x];
         if (RES) v += res[x];  /* only with one: + 0 would turn -0.0 into +0.0 */
-        /* both sides computed unconditionally: a conditional multiply or compare may raise a
-         * floating-point exception, so the compiler would not vectorize it (and it sinks a
-         * ternary's multiply back into a branch: hence the bitwise select) */
-        if (NL == 1) {
-            const float m = slope[PER ? x : 0] * v;
-            const uint32_t keep = 0u - (uint32_t)(v > 0.0f);
-            uint32_t vb, mb;
-            memcpy(&vb, &v, 4);
-            memcpy(&mb, &m, 4);
-            vb = (vb & keep) | (mb & ~keep);
-            memcpy(&v, &vb, 4);
-        }
-        if (NL == 2) {
-            const bool lt = v < lo, gt = v > hi;
-            v = lt ? lo : (gt ? hi : v);
-        }
+        if (NL == 1) v = bnn_prelu(v, slope[PER ? x : 0]);
+        if (NL == 2) v = bnn_hardtanh(v, lo, hi);
         dst[x] = v;
     }
 }

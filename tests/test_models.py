@@ -260,30 +260,38 @@ def test_conv_bn_applies_the_block_nonlinearity_in_the_kernel(monkeypatch, name,
         assert calls["prelu"] == 1 and len(seen) == 1
 
 
+def _counting_biper_quantizer_calls(monkeypatch, model, x):
+    """A function that evaluates `model` on x with packed eval, returns how many times BiPer's
+    weight quantizer ran meanwhile, and checks the logits against the float path's."""
+    from bnnkit.methods.biper import BiperWeight
+
+    calls = []
+    forward = BiperWeight.forward
+    monkeypatch.setattr(BiperWeight, "forward", lambda self, w: calls.append(self) or forward(self, w))
+
+    def packed_calls() -> int:
+        calls.clear()
+        out = _eval_logits(model, x, True)
+        n = len(calls)
+        assert torch.equal(out, _eval_logits(model, x, False))
+        return n
+
+    return packed_calls
+
+
 def test_packed_eval_reuses_a_pure_quantizers_signs_only_for_the_same_weights(monkeypatch):
     """BiPer's weight quantizer is pure: packed eval skips it while the latent weights keep their
     bits, and calls it again after any change: an in-place edit through .data (which autograd's
     version counter does not see), a flipped sign bit, a new setting, a hook on the quantizer.
     Every eval keeps the float path's bits."""
-    from bnnkit.methods.biper import BiperWeight
-
     torch.manual_seed(0)
     model = bnnkit.create_model("resnet20_1w1a", "biper", stage=2)
     model.train()
     model(torch.randn(8, 3, 32, 32))
     model.eval()
     x = torch.randn(2, 3, 32, 32)
-    calls = []
-    forward = BiperWeight.forward
-    monkeypatch.setattr(BiperWeight, "forward", lambda self, w: calls.append(self) or forward(self, w))
+    packed_calls = _counting_biper_quantizer_calls(monkeypatch, model, x)
     convs = [c for _, c in binary_convs(model)]
-
-    def packed_calls():
-        calls.clear()
-        out = _eval_logits(model, x, True)
-        n = len(calls)
-        assert torch.equal(out, _eval_logits(model, x, False))
-        return n
 
     assert packed_calls() == len(convs)  # first eval: every quantizer runs
     assert packed_calls() == 0           # unchanged weights: none does
@@ -305,22 +313,11 @@ def test_packed_eval_remembers_that_stage_one_weights_are_real(monkeypatch):
     """BiPer's stage 1 quantizer gives real values: packed eval finds that once per set of
     weights, and afterwards leaves each conv to the float path at once (one quantizer call a conv,
     the float path's own), until the weights or settings change; stage 2 then packs as usual."""
-    from bnnkit.methods.biper import BiperWeight
-
     torch.manual_seed(0)
     model = bnnkit.create_model("resnet20_1w1a", "biper", stage=1).eval()
     x = torch.randn(2, 3, 32, 32)
-    calls = []
-    forward = BiperWeight.forward
-    monkeypatch.setattr(BiperWeight, "forward", lambda self, w: calls.append(self) or forward(self, w))
+    packed_calls = _counting_biper_quantizer_calls(monkeypatch, model, x)
     convs = [c for _, c in binary_convs(model)]
-
-    def packed_calls():
-        calls.clear()
-        out = _eval_logits(model, x, True)
-        n = len(calls)
-        assert torch.equal(out, _eval_logits(model, x, False))
-        return n
 
     assert packed_calls() > len(convs)   # first eval: the packed tries run the quantizer too
     assert packed_calls() == len(convs)  # then only the float path's call
