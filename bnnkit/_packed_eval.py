@@ -93,6 +93,11 @@ def _bn_state(bn: nn.BatchNorm2d) -> tuple:
     return (bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
+def _bn_snapshot(bn: nn.BatchNorm2d) -> tuple:
+    """A copy of _bn_state(bn), for _same_bn to compare the module with later."""
+    return tuple(t.detach().clone() if isinstance(t, Tensor) else t for t in _bn_state(bn))
+
+
 def _same_bn(state: tuple | None, bn: nn.BatchNorm2d | None) -> bool:
     if state is None or bn is None:
         return state is None and bn is None
@@ -197,8 +202,7 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
             conv = cache.conv.with_epilogue(scale, bias, prescale=alpha.clone())
         else:
             conv = layer_packed_conv(layer, w_bits, alpha.clone(), scale, bias)
-        bn_state = None if bn is None else tuple(t.detach().clone() if isinstance(t, Tensor) else t
-                                                  for t in _bn_state(bn))
+        bn_state = None if bn is None else _bn_snapshot(bn)
         source = None if source is None else (source[0], source[1].clone())
         cache = layer.__dict__[key] = _PackedWeights(signs.detach().clone(), alpha.clone(), bn_state, conv, source)
     conv = cache.conv
@@ -232,11 +236,12 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
 
 def pool_forward(layer: "BinaryConv2d", pool: nn.Module, x: Tensor, bn: nn.Module | None,
                  nonlinearity: Callable[[Tensor], Tensor] | None) -> Tensor | None:
-    """nonlinearity(bn(pool(layer(x)))) in packed eval for an NCHW x and an nn.MaxPool2d without
-    padding or dilation, NCHW like the float path's: the conv writes channels-last, then one native
-    pass pools, applies a foldable BatchNorm (as its epilogue would) and a PReLU or Hardtanh, and
-    stores NCHW; a BatchNorm or nonlinearity it cannot take runs after it in PyTorch. None where
-    packed eval does not apply (the caller runs the float path)."""
+    """nonlinearity(bn(pool(layer(x)))) in packed eval for an NCHW x and an nn.MaxPool2d, NCHW like
+    the float path's. The conv writes channels-last; for a pool without padding, dilation or ceil
+    mode one native pass then pools, applies a foldable BatchNorm (as the conv epilogue would) and
+    a PReLU or Hardtanh, and stores NCHW; other pools run channels-last in PyTorch; a BatchNorm or
+    nonlinearity the pass cannot take runs after it in PyTorch. None where packed eval does not
+    apply (the caller runs the float path)."""
     if not (type(pool) is nn.MaxPool2d and not pool.return_indices and _no_hooks(pool)):
         return None
     y = packed_forward(layer, x, layout=torch.channels_last)
@@ -244,17 +249,19 @@ def pool_forward(layer: "BinaryConv2d", pool: nn.Module, x: Tensor, bn: nn.Modul
         return None
     kernel, stride, padding, dilation = (_pair(v) for v in (pool.kernel_size, pool.stride or pool.kernel_size,
                                                              pool.padding, pool.dilation))
-    fold = bn is not None and _foldable(bn, y.shape[1])
-    kernel_nonlin = _kernel_nonlinearity(nonlinearity, y.shape[1]) if nonlinearity is not None and (bn is None or fold) else None
-    if (padding != (0, 0) or dilation != (1, 1) or pool.ceil_mode or y.shape[2] < kernel[0] or y.shape[3] < kernel[1]):
-        out, kernel_nonlin = pool(y).contiguous(), None  # channels-last pooling by PyTorch
-        if bn is not None:
-            out = bn(out)
-    else:
+    native_pool = (padding == (0, 0) and dilation == (1, 1) and not pool.ceil_mode
+                   and y.shape[2] >= kernel[0] and y.shape[3] >= kernel[1])
+    fold = native_pool and bn is not None and _foldable(bn, y.shape[1])
+    kernel_nonlin = None
+    if native_pool and nonlinearity is not None and (bn is None or fold):
+        kernel_nonlin = _kernel_nonlinearity(nonlinearity, y.shape[1])
+    if native_pool:
         scale, bias = _bn_constants(bn) if fold else (None, None)
         out = _native().max_pool_to_nchw(y, kernel, stride, torch.get_num_threads(), scale, bias, kernel_nonlin)
-        if bn is not None and not fold:
-            out = bn(out)
+    else:
+        out = pool(y).contiguous()  # other geometries: PyTorch's channels-last pooling
+    if bn is not None and not fold:
+        out = bn(out)
     return out if nonlinearity is None or kernel_nonlin is not None else nonlinearity(out)
 
 
@@ -270,6 +277,5 @@ def _bn_constants(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     from .deploy._affine import bn_affine
 
     constants = bn_affine(bn)
-    bn.__dict__["_packed_eval_affine"] = (tuple(t.detach().clone() if isinstance(t, Tensor) else t
-                                                for t in _bn_state(bn)), constants)
+    bn.__dict__["_packed_eval_affine"] = (_bn_snapshot(bn), constants)
     return constants
