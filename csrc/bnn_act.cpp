@@ -536,14 +536,21 @@ __attribute__((always_inline)) inline void pool_samples_body(const PoolArgs* a, 
 
 /* An AVX2 + FMA copy chosen at run time: target_clones("avx2") would leave fmaf a library call in
  * the loop, and an "arch=" clone is chosen by CPU model, not by its features. */
+#if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2,fma"))) static void pool_samples_avx2(const PoolArgs* a, int64_t s0, int64_t s1) {
     pool_samples_body(a, s0, s1);
 }
+#endif
 
 void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1) {
-    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) pool_samples_avx2(a, s0, s1);
-    else pool_samples_body(a, s0, s1);
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool avx2 = bnn_cpu_has_avx2();
+    if (avx2) {
+        pool_samples_avx2(a, s0, s1);
+        return;
+    }
+#endif
+    pool_samples_body(a, s0, s1);
 }
 
 /* Output planes [p0, p1) of AvgPoolArgs (index n * (C + 2 pad) + channel) for the forward, input

@@ -28,6 +28,9 @@
 extern "C" {
 #endif
 
+/* Whether this CPU runs the AVX2 code paths: AVX2, FMA and POPCNT (csrc/bnn_module.cpp). */
+int bnn_cpu_has_avx2(void);
+
 typedef struct {
     const uint64_t* act; int64_t act_len;
     int64_t N, H, W, Hp, Wp, bpad_h, bpad_w;

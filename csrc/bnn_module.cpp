@@ -28,7 +28,7 @@
 
 enum { ISA_PORTABLE = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
 
-static int cpu_has_avx2(void) {
+int bnn_cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
@@ -40,7 +40,7 @@ static int cpu_has_avx2(void) {
 static int cpu_has_avx512(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    return bnn_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vpopcntdq");
 #else
@@ -91,7 +91,7 @@ static int read_ints(PyObject* seq, int64_t* out, Py_ssize_t n, const char* what
 
 static int resolve_isa(int isa) {
     if (isa == ISA_AVX512 && !cpu_has_avx512()) return -1;
-    if (isa == ISA_AVX2 && !cpu_has_avx2()) return -1;
+    if (isa == ISA_AVX2 && !bnn_cpu_has_avx2()) return -1;
     if (isa < ISA_PORTABLE || isa > ISA_AVX512) return -1;
     return isa;
 }
@@ -455,7 +455,7 @@ static PyObject* py_avg_pool(PyObject*, PyObject* args) {
 }
 
 static PyObject* py_cpu_features(PyObject*, PyObject*) {
-    return Py_BuildValue("{s:O,s:O}", "avx2", cpu_has_avx2() ? Py_True : Py_False,
+    return Py_BuildValue("{s:O,s:O}", "avx2", bnn_cpu_has_avx2() ? Py_True : Py_False,
                          "avx512", cpu_has_avx512() ? Py_True : Py_False);
 }
 
