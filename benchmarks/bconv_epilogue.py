@@ -1,8 +1,10 @@
 """What the packed binary conv's epilogue costs with a residual and a nonlinearity fused, against
-PyTorch adding them in passes of their own, for the NCHW outputs packed eval writes.
+PyTorch adding them in passes of their own, for the NCHW outputs packed eval writes, or the
+channels-last ones of the deploy runtime.
 
     python benchmarks/bconv_epilogue.py                 # 2 threads, ResNet-20 (batch 256) and ResNet-18 (batch 64) shapes
     python benchmarks/bconv_epilogue.py --threads 1 --repeats 15
+    python benchmarks/bconv_epilogue.py --channels-last --threads 1 --batch 1   # the deploy runtime's case
 
 For each 3x3 conv, times (minimum over repeats, the variants interleaved, their order reversed
 every other round): the conv alone; conv then `.add_(residual)`; conv, add, then torch.prelu or
@@ -21,21 +23,22 @@ SHAPES = [(256, 16, 32, 1), (256, 32, 16, 1), (256, 64, 8, 1), (256, 16, 32, 2),
           (64, 64, 32, 1), (64, 128, 16, 1), (64, 256, 8, 1)]
 
 
-def case(N: int, C: int, H: int, stride: int, threads: int, repeats: int) -> dict[str, float]:
+def case(N: int, C: int, H: int, stride: int, threads: int, repeats: int, nchw: bool = True) -> dict[str, float]:
     isa = _native.resolve_isa()
     O = 2 * C if stride == 2 else C
     w = torch.where(torch.randn(O, C, 3, 3) < 0, -1.0, 1.0)
     conv = _native.PackedConv(_native.pack_weight_signs(w, threads), torch.rand(O) + 0.5, torch.randn(O),
                               prescale=torch.rand(O) + 0.1, in_channels=C, kernel=(3, 3), stride=(stride, stride),
                               padding=(1, 1), dilation=(1, 1), groups=1)
-    x = torch.randn(N, C, H, H)
+    layout = torch.contiguous_format if nchw else torch.channels_last
+    x = torch.randn(N, C, H, H).contiguous(memory_format=layout)
     bits, _, ties = _native.pack(x, groups=1, pad=(1, 1), center=True, isa=isa, threads=threads)
     Ho, Wo = conv.out_size(H, H)
-    res, slopes = torch.randn(N, O, Ho, Wo), torch.rand(O) * 0.5
+    res, slopes = torch.randn(N, O, Ho, Wo).contiguous(memory_format=layout), torch.rand(O) * 0.5
     prelu, hardtanh = _native.Nonlinearity.prelu(slopes, O), _native.Nonlinearity.hardtanh(-1.0, 1.0)
 
     def run(**kw):
-        return conv(bits, H, H, (1, 1), isa=isa, threads=threads, ties=ties, nchw=True, **kw)
+        return conv(bits, H, H, (1, 1), isa=isa, threads=threads, ties=ties, nchw=nchw, **kw)
 
     variants = {
         "conv": lambda: run(),
@@ -64,14 +67,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--channels-last", action="store_true", help="channels-last input and output (the deploy runtime's)")
+    parser.add_argument("--batch", type=int, default=None, help="one batch size for every shape (default: each shape's)")
     args = parser.parse_args()
     if _native.try_lib() is None:
         raise SystemExit("the native kernels are not built: pip install -e . (or python setup.py build_ext --inplace)")
     torch.set_num_threads(args.threads)
-    print(f"isa {_native.resolve_isa()}, {args.threads} threads, NCHW output, ms (minimum of {args.repeats})")
+    layout = "channels-last" if args.channels_last else "NCHW"
+    print(f"isa {_native.resolve_isa()}, {args.threads} threads, {layout} output, ms (minimum of {args.repeats})")
     names = None
     for N, C, H, stride in SHAPES:
-        t = case(N, C, H, stride, args.threads, args.repeats)
+        N = args.batch or N
+        t = case(N, C, H, stride, args.threads, args.repeats, nchw=not args.channels_last)
         if names is None:
             names = list(t)
             print(f"{'N x C x H / stride':<20}" + "".join(f"{n:>19}" for n in names))

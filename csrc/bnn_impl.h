@@ -148,8 +148,59 @@ static inline void bconv_store_channel_row(const BConvArgs* a, const float* src,
  * (channels-last output). */
 static inline void bconv_finish_pixel(const BConvArgs* a, const float* res, float* dst, int nch, int64_t o) {
     const float* slope = a->nonlin == 1 ? a->nonlin_p + BNN_AT("bconv PReLU slopes", o, nch, a->nonlin_len) : NULL;
-    if (nch == 8) store_row_nonlin<true>(a, dst, res, dst, 8, slope);  /* a constant count: one vector */
-    else store_row_nonlin<true>(a, dst, res, dst, nch, slope);
+    store_row_nonlin<true>(a, dst, res, dst, nch, slope);
+}
+
+#if defined(BNN_AVX_TRANSPOSE8)
+/* n pixels' 8 channels, `stride` floats apart, in place: the residual, then the nonlinearity, 8
+ * lanes at once. Everything in locals: the compiler must assume a float store may change *a. */
+template <int NL, bool RES>
+static inline void finish_pixels8(float* dst, const float* res, int64_t stride, int64_t n, const float* slope8,
+                                  float lo_, float hi_) {
+    const __m256 slope = NL == 1 ? _mm256_loadu_ps(slope8) : _mm256_setzero_ps();
+    const __m256 lo = _mm256_set1_ps(lo_), hi = _mm256_set1_ps(hi_);
+    for (int64_t x = 0; x < n; ++x, dst += stride, res += RES ? stride : 0) {
+        __m256 v = _mm256_loadu_ps(dst);
+        if (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res));
+        if (NL == 1) v = _mm256_blendv_ps(_mm256_mul_ps(slope, v), v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+        if (NL == 2) v = _mm256_blendv_ps(_mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ)), lo,
+                                          _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
+        _mm256_storeu_ps(dst, v);
+    }
+}
+#endif
+
+/* Residual and nonlinearity of the channels-last results of row oy, blocks ob .. ob+NB-1, while
+ * they are in L1. A call of its own: inlined into the tile, its constants took registers from
+ * the XOR-popcount loop. */
+__attribute__((noinline)) static void bconv_finish_row(const BConvArgs* a, int64_t n, int64_t oy, int64_t g,
+                                                       int64_t ob, int NB) {
+    const int64_t O = a->G * a->Og, Wo = a->Wo, nl = a->nonlin;
+    const float lo = nl == 2 ? a->nonlin_p[0] : 0.0f, hi = nl == 2 ? a->nonlin_p[1] : 0.0f;
+    (void)lo; (void)hi;  /* the portable build's loop reads them from *a */
+    for (int b = 0; b < NB; ++b) {
+        int nch = (int)(a->Og - (ob + b) * 8);
+        if (nch > 8) nch = 8;
+        const int64_t ch = g * a->Og + (ob + b) * 8, i0 = (n * a->Ho + oy) * Wo * O + ch;
+        float* dst = a->out + BNN_AT("bconv output", i0, (Wo - 1) * O + nch, a->out_len);
+        const float* res = a->res ? a->res + BNN_AT("bconv residual", i0, (Wo - 1) * O + nch, a->res_len) : NULL;
+#if defined(BNN_AVX_TRANSPOSE8)
+        if (nch == 8) {
+            const float* slope = nl == 1 ? a->nonlin_p + BNN_AT("bconv PReLU slopes", ch, 8, a->nonlin_len) : NULL;
+            if (res) {
+                if (nl == 1) finish_pixels8<1, true>(dst, res, O, Wo, slope, lo, hi);
+                else if (nl == 2) finish_pixels8<2, true>(dst, res, O, Wo, slope, lo, hi);
+                else finish_pixels8<0, true>(dst, res, O, Wo, slope, lo, hi);
+            } else {
+                if (nl == 1) finish_pixels8<1, false>(dst, res, O, Wo, slope, lo, hi);
+                else if (nl == 2) finish_pixels8<2, false>(dst, res, O, Wo, slope, lo, hi);
+            }
+            continue;
+        }
+#endif
+        for (int64_t ox = 0; ox < Wo; ++ox)
+            bconv_finish_pixel(a, res ? res + ox * O : NULL, dst + ox * O, nch, ch);
+    }
 }
 
 /* T output pixels (ox ... ox+T-1 of row oy) by NB blocks of 8 output channels (ob, ob+1, ...).
@@ -204,9 +255,6 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
             else {
                 float* dst = a->out + BNN_AT("bconv output", o0 + t * O, nch, a->out_len);
                 P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb, dst, nch);
-                if (a->res || a->nonlin)
-                    bconv_finish_pixel(a, a->res ? a->res + BNN_AT("bconv residual", o0 + t * O, nch, a->res_len) : NULL,
-                                       dst, nch, g * a->Og + (ob + b) * 8);
             }
         }
     }
@@ -284,6 +332,7 @@ static inline void bconv_tiles(const BConvArgs* a, const int64_t* offs, int64_t 
         default: bconv_tile<7, NB>(a, offs, n, oy, ox, g, ob, rowbuf); break;
     }
     if (rowbuf) store_row_nchw(a, rowbuf, tmp, n, oy, g, ob, NB);
+    else if (a->res || a->nonlin) bconv_finish_row(a, n, oy, g, ob, NB);
 }
 
 /* Tasks: (n, oy, g, group of BNN_BLOCKS blocks of 8 output channels), the last index fastest. */

@@ -83,6 +83,56 @@ def test_runtime_matches_eval_logits(exported, name, method, dataset):
             assert torch.equal(out, ref), rel
 
 
+def test_blocks_end_in_the_binary_conv_epilogue(exported):
+    """Each binary conv of a ResNet block computes its BatchNorm, residual add and activation in its
+    epilogue: the graph's add and activation nodes take its value (test_runtime_matches_eval_logits
+    shows the logits stay the model's bit for bit)."""
+    for method, act_op in (("siman", "prelu"), ("biper", "call")):
+        _, _, net = exported("resnet18_1w1a", method, "imagenet")
+        layers = net.layers()
+        ops = {name: op for name, op, _ in layers}
+        fused = {name: info.get("fused") for name, op, info in layers if op == "bconv"}
+        assert len(fused) == 16
+        assert all(f is not None and [ops[n] for n in f] == ["alias", "call", act_op] for f in fused.values()), fused
+        into = {name: info["fused_into"] for name, _, info in layers if "fused_into" in info}
+        assert into == {n: conv for conv, f in fused.items() for n in f}
+
+
+class _Tail(torch.nn.Module):
+    """A BiPer binary conv followed by one of the patterns the runtime must fuse or leave alone."""
+    def __init__(self, kind):
+        super().__init__()
+        self.conv, self.kind = bnnkit.create_model("resnet20_1w1a", method="biper", stage=2).layer1[0].conv1, kind
+        self.slopes = torch.nn.PReLU(16)
+
+    def forward(self, x):
+        if self.kind == "broadcast":      # a residual of another shape: fused at load, PyTorch's add at run time
+            r = x.mean((2, 3), keepdim=True)
+            return torch.nn.functional.hardtanh(self.conv(x) + r)
+        if self.kind == "late":           # the residual is computed after the conv: left to PyTorch
+            y = self.conv(x)
+            return torch.nn.functional.hardtanh(y + x * 0.5)
+        if self.kind == "shared":         # the sum is read twice: only the add is fused
+            z = x + self.conv(x)
+            return torch.nn.functional.hardtanh(z, min_val=-0.5, max_val=0.25) + z
+        if self.kind == "bounds":         # an activation alone, its bounds by keyword
+            return torch.nn.functional.hardtanh(self.conv(x), min_val=-0.5, max_val=0.25)
+        return self.slopes(self.conv(x))  # an activation alone
+
+
+@pytest.mark.parametrize("kind, fused", [("broadcast", ["add", "hardtanh"]), ("late", None),
+                                         ("shared", ["add"]), ("bounds", ["hardtanh"]), ("activation", ["slopes"])])
+def test_fusion_keeps_the_model_bits_or_steps_aside(tmp_path, kind, fused):
+    model = randomize(_Tail(kind))
+    with torch.no_grad():
+        model.slopes.weight.copy_(torch.randn(16))
+    _, net = export_load(model, tmp_path / "t.bnn", (1, 16, 8, 8))
+    assert {name: info.get("fused") for name, op, info in net.layers() if op == "bconv"} == {"conv": fused}
+    x = torch.randn(3, 16, 8, 8, generator=torch.Generator().manual_seed(4))
+    _, out, ref = compare(model, net, x)
+    assert torch.equal(out, ref)
+
+
 def test_all_isas_give_the_same_logits(tmp_path):
     model = build("resnet18A_1w1a", "siman", "cifar10")
     deploy.export(model, tmp_path / "m.bnn", example_input_shape=(1, 3, 32, 32))

@@ -144,6 +144,8 @@ class Runtime:
         slots: dict[str, int] = {}
         steps: list[_Step] = []
         pack_groups: dict[tuple, list] = {}  # (input slot, center, groups) -> [pad_h, pad_w]
+        fusions = _plan_fusions(nodes)
+        absorbed = {n: f["conv"] for f in fusions.values() for n in f["absorbed"]}
         for i, node in enumerate(nodes):
             if not (isinstance(node, dict) and isinstance(node.get("name"), str) and node.get("op") in NODE_OPS
                     and isinstance(node.get("args", []), list) and isinstance(node.get("kwargs", {}), dict)
@@ -161,6 +163,15 @@ class Runtime:
             reads = sorted({r.slot for r in _refs((args, kwargs))})
             slot = len(slots)
             run, info = self._make(node, op, args, kwargs, pack_groups, slot)
+            if name in fusions:
+                run = self._fused_bconv(run, fusions[name], slots, info)
+                if fusions[name]["residual"] is not None:
+                    reads = sorted({*reads, slots[fusions[name]["residual"]]})
+            elif name in absorbed:  # computed by its binary conv's epilogue
+                conv_slot, last = slots[absorbed[name]], fusions[absorbed[name]]["absorbed"][-1] == name
+                run = (lambda env, ctx, s=conv_slot: env[s]) if last else (lambda env, ctx: None)
+                reads = [conv_slot] if last else []
+                info = {**info, "fused_into": absorbed[name]}
             slots[name] = slot
             steps.append(_Step(name, op, slot, run, reads, info))
         self._steps = steps
@@ -175,6 +186,52 @@ class Runtime:
             if k < len(steps) - 1:
                 self._free_after[k].append(slot)
         self._tensors = {}  # everything needed is now held by the steps
+
+    def _packed(self, x: torch.Tensor, key: tuple, pad: list[int], ctx: dict) -> tuple:
+        """pack()'s outputs for the input x of the binary convs that share `key` (input slot,
+        centring, groups), made by the first of them and kept in ctx for the others."""
+        packed = ctx.get(key)
+        if packed is None:
+            _, center, groups = key
+            # the same reduction over the memory order the model has (that of its input,
+            # which PyTorch propagates) gives the model's float32 mean to the last bit
+            thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3)) if center else None
+            packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
+                                  threads=ctx["threads"], thresholds=thr)
+            ctx[key] = packed
+        return packed
+
+    def _fused_bconv(self, plain: Callable[[list, dict], Any], fusion: dict, slots: dict[str, int], info: dict):
+        """The binary conv's step with the residual add and activation after it done in the kernel's
+        epilogue (one float32 rounding each, as PyTorch's ops): one pass over the output instead of
+        three, and no Python calls between."""
+        conv, (pad, center, groups) = self.kernels[fusion["conv"]]
+        src, cout = slots[fusion["src"]], conv.out_channels
+        key = (src, center, groups)
+        res_slot = slots[fusion["residual"]] if fusion["residual"] is not None else None
+        act, nonlin, act_fn = fusion["act"], None, None
+        if act is not None and act["op"] == "prelu":
+            slopes = self._tensor({"tensors": {}, **act}, "weight", torch.float32, dims=1)
+            if slopes.numel() not in (1, cout):
+                raise self._fail(f"node {act['name']!r}: PReLU has {slopes.numel()} slopes for {cout} channels")
+            nonlin, act_fn = _native.Nonlinearity.prelu(slopes, cout), (lambda y: F.prelu(y, slopes))
+        elif act is not None:
+            nonlin, act_fn = _native.Nonlinearity.hardtanh(*act["bounds"]), (lambda y: F.hardtanh(y, *act["bounds"]))
+        info["fused"] = fusion["absorbed"]
+
+        def run_fused(env, ctx):
+            x, r = env[src], env[res_slot] if res_slot is not None else None
+            _check_input(x, conv.in_channels, fusion["conv"])
+            out_shape = (x.shape[0], cout, *conv.out_size(x.shape[2], x.shape[3]))
+            if r is None or (isinstance(r, torch.Tensor) and r.dtype == torch.float32 and r.device.type == "cpu"
+                             and tuple(r.shape) == out_shape):
+                packed = self._packed(x, key, pad, ctx)
+                r = None if r is None else r.contiguous(memory_format=torch.channels_last)
+                return conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
+                            ties=packed[2], residual=r, nonlinearity=nonlin)
+            y = plain(env, ctx) + r  # a broadcasting add, say: PyTorch's ops decide what it means
+            return act_fn(y) if act_fn is not None else y
+        return run_fused
 
     def _make(self, node: dict, op: str, args: list, kwargs: dict, pack_groups: dict, slot: int):
         name, attrs = node["name"], node["attrs"]
@@ -263,14 +320,7 @@ class Runtime:
             def run_bconv(env, ctx):
                 x = env[src]
                 _check_input(x, cin, name)
-                packed = ctx.get(key)
-                if packed is None:
-                    # the same reduction over the memory order the model has (that of its input,
-                    # which PyTorch propagates) gives the model's float32 mean to the last bit
-                    thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3)) if center else None
-                    packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
-                                          threads=ctx["threads"], thresholds=thr)
-                    ctx[key] = packed
+                packed = self._packed(x, key, pad, ctx)
                 out = conv(packed[0], x.shape[2], x.shape[3], tuple(pad), isa=self.isa, threads=ctx["threads"],
                            ties=packed[2], raw=fix is not None)
                 if fix is not None:
@@ -367,6 +417,86 @@ class Runtime:
     def layers(self) -> list[tuple[str, str, dict]]:
         """(name, op, attributes) of every node, in execution order."""
         return [(s.name, s.op, dict(s.info)) for s in self._steps]
+
+
+def _plan_fusions(nodes: list) -> dict[str, dict]:
+    """Binary convs whose output only feeds a residual add and/or an activation, which the
+    kernel's epilogue can then compute: {conv name: {"conv", "src", "residual", "act", "absorbed"}}.
+    absorbed: the nodes the conv's step computes, in order (aliases, the add, the activation);
+    the last of them takes the conv's value. The residual must be computed before the conv."""
+    if not all(isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("args", []), list)
+               and all(isinstance(n.get(k, {}), dict) for k in ("kwargs", "attrs", "tensors")) for n in nodes):
+        return {}  # a malformed graph: the node checks that follow name the problem
+    order = {n["name"]: i for i, n in enumerate(nodes)}
+    consumers: dict[str, list[dict]] = {}
+    for n in nodes:
+        for ref in _file_refs([n.get("args"), n.get("kwargs")]):
+            consumers.setdefault(ref, []).append(n)
+
+    def only_consumer(name: str) -> dict | None:
+        c = consumers.get(name, [])
+        return c[0] if len(c) == 1 else None
+
+    plans = {}
+    for node in nodes:
+        if not (node.get("op") == "bconv" and "zeros" not in (node.get("tensors") or {})
+                and len(node.get("args") or []) == 1 and _ref_name(node["args"][0]) is not None):
+            continue
+        cur, absorbed, residual, act = node["name"], [], None, None
+        while (nxt := only_consumer(cur)) is not None and nxt.get("op") == "alias":
+            cur = nxt["name"]
+            absorbed.append(cur)
+        nxt = only_consumer(cur)
+        if nxt is not None and nxt.get("op") == "call" and (nxt.get("attrs") or {}).get("fn") in ("operator.add", "torch.add") \
+                and not nxt.get("kwargs") and len(nxt.get("args") or []) == 2:
+            names = [_ref_name(a) for a in nxt["args"]]
+            other = names[1] if names[0] == cur else names[0] if names[1] == cur else None
+            if other is not None and other != cur and order.get(other, len(nodes)) < order[node["name"]]:
+                residual, cur = other, nxt["name"]
+                absorbed.append(cur)
+        nxt = only_consumer(cur)
+        if nxt is not None and [_ref_name(a) for a in (nxt.get("args") or [])[:1]] == [cur] and \
+                ((nxt.get("op") == "prelu" and len(nxt["args"]) == 1) or _hardtanh_bounds(nxt) is not None):
+            act = {"op": nxt["op"], "tensors": nxt.get("tensors") or {}, "name": nxt["name"],
+                   "bounds": _hardtanh_bounds(nxt)}
+            absorbed.append(nxt["name"])
+        if residual is None and act is None:
+            continue
+        plans[node["name"]] = {"conv": node["name"], "src": _ref_name(node["args"][0]), "residual": residual,
+                               "act": act, "absorbed": absorbed}
+    return plans
+
+
+def _ref_name(a: Any) -> str | None:
+    return a["ref"] if isinstance(a, dict) and len(a) == 1 and isinstance(a.get("ref"), str) else None
+
+
+def _file_refs(obj: Any):
+    """Names that a node's undecoded arguments refer to."""
+    if isinstance(obj, dict):
+        if _ref_name(obj) is not None:
+            yield obj["ref"]
+        else:
+            for v in obj.values():
+                yield from _file_refs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _file_refs(v)
+
+
+def _hardtanh_bounds(node: dict) -> tuple[float, float] | None:
+    """(min_val, max_val) of an F.hardtanh call node on one tensor, else None."""
+    if node.get("op") != "call" or (node.get("attrs") or {}).get("fn") != "F.hardtanh":
+        return None
+    args, kwargs = list(node.get("args") or []), dict(node.get("kwargs") or {})
+    params = dict(zip(("min_val", "max_val", "inplace"), args[1:]))
+    if len(args) > 4 or set(params) & set(kwargs) or set(kwargs) - {"min_val", "max_val", "inplace"}:
+        return None
+    params.update(kwargs)
+    lo, hi = params.get("min_val", -1.0), params.get("max_val", 1.0)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or not isinstance(params.get("inplace", False), bool):
+        return None
+    return float(lo), float(hi)
 
 
 def _refs(obj: Any):
