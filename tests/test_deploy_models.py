@@ -131,6 +131,8 @@ def test_fusion_keeps_the_model_bits_or_steps_aside(tmp_path, kind, fused):
     x = torch.randn(3, 16, 8, 8, generator=torch.Generator().manual_seed(4))
     _, out, ref = compare(model, net, x)
     assert torch.equal(out, ref)
+    unfused = deploy.load(tmp_path / "t.bnn", fuse=False)
+    assert not any("fused" in info for _, _, info in unfused.layers()) and torch.equal(unfused(x), ref)
 
 
 def test_all_isas_give_the_same_logits(tmp_path):
@@ -299,3 +301,17 @@ def test_float_twin_has_no_binary_convs():
     twin = float_twin(model)
     assert not any(is_binary_conv(m) for m in twin.modules())
     assert any(is_binary_conv(m) for m in model.modules())
+
+
+def test_fusion_benchmark_runs(monkeypatch, capsys):
+    """benchmarks/deploy_fusion.py checks both runtimes' logits agree before it times them."""
+    import runpy
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_fusion.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--batch", "2", "--rounds", "1", "--calls", "1", "--threads", "1"])
+    old = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(old)
+    out = capsys.readouterr().out
+    assert "resnet20_1w1a siman cifar10, batch 2" in out and "speed-up" in out

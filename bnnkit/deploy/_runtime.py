@@ -66,10 +66,12 @@ class Runtime:
 
     threads: native threads for the binary convs (None: torch.get_num_threads() at each call; the
     real layers use PyTorch's own setting). isa: 'avx512', 'avx2', 'portable' or None/'auto'
-    (default: $BNNKIT_ISA, else the best this CPU has)."""
+    (default: $BNNKIT_ISA, else the best this CPU has). fuse: compute each binary conv's residual
+    add and activation in its epilogue where the graph allows (the same bits; False runs them as
+    PyTorch ops, for comparison)."""
 
     def __init__(self, graph: dict[str, Any], tensors: dict[str, torch.Tensor], *, threads: int | None = None,
-                 isa: str | None = None, source: str = "<memory>") -> None:
+                 isa: str | None = None, source: str = "<memory>", fuse: bool = True) -> None:
         self.source = source
         self.graph = graph
         self.threads = threads
@@ -80,7 +82,7 @@ class Runtime:
         # alignment, and the model's parameters are aligned allocations
         self._tensors = {k: t.clone() for k, t in tensors.items()}
         self.kernels: dict[str, tuple] = {}  # bconv node -> (PackedConv, packing (pad, center, groups))
-        self._build(graph)
+        self._build(graph, fuse)
 
     # ---- loading -----------------------------------------------------------------------
     def _fail(self, problem: str) -> DeployFormatError:
@@ -133,7 +135,7 @@ class Runtime:
                 return Ellipsis
         raise self._fail(f"node {node!r} has an argument of unknown form {str(a)[:60]}")
 
-    def _build(self, graph: dict[str, Any]) -> None:
+    def _build(self, graph: dict[str, Any], fuse: bool) -> None:
         nodes = graph.get("nodes")
         if not isinstance(nodes, list) or len(nodes) < 2:
             raise self._fail("the graph has no node list")
@@ -144,7 +146,7 @@ class Runtime:
         slots: dict[str, int] = {}
         steps: list[_Step] = []
         pack_groups: dict[tuple, list] = {}  # (input slot, center, groups) -> [pad_h, pad_w]
-        fusions = _plan_fusions(nodes)
+        fusions = _plan_fusions(nodes) if fuse else {}
         absorbed = {n: f["conv"] for f in fusions.values() for n in f["absorbed"]}
         for i, node in enumerate(nodes):
             if not (isinstance(node, dict) and isinstance(node.get("name"), str) and node.get("op") in NODE_OPS
@@ -548,7 +550,7 @@ def _check_input(x: Any, channels: int, name: str) -> None:
                                 "the file's graph is inconsistent, re-export the model")
 
 
-def load(path: str | os.PathLike, *, threads: int | None = None, isa: str | None = None) -> Runtime:
-    """Load a .bnn file (see docs/deploy_format.md) as a callable network."""
+def load(path: str | os.PathLike, *, threads: int | None = None, isa: str | None = None, fuse: bool = True) -> Runtime:
+    """Load a .bnn file (see docs/deploy_format.md) as a callable network (arguments: Runtime)."""
     graph, tensors = read(path)
-    return Runtime(graph, tensors, threads=threads, isa=isa, source=str(path))
+    return Runtime(graph, tensors, threads=threads, isa=isa, source=str(path), fuse=fuse)
