@@ -113,7 +113,21 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
 template <int NL, bool RES, bool PER>
 static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, const float* slope,
                                      float lo, float hi) {
-    for (int64_t x = 0; x < n; ++x) {
+    int64_t x = 0;
+#if defined(BNN_AVX_TRANSPOSE8)
+    if (!PER) {  /* one channel's row: 8 at a time, the slope in a register (a float store may alias it) */
+        const __m256 s = _mm256_set1_ps(NL == 1 ? slope[0] : 0.0f), l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi);
+        for (; x + 8 <= n; x += 8) {
+            __m256 v = _mm256_loadu_ps(src + x);
+            if (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res + x));
+            if (NL == 1) v = _mm256_blendv_ps(_mm256_mul_ps(s, v), v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+            if (NL == 2) v = _mm256_blendv_ps(_mm256_blendv_ps(v, h, _mm256_cmp_ps(v, h, _CMP_GT_OQ)), l,
+                                              _mm256_cmp_ps(v, l, _CMP_LT_OQ));
+            _mm256_storeu_ps(dst + x, v);
+        }
+    }
+#endif
+    for (; x < n; ++x) {
         float v = src[x];
         if (RES) v += res[x];  /* only with one: + 0 would turn -0.0 into +0.0 */
         if (NL == 1) v = bnn_prelu(v, slope[PER ? x : 0]);
