@@ -110,6 +110,18 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
 /* dst[x] = nonlin(src[x] (+ res[x])) for x < n (bnn_nonlin.h): one loop per case, each a single
  * pass that vectorizes. The PReLU slope is slope[x] with PER (the channels of one pixel), else slope[0]
  * (one channel's row). */
+#if defined(BNN_AVX_TRANSPOSE8)
+/* 8 results: v (+ the residual at res), then the nonlinearity (bnn_nonlin.h's formulas, 8 lanes). */
+template <int NL, bool RES>
+static inline __m256 finish8(__m256 v, const float* res, __m256 slope, __m256 lo, __m256 hi) {
+    if (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res));
+    if (NL == 1) v = _mm256_blendv_ps(_mm256_mul_ps(slope, v), v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+    if (NL == 2) v = _mm256_blendv_ps(_mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ)), lo,
+                                      _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
+    return v;
+}
+#endif
+
 template <int NL, bool RES, bool PER>
 static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, const float* slope,
                                      float lo, float hi) {
@@ -117,14 +129,8 @@ static inline void store_channel_row(const float* src, const float* res, float* 
 #if defined(BNN_AVX_TRANSPOSE8)
     if (!PER) {  /* one channel's row: 8 at a time, the slope in a register (a float store may alias it) */
         const __m256 s = _mm256_set1_ps(NL == 1 ? slope[0] : 0.0f), l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi);
-        for (; x + 8 <= n; x += 8) {
-            __m256 v = _mm256_loadu_ps(src + x);
-            if (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res + x));
-            if (NL == 1) v = _mm256_blendv_ps(_mm256_mul_ps(s, v), v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
-            if (NL == 2) v = _mm256_blendv_ps(_mm256_blendv_ps(v, h, _mm256_cmp_ps(v, h, _CMP_GT_OQ)), l,
-                                              _mm256_cmp_ps(v, l, _CMP_LT_OQ));
-            _mm256_storeu_ps(dst + x, v);
-        }
+        for (; x + 8 <= n; x += 8)
+            _mm256_storeu_ps(dst + x, finish8<NL, RES>(_mm256_loadu_ps(src + x), RES ? res + x : res, s, l, h));
     }
 #endif
     for (; x < n; ++x) {
@@ -173,14 +179,8 @@ static inline void finish_pixels8(float* dst, const float* res, int64_t stride, 
                                   float lo_, float hi_) {
     const __m256 slope = NL == 1 ? _mm256_loadu_ps(slope8) : _mm256_setzero_ps();
     const __m256 lo = _mm256_set1_ps(lo_), hi = _mm256_set1_ps(hi_);
-    for (int64_t x = 0; x < n; ++x, dst += stride, res += RES ? stride : 0) {
-        __m256 v = _mm256_loadu_ps(dst);
-        if (RES) v = _mm256_add_ps(v, _mm256_loadu_ps(res));
-        if (NL == 1) v = _mm256_blendv_ps(_mm256_mul_ps(slope, v), v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
-        if (NL == 2) v = _mm256_blendv_ps(_mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ)), lo,
-                                          _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
-        _mm256_storeu_ps(dst, v);
-    }
+    for (int64_t x = 0; x < n; ++x, dst += stride, res += RES ? stride : 0)
+        _mm256_storeu_ps(dst, finish8<NL, RES>(_mm256_loadu_ps(dst), res, slope, lo, hi));
 }
 #endif
 
