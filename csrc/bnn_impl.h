@@ -107,9 +107,6 @@ static inline bool tile_ties(const BConvArgs* a, int64_t n, int64_t oy, int64_t 
     return any;
 }
 
-/* dst[x] = nonlin(src[x] (+ res[x])) for x < n (bnn_nonlin.h): one loop per case, each a single
- * pass that vectorizes. The PReLU slope is slope[x] with PER (the channels of one pixel), else slope[0]
- * (one channel's row). */
 #if defined(BNN_AVX_TRANSPOSE8)
 /* 8 results: v (+ the residual at res), then the nonlinearity (bnn_nonlin.h's formulas, 8 lanes). */
 template <int NL, bool RES>
@@ -122,6 +119,9 @@ static inline __m256 finish8(__m256 v, const float* res, __m256 slope, __m256 lo
 }
 #endif
 
+/* dst[x] = nonlin(src[x] (+ res[x])) for x < n (bnn_nonlin.h): one loop per case (with AVX,
+ * a channel's row 8 lanes at a time). The PReLU slope is slope[x] with PER (the channels of one pixel), else slope[0]
+ * (one channel's row). */
 template <int NL, bool RES, bool PER>
 static inline void store_channel_row(const float* src, const float* res, float* dst, int64_t n, const float* slope,
                                      float lo, float hi) {
