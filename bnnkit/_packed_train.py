@@ -64,7 +64,7 @@ class PackedBinaryConv(torch.autograd.Function):
         native = _native()
         O = wb.shape[0]
         prescale = torch.ones(O) if alpha is None else alpha.detach().reshape(-1).clone()
-        conv = layer_packed_conv(layer, w_bits, prescale, *epilogue_affine(None, O))
+        conv = _layer_conv(layer, w_bits, prescale, *epilogue_affine(None, O))
         threads, isa, pad = torch.get_num_threads(), native.resolve_isa(), tuple(layer.padding)
         bits, _, ties = native.pack(xb.detach(), groups=layer.groups, pad=pad, center=False, isa=isa, threads=threads)
         # conv2d's layout, which later ops (BatchNorm's kernel choice, so its rounding) follow
@@ -95,6 +95,26 @@ class PackedBinaryConv(torch.autograd.Function):
             dx, dw, _ = torch.ops.aten.convolution_backward(dy, xb, wb, None, stride, padding, dilation, False,
                                                             [0, 0], groups, [need_x, need_w, False])
         return dx, dw, dalpha, None, None, None
+
+
+def _layer_conv(layer: "BinaryConv2d", w_bits: Tensor, prescale: Tensor, scale: Tensor, bias: Tensor):
+    """The layer's PackedConv for these packed weights and constants. The last one is kept on the
+    layer: a step that left the layer's signs as they were (most layers at a small learning rate)
+    reuses its weight buffers, and one that changed them reuses its geometry."""
+    last = layer.__dict__.get("_packed_train_conv")
+    if last is None or last.geometry != _geometry(layer) or last.w_bits.shape != w_bits.shape:
+        conv = layer_packed_conv(layer, w_bits, prescale, scale, bias)
+    elif torch.equal(last.w_bits, w_bits):
+        conv = last.with_epilogue(scale, bias, prescale=prescale)
+    else:
+        conv = last.with_weights(w_bits, scale, bias, prescale=prescale)
+    layer.__dict__["_packed_train_conv"] = conv
+    return conv
+
+
+def _geometry(layer: "BinaryConv2d") -> tuple:
+    return (layer.in_channels, tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding),
+            tuple(layer.dilation), layer.groups)
 
 
 def _strides_like_channels_last(t: Tensor) -> bool:

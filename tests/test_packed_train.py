@@ -118,6 +118,27 @@ def test_packed_training_layer_matches_conv2d_with_ties_and_scales(conv, monkeyp
         assert torch.equal(u, v)
 
 
+def test_packed_training_reuses_a_layers_conv_only_while_its_signs_hold():
+    """Across steps the layer keeps its last packed conv: new alpha on the same signs reuses the
+    weight buffers, flipped signs rebuild them; each output stays conv2d's bits."""
+    layer = _layer(padding=1)
+    ref = copy.deepcopy(layer)
+    x = torch.randn(4, 16, 9, 11)
+    convs = []
+    for step in range(4):
+        with torch.no_grad():
+            for m in (layer, ref):
+                m.alpha.mul_(1.5)
+                if step >= 2:
+                    m.weight[step] *= -1  # BiPer's square wave is odd: this output channel's signs flip
+        out = _with_packed(True, lambda: layer(x))
+        assert torch.equal(out, _with_packed(False, lambda: ref(x))), step
+        convs.append(layer.__dict__["_packed_train_conv"])
+    assert convs[1].wk is convs[0].wk and not torch.equal(convs[1].pre, convs[0].pre)
+    assert convs[2].wk is not convs[1].wk and convs[3].wk is not convs[2].wk
+    assert not torch.equal(convs[3].w_bits, convs[2].w_bits)
+
+
 @pytest.mark.parametrize("case", ["zero_weight", "zero_alpha", "huge_alpha", "real_input", "eager_kernels"])
 def test_packed_training_falls_back_where_it_cannot_reproduce(case, monkeypatch):
     """A weight whose sign is 0, an alpha the recovery cannot invert, a real-valued input, or the

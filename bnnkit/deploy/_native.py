@@ -125,6 +125,8 @@ def _need(cond: bool, msg: str) -> None:
 
 
 def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) -> None:
+    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() and t.numel() == numel:
+        return  # the common case, without formatting the messages below
     _need(t.dtype == dtype, f"{what}: dtype {t.dtype}, expected {dtype}")
     _need(t.device.type == "cpu", f"{what}: tensor on {t.device}, the runtime runs on CPU")
     _need(t.is_contiguous(), f"{what}: not contiguous")
@@ -272,17 +274,24 @@ class PackedConv:
         self.in_channels, self.out_channels, self.groups = in_channels, O, G
         self.Cg, self.Og, self.Cw, self.K = Cg, Og, Cw, K
         self.kernel, self.stride, self.padding, self.dilation = (tuple(int(v) for v in t) for t in (kernel, stride, padding, dilation))
-        OBg = (Og + 7) // 8
-        self.OBg = OBg
-        w = w_bits.to(torch.int64).reshape(G, Og, K, Cw)
-        w = torch.cat([w, w.new_zeros(G, OBg * 8 - Og, K, Cw)], 1) if OBg * 8 != Og else w
-        self.wk = w.reshape(G, OBg, 8, K, Cw).permute(0, 1, 3, 4, 2).contiguous()
-        ones = _popcount(w_bits.reshape(G, Og, K, Cw)).sum(-1)  # [G, Og, K] number of -1 weights
-        corr = (Cg - 2 * ones).to(torch.int32)
-        corr = torch.cat([corr, corr.new_zeros(G, OBg * 8 - Og, K)], 1) if OBg * 8 != Og else corr
-        self.corr = corr.reshape(G, OBg, 8, K).permute(0, 1, 3, 2).contiguous()
-        self.ones, self.zeros = self._padded(torch.ones(G, Og)), self._padded(torch.zeros(G, Og))
+        self.geometry = (in_channels, self.kernel, self.stride, self.padding, self.dilation, G)
+        self.OBg = (Og + 7) // 8
         self._set_epilogue(prescale, scale, bias)
+        self._set_weights(w_bits)
+
+    def _set_weights(self, w_bits: torch.Tensor) -> None:
+        """The kernel's weight buffers for w_bits [O, K, Cw], in numpy: the training forward
+        builds them anew whenever a step changed a layer's signs, and torch's per-op overhead
+        (about 20 small ops) made that 1 ms a conv."""
+        G, Og, OBg, K, Cw, Cg = self.groups, self.Og, self.OBg, self.K, self.Cw, self.Cg
+        _need(tuple(w_bits.shape) == (G * Og, K, Cw), f"binary conv: weights of shape {tuple(w_bits.shape)}, "
+                                                      f"expected {(G * Og, K, Cw)}")
+        w = np.zeros((G, OBg * 8, K, Cw), dtype=np.int64)
+        w[:, :Og] = w_bits.to(torch.int64).reshape(G, Og, K, Cw).numpy()
+        self.wk = torch.from_numpy(np.ascontiguousarray(w.reshape(G, OBg, 8, K, Cw).transpose(0, 1, 3, 4, 2)))
+        corr = (Cg - 2 * _bit_count(w).sum(-1)).astype(np.int32)  # [G, OBg*8, K]: Cg - 2 x (number of -1 weights)
+        corr[:, Og:] = 0
+        self.corr = torch.from_numpy(np.ascontiguousarray(corr.reshape(G, OBg, 8, K).transpose(0, 1, 3, 2)))
         self._taps_setup(w_bits)
         self.w_bits, self._tie_w = w_bits, None
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -295,8 +304,8 @@ class PackedConv:
         prescale = torch.ones(O) if prescale is None else prescale
         _need(scale.shape == (O,) and bias.shape == (O,) and prescale.shape == (O,),
               "binary conv: prescale/scale/bias must have one value per output channel")
-        self.pre, self.scale, self.bias = (self._padded(t.float().reshape(G, Og)) for t in (prescale, scale, bias))
-        self.affine = epilogue_constants(prescale, scale, bias)
+        self.pre, self.scale, self.bias = (self._padded(t.reshape(G, Og)) for t in (prescale, scale, bias))
+        self._affine = None  # epilogue_constants, for finish(): built on first use
         for t, what in ((self.pre, "prescale"), (self.scale, "scale"), (self.bias, "bias")):
             _check_tensor(t, torch.float32, G * self.OBg * 8, f"kernel {what}")
 
@@ -305,6 +314,14 @@ class PackedConv:
         and BatchNorm statistics without re-packing weights whose signs did not change."""
         other = copy.copy(self)
         other._set_epilogue(prescale, scale, bias)
+        return other
+
+    def with_weights(self, w_bits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                     prescale: torch.Tensor | None = None) -> "PackedConv":
+        """This conv's geometry with other packed weights and constants (a training step's)."""
+        other = copy.copy(self)
+        other._set_epilogue(prescale, scale, bias)
+        other._set_weights(w_bits)
         return other
 
     def _taps_setup(self, w_bits: torch.Tensor) -> None:
@@ -323,7 +340,8 @@ class PackedConv:
         for kx in range(kw):
             taps[:self.out_channels] |= w[:, :, kx] << np.uint64(kx * self.Cg)
         self.tap_words = 1
-        self.wk_taps = torch.from_numpy(taps.view(np.int64)).reshape(1, self.OBg, 8, kh, 1).permute(0, 1, 3, 4, 2).contiguous()
+        taps = taps.view(np.int64).reshape(1, self.OBg, 8, kh, 1).transpose(0, 1, 3, 4, 2)
+        self.wk_taps = torch.from_numpy(np.ascontiguousarray(taps))
         _check_tensor(self.wk_taps, torch.int64, self.OBg * kh * 8, "kernel tap weights")
 
     def _tap_packed(self, packed: torch.Tensor, threads: int) -> torch.Tensor:
@@ -349,14 +367,25 @@ class PackedConv:
         return self._tie_w
 
     def _padded(self, t: torch.Tensor) -> torch.Tensor:
-        """[G, Og] -> the kernel's [G, OBg*8] float32, zero in the channels that pad a block of 8."""
+        """[G, Og] -> the kernel's [G, OBg*8] float32 (a copy), zero in the channels that pad a block of 8."""
+        if self.OBg * 8 == self.Og:
+            return t.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         out = torch.zeros(self.groups, self.OBg * 8, dtype=torch.float32)
         out[:, :self.Og] = t
-        return out.contiguous()
+        return out
+
+    def _raw_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ones, zeros) in the kernel's layout: the epilogue of raw=True outputs."""
+        if not hasattr(self, "_raw"):
+            self._raw = (self._padded(torch.ones(self.groups, self.Og)), self._padded(torch.zeros(self.groups, self.Og)))
+        return self._raw
 
     def finish(self, dots: torch.Tensor) -> torch.Tensor:
         """The epilogue, applied to raw dot products (an output of __call__ with raw=True)."""
-        return epilogue(dots, *self.affine)
+        if self._affine is None:
+            O = self.out_channels
+            self._affine = epilogue_constants(*(t[:, :self.Og].reshape(O) for t in (self.pre, self.scale, self.bias)))
+        return epilogue(dots, *self._affine)
 
     def borders(self, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The zero-padding corrections for an H x W input: (row classes int32 [Ho], column classes
@@ -365,17 +394,11 @@ class PackedConv:
         positions add to the dot product, zero for a window inside the input."""
         key = (H, W)
         if key not in self._borders:
-            Ho, Wo = self.out_size(H, W)
             row_cls, col_cls, outside = _border_classes(H, W, self.kernel, self.stride, self.padding, self.dilation)
             R, C = outside.shape[:2]
-            corr = self.corr.permute(2, 0, 1, 3).reshape(self.K, -1)  # [K, G*OBg*8]
-            table = (outside.reshape(R * C, self.K) @ corr.double()).round().to(torch.int32)
-            table = table.reshape(R, C, self.groups, self.OBg, 8).contiguous()
-            # built once per input size and never changed: the kernel's indices into it are checked here
-            _check_tensor(row_cls, torch.int32, Ho, "row classes")
-            _check_tensor(col_cls, torch.int32, Wo, "column classes")
-            _need(0 <= int(row_cls.min()) and int(row_cls.max()) < R and 0 <= int(col_cls.min())
-                  and int(col_cls.max()) < C, "border classes outside their table")
+            corr = self.corr.numpy().transpose(2, 0, 1, 3).reshape(self.K, -1)  # [K, G*OBg*8]
+            table = (outside.reshape(R * C, self.K) @ corr).astype(np.int32)
+            table = torch.from_numpy(np.ascontiguousarray(table.reshape(R, C, self.groups, self.OBg, 8)))
             if len(self._borders) >= 16:
                 self._borders.clear()
             self._borders[key] = (row_cls, col_cls, table)
@@ -429,6 +452,7 @@ class PackedConv:
             tie_w, nties = self._tie_weights(), ties.shape[0]
             _check_tensor(ties, torch.int32, nties * 4, "ties")
         wk, Cg, Cw = self.wk, self.Cg, self.Cw
+        ones, zeros = self._raw_constants() if raw else (None, None)
         if self.tap_words:
             packed = self._tap_packed(packed, threads)
             _check_tensor(packed, torch.int64, N * Hp * (Wp - (kw - 1) * dw) * self.tap_words, "tap-packed activations")
@@ -437,9 +461,9 @@ class PackedConv:
             packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
             self.groups, Cg, Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
             wk.data_ptr(), wk.numel(), table.data_ptr(), table.numel(),
-            (self.ones if raw else self.scale).data_ptr(), (self.zeros if raw else self.bias).data_ptr(),
+            (ones if raw else self.scale).data_ptr(), (zeros if raw else self.bias).data_ptr(),
             self.scale.numel(), out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties,
-            (self.ones if raw else self.pre).data_ptr(), int(nchw),
+            (ones if raw else self.pre).data_ptr(), int(nchw),
             row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1],
             tie_w.data_ptr() if nties else 0, tie_w.numel() if nties else 0,
             self.kernel[1], self.dilation[1], self.Cg,
@@ -456,10 +480,11 @@ def _out_size(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, int], 
 
 @functools.lru_cache(maxsize=256)
 def _border_classes(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                    dilation: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    dilation: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The geometry of PackedConv.borders, shared by every conv of this shape (the packed eval
     path rebuilds its convs whenever training changed their weights): row classes int32 [Ho],
-    column classes int32 [Wo], and float64 [R, C, kh, kw], 1 where a class's window is outside."""
+    column classes int32 [Wo], and int32 [R, C, kh, kw], 1 where a class's window is outside.
+    The kernel's indices into the table are checked here, once per geometry."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     Ho, Wo = _out_size(H, W, kernel, stride, padding, dilation)
     iy = torch.arange(Ho)[:, None] * sh - ph + torch.arange(kh)[None] * dh
@@ -467,15 +492,21 @@ def _border_classes(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, 
     rows, row_cls = torch.unique((iy >= 0) & (iy < H), dim=0, return_inverse=True)
     cols, col_cls = torch.unique((ix >= 0) & (ix < W), dim=0, return_inverse=True)
     outside = ~(rows[:, None, :, None] & cols[None, :, None, :])
-    return row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous(), outside.double()
+    row_cls, col_cls = row_cls.to(torch.int32).contiguous(), col_cls.to(torch.int32).contiguous()
+    _check_tensor(row_cls, torch.int32, Ho, "row classes")
+    _check_tensor(col_cls, torch.int32, Wo, "column classes")
+    R, C = outside.shape[:2]
+    _need(0 <= int(row_cls.min()) and int(row_cls.max()) < R and 0 <= int(col_cls.min())
+          and int(col_cls.max()) < C, "border classes outside their table")
+    return row_cls, col_cls, outside.numpy().astype(np.int32)
 
 
-def _popcount(words_: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of each int64 word (as int64)."""
-    x = words_.contiguous().numpy().view(np.uint64)
+def _bit_count(words_: np.ndarray) -> np.ndarray:
+    """Number of set bits of each int64 word, as int64."""
+    x = np.ascontiguousarray(words_).view(np.uint64)
     if hasattr(np, "bitwise_count"):
-        return torch.from_numpy(np.bitwise_count(x).astype(np.int64))
+        return np.bitwise_count(x).astype(np.int64)
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return torch.from_numpy(((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64))
+    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
