@@ -57,6 +57,31 @@ def matmul_gflops(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
+def binary_conv_rate(threads: int, repeats: int = 5) -> float | None:
+    """XOR-popcount words a second of the native binary conv kernel on a compute-bound layer
+    (512 -> 512 channels, 3x3, 8x8, batch 16: long dot products, few outputs): the kernel's
+    practical peak, as the matmul is float32's. None where the native kernels are not built."""
+    from .deploy import _native
+
+    if _native.try_lib() is None:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    C, N, H = 512, 16, 8
+    w_bits = torch.randint(-2 ** 62, 2 ** 62, (C, 9, _native.words(C)), dtype=torch.int64, generator=gen)
+    conv = _native.PackedConv(w_bits, torch.rand(C, generator=gen), torch.rand(C, generator=gen), in_channels=C,
+                              kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    isa = _native.resolve_isa()
+    packed, _, ties = _native.pack(torch.randn(N, C, H, H, generator=gen), groups=1, pad=(1, 1), center=False,
+                                   isa=isa, threads=threads)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first call warms the caches
+        with _native.count_words() as words:
+            t = time.perf_counter()
+            conv(packed, H, H, (1, 1), isa=isa, threads=threads, ties=ties)
+            best = min(best, time.perf_counter() - t)
+    return words[0] / best
+
+
 def _timed(fn: Callable[[], None]) -> float:
     t = time.perf_counter()
     fn()
@@ -160,7 +185,17 @@ def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 
     """torch.profiler's top operators (self CPU time) of one training step ("train"), one
     training-mode forward ("train_fwd") and/or one eval forward after a step ("eval"), in the
     bench's configuration; the native kernels show as bnnkit::<kernel>."""
+    return profile_parts(name, method, settings, batch, top, parts, channels_last, amp)[0]
+
+
+def profile_parts(name: str, method: str, settings: dict, batch: int, top: int = 15,
+                  parts: tuple[str, ...] = ("train",), channels_last: bool = False,
+                  amp: str | None = None) -> tuple[str, dict[str, dict[str, float]]]:
+    """profile_case's tables, and per part {"total_s", "bconv_s", "words"}: the part's profiled
+    self CPU time, that of the binary conv kernel (bnnkit::bconv and bnnkit::taps, which lays
+    out narrow layers' taps), and the XOR-popcount words those convs ran."""
     from . import create_model
+    from .deploy import _native
 
     torch.manual_seed(0)
     model = create_model(name, method, **settings)
@@ -169,16 +204,38 @@ def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     steps = make_steps(model, x, y, True, amp)
     titles = {"train": "training step", "train_fwd": "training-mode forward", "eval": "eval forward"}
-    out = []
+    out, figures = [], {}
     for part in parts:
         steps["train"]()
         if part == "eval":
             steps["eval"]()  # the first eval after a step re-packs the weights: time the next one
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, \
+                _native.count_words() as words:
             steps[part]()
+        stats = prof.key_averages()
+        figures[part] = {"total_s": sum(e.self_cpu_time_total for e in stats) / 1e6,
+                         "bconv_s": sum(e.self_cpu_time_total for e in stats
+                                        if e.key in ("bnnkit::bconv", "bnnkit::taps")) / 1e6,
+                         "words": words[0]}
         out.append(f"-- {name} {method}: {titles[part]}, top {top} operators by self CPU time\n"
-                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
-    return "\n".join(out)
+                   + stats.table(sort_by="self_cpu_time_total", row_limit=top))
+    return "\n".join(out), figures
+
+
+def conv_bound(figures: dict[str, dict[str, float]], rate: float) -> str:
+    """What the eval gain would be if every binary conv ran at the kernel's rate on a
+    compute-bound layer (binary_conv_rate), everything else as profiled: whether faster
+    binary convs alone could reach the 2x."""
+    fwd, ev = figures["train_fwd"], figures["eval"]
+    if not ev["words"]:
+        return ("   no packed binary convs (real-valued weights): eval runs the same float convs as the "
+                "training forward")
+    need_f, need_e = fwd["words"] / rate, ev["words"] / rate
+    best = (fwd["total_s"] - fwd["bconv_s"] + need_f) / (ev["total_s"] - ev["bconv_s"] + need_e)
+    return (f"   binary convs: {1e3 * fwd['bconv_s']:.0f} of the training forward's {1e3 * fwd['total_s']:.0f} ms, "
+            f"{1e3 * ev['bconv_s']:.0f} of eval's {1e3 * ev['total_s']:.0f} ms (profiled); their "
+            f"{ev['words'] / 1e6:.0f} M XOR-popcount words need {1e3 * need_e:.0f} ms at the kernel's peak above, "
+            f"so with every binary conv at that peak eval would be {best:.2f}x faster than the training forward")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
           f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}, SiMaN percent={args.percent:g}")
     peak = matmul_gflops(args.matmul_size)
     print(f"float32 {args.matmul_size}x{args.matmul_size} matmul: {peak:.1f} GFLOP/s")
+    rate = binary_conv_rate(torch.get_num_threads())
+    if rate is not None:
+        print(f"binary conv kernel, 512->512 channels 3x3 at 8x8 (compute-bound): {rate / 1e9:.2f} G XOR-popcount "
+              f"words/s ({2 * 64 * rate / 1e9:.0f} G binary OPs/s)")
     print(HEADER, flush=True)
     for name, method, settings in cases:
         if method == "siman" and args.percent:
@@ -234,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             parts = ("train", "train_fwd", "eval")
             if args.profile == "misses":  # the step's operators, or the two forwards the eval gain compares
                 parts = (("train",) if "train" in missed else ()) + (("train_fwd", "eval") if "eval" in missed else ())
-            print(profile_case(name, method, settings, args.batch, parts=parts, channels_last=args.channels_last,
-                               amp=args.amp), flush=True)
+            text, figures = profile_parts(name, method, settings, args.batch, parts=parts,
+                                          channels_last=args.channels_last, amp=args.amp)
+            print(text, flush=True)
+            if rate is not None and "train_fwd" in figures:
+                print(conv_bound(figures, rate), flush=True)
     print("t ratio = binary train-step time / float train-step time (target <= 1.0 for resnet20, 1.1 others);"
           " ev gain = binary train-mode forward time / eval time (target >= 2), eval timed on the second batch"
           " after a step; 1st gain = the same for the first batch, which also rebuilds the packed weights"

@@ -454,6 +454,25 @@ def test_narrow_layers_pack_their_kernel_taps(channels, groups, kernel, words):
     assert conv.tap_words == words
 
 
+def test_count_words_counts_the_kernels_xor_popcount_steps():
+    """count_words() adds, per conv call, output pixels x output channels padded to blocks of 8 x
+    the words of one dot product (KH x KW x words a tap, or KH x tap_words for a narrow layer)."""
+    N, H = 2, 5
+    with _native.count_words() as outer:
+        for C, O, steps in ((64, 24, 9), (130, 8, 27), (16, 12, 3), (32, 8, 6)):
+            conv = _native.PackedConv(pack_signs(torch.randn(O, C, 3, 3) < 0), torch.ones(O), torch.zeros(O),
+                                      in_channels=C, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                                      groups=1)
+            bits, _, ties = _native.pack(torch.randn(N, C, H, H), groups=1, pad=(1, 1), center=False, isa="portable",
+                                         threads=1)
+            with _native.count_words() as inner:
+                conv(bits, H, H, (1, 1), isa="portable", threads=1, ties=ties)
+                conv(bits, H, H, (1, 1), isa="portable", threads=1, ties=ties)
+            assert inner[0] == 2 * N * H * H * -(-O // 8) * 8 * steps
+    assert outer[0] == 2 * N * H * H * (24 * 9 + 8 * 27 + 16 * 3 + 8 * 6)  # the inner counts add up
+    conv(bits, H, H, (1, 1), isa="portable", threads=1, ties=ties)  # outside any count: runs uncounted
+
+
 def test_fma_float32_rounds_once():
     """The folded BatchNorm's b = fma(-mean, a, bias) and the epilogue need one float32 rounding of
     the exact x*y + z; float64 arithmetic rounds twice, which errs when its sum lands exactly on a

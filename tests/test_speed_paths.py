@@ -125,8 +125,23 @@ def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(ca
     for part in ("training step", "training-mode forward", "eval forward"):
         assert f"resnet20_1w1a siman: {part}, top 15 operators" in out
     assert "bnnkit::bconv" in out and "bnnkit::act_forward" in out  # native kernels are named, not hidden
+    assert "binary conv kernel, 512->512 channels 3x3 at 8x8 (compute-bound):" in out
+    bound = next(line for line in out.splitlines() if line.startswith("   binary convs:"))
+    assert "XOR-popcount words need" in bound and bound.endswith("faster than the training forward")
     assert bench_main(args + ["--profile", "never"]) == 0
     assert "top 15 operators" not in capsys.readouterr().out
+
+
+def test_conv_bound_puts_every_binary_conv_at_the_kernels_peak():
+    from bnnkit.bench import conv_bound
+
+    figures = {"train_fwd": {"total_s": 0.30, "bconv_s": 0.10, "words": 10 ** 9},
+               "eval": {"total_s": 0.15, "bconv_s": 0.12, "words": 10 ** 9}}
+    line = conv_bound(figures, rate=2e10)  # 50 ms each at the peak: (300 - 100 + 50) / (150 - 120 + 50)
+    assert "100 of the training forward's 300 ms, 120 of eval's 150 ms" in line
+    assert "1000 M XOR-popcount words need 50 ms" in line and "would be 3.12x faster" in line
+    figures["train_fwd"]["words"] = figures["eval"]["words"] = 0
+    assert "no packed binary convs" in conv_bound(figures, rate=2e10)
 
 
 def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):

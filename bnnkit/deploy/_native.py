@@ -10,11 +10,13 @@ unset or `auto` picks the best the CPU supports.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
 import os
 import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -28,6 +30,22 @@ _lib: ModuleType | None = None
 _missing = False  # the import failed once: try_lib() does not retry it on every call
 _scratch = threading.local()  # per-thread reusable tie buffers of pack()
 _NO_TIES = torch.empty((0, 4), dtype=torch.int32)
+_counted: list[int] | None = None  # the count_words() in force, if any
+
+
+@contextlib.contextmanager
+def count_words() -> Iterator[list[int]]:
+    """Count the XOR-popcount steps of the binary convs run inside: one 64-bit word of one output
+    channel at one output pixel, the work the kernel's inner loop cannot avoid (bnnkit bench
+    compares it with the kernel's rate). Yields a one-element list that holds the count."""
+    global _counted
+    outer, _counted = _counted, [0]
+    try:
+        yield _counted
+    finally:
+        if outer is not None:
+            outer[0] += _counted[0]
+        _counted = outer
 
 
 class _Profiled:
@@ -459,6 +477,8 @@ class PackedConv:
             packed = self._tap_packed(packed, threads)
             _check_tensor(packed, torch.int64, N * Hp * (Wp - (kw - 1) * dw) * self.tap_words, "tap-packed activations")
             wk, Cg, Cw, Wp, kw, dw = self.wk_taps, kw * self.Cg, self.tap_words, Wp - (kw - 1) * dw, 1, 1
+        if _counted is not None:
+            _counted[0] += N * Ho * Wo * self.groups * self.OBg * 8 * kh * kw * Cw
         lib().bconv(ISA_CODES[isa], threads, (
             packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
             self.groups, Cg, Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
