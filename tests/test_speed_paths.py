@@ -117,7 +117,8 @@ def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(ca
     assert set(missed_targets(result("resnet20_1w1a", 1.05, 1.0, 2.0, 1.0))) == {"train"}  # ResNet-20: 1.0x
     assert missed_targets(result("resnet18_1w1a", 1.05, 1.0, 2.0, 1.0)) == {}  # the others: 1.1x
     missed = missed_targets(result("vgg_small_1w1a", 1.2, 1.0, 1.5, 1.0))
-    assert set(missed) == {"train", "eval"} and "1.20x" in missed["train"] and "1.50x" in missed["eval"]
+    assert set(missed) == {"train", "eval"} and "1.200x" in missed["train"] and "1.500x" in missed["eval"]
+    assert "1.004x" in missed_targets(result("resnet20_1w1a", 1.004, 1.0, 2.0, 1.0))["train"]  # not "1.00x": a miss
     args = ["--models", "resnet20_1w1a", "--methods", "siman", "--batch", "4", "--rounds", "1", "--warmup", "0",
             "--matmul_size", "256"]
     assert bench_main(args + ["--profile"]) == 0
