@@ -285,7 +285,7 @@ static PyObject* py_taps(PyObject*, PyObject* args) {
         for (int64_t r = r0; r < r1; ++r) {
             const uint64_t* s = src + BNN_AT("taps input", r * Wp, Wp, src_len);
             uint64_t* d = dst + BNN_AT("taps output", r * Wq * TW, Wq * TW, dst_len);
-            if (KW == 3 && TW <= 2) {  /* 3x3 kernels, in one pass: 3-6x faster than the loop below */
+            if (KW == 3 && TW <= 2) {  /* 3x3 kernels in one sweep that vectorizes: about 3x faster than the loop below */
                 const int64_t o1 = dw, o2 = 2 * dw;
                 const uint64_t* __restrict sr = s;
                 uint64_t* __restrict dr = d;
