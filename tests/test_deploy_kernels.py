@@ -33,6 +33,7 @@ CASES = [
     (1, 16, 16, 9, 9, 3, 1, 2, 2, 1, True, None),      # 16 channels, dilation 2: 3 taps a word, 2 columns apart
     (2, 32, 24, 9, 10, 3, 1, 1, 1, 1, True, None),     # 32 channels: a kernel row in 2 words, 2 taps and 1
     (1, 24, 16, 10, 9, 3, 2, 1, 1, 1, False, None),    # 24 channels, stride 2: 2 words a row, 48 bits and 24
+    (1, 32, 8, 9, 9, 3, 1, 2, 2, 1, True, None),       # 32 channels, dilation 2: 2 words a row, taps 2 columns apart
 ]
 
 
@@ -92,7 +93,7 @@ def test_bconv_matches_float_reference(case, isa, nchw):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6, 10, 11, 12, 13)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6, 10, 11, 12, 13, 14)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
 @pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("ties", ["few", "many"])
 def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, ties):
@@ -362,7 +363,7 @@ def test_debug_build_runs_layers_within_bounds(debug_lib):
     assert debug_lib.build_info()["debug"] is True
     old = _native.set_library(debug_lib)
     try:
-        for case in (CASES[1], CASES[2], CASES[4], CASES[6], CASES[11], CASES[12], CASES[13]):
+        for case in (CASES[1], CASES[2], CASES[4], CASES[6], CASES[8], CASES[11], CASES[12], CASES[13], CASES[14]):
             for isa in ISAS:
                 for nchw, ties in ((False, None), (True, None), (False, "many"), (True, "few")):
                     out, ref, *_ = run_case(case, isa, nchw=nchw, ties=ties)
@@ -446,7 +447,7 @@ def test_debug_build_catches_an_out_of_bounds_read(debug_lib):
 def test_narrow_layers_pack_their_kernel_taps(channels, groups, kernel, words):
     """A layer of up to 32 channels in one group runs as a KH x 1 conv over words of side-by-side
     taps, as many as fit a word (tap_words words a kernel row; 0 = the plain layout, one word a
-    tap); the CASES above, six of them narrow, check the results."""
+    tap); the CASES above, seven of them narrow, check the results."""
     O = 8
     w = torch.randn(O, channels // groups, kernel, kernel) < 0
     conv = _native.PackedConv(pack_signs(w), torch.ones(O), torch.zeros(O), in_channels=channels,
