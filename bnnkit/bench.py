@@ -181,19 +181,14 @@ def missed_targets(r: dict) -> dict[str, str]:
 
 
 def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 15,
-                 parts: tuple[str, ...] = ("train",), channels_last: bool = False, amp: str | None = None) -> str:
+                 parts: tuple[str, ...] = ("train",), channels_last: bool = False,
+                 amp: str | None = None) -> tuple[str, dict[str, dict[str, float]]]:
     """torch.profiler's top operators (self CPU time) of one training step ("train"), one
     training-mode forward ("train_fwd") and/or one eval forward after a step ("eval"), in the
-    bench's configuration; the native kernels show as bnnkit::<kernel>."""
-    return profile_parts(name, method, settings, batch, top, parts, channels_last, amp)[0]
-
-
-def profile_parts(name: str, method: str, settings: dict, batch: int, top: int = 15,
-                  parts: tuple[str, ...] = ("train",), channels_last: bool = False,
-                  amp: str | None = None) -> tuple[str, dict[str, dict[str, float]]]:
-    """profile_case's tables, and per part {"total_s", "bconv_s", "words"}: the part's profiled
-    self CPU time, that of the binary conv kernel (bnnkit::bconv and bnnkit::taps, which lays
-    out narrow layers' taps), and the XOR-popcount words those convs ran."""
+    bench's configuration, the native kernels named bnnkit::<kernel>; and per part {"total_s",
+    "bconv_s", "words"}: the part's profiled self CPU time, that of the binary conv kernel
+    (bnnkit::bconv and bnnkit::taps, which lays out narrow layers' taps), and the XOR-popcount
+    words those convs ran."""
     from . import create_model
     from .deploy import _native
 
@@ -295,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             parts = ("train", "train_fwd", "eval")
             if args.profile == "misses":  # the step's operators, or the two forwards the eval gain compares
                 parts = (("train",) if "train" in missed else ()) + (("train_fwd", "eval") if "eval" in missed else ())
-            text, figures = profile_parts(name, method, settings, args.batch, parts=parts,
-                                          channels_last=args.channels_last, amp=args.amp)
+            text, figures = profile_case(name, method, settings, args.batch, parts=parts,
+                                         channels_last=args.channels_last, amp=args.amp)
             print(text, flush=True)
             if rate is not None and "train_fwd" in figures:
                 print(conv_bound(figures, rate), flush=True)
