@@ -10,9 +10,9 @@ this is what PyTorch's CPU performance guide achieves by preloading jemalloc or 
 32 MiB is as high as glibc lets the threshold go, and the CIFAR recipes' batch of 256 makes
 ResNet-18's and VGG-small's activations 64 MB: those were still mapped afresh for every op. So
 tune() also turns mmap off for the heap (M_MMAP_MAX = 0; a thread's arena still maps what it
-cannot hold). ResNet-18 (CIFAR) training steps at batch 256, medians of 4, separate processes,
-two runs: float 12.1 and 12.8 s -> 11.3 and 9.7 s, SiMaN 11.3 and 12.1 s -> 9.7 and 8.0 s; peak
-memory 3.9-4.0 -> 5.3 GB, since the heap keeps what it grew to. The `bnnkit` command calls
+cannot hold). ResNet-18 (CIFAR) SiMaN training steps at batch 256 (benchmarks/allocator.py):
+5.78 s untuned -> 3.61 s; resident memory 2.1 -> 4.7 GB, since the heap keeps what it grew to
+(it levelled off at 5.1 GB within 52 steps of a 120-step run). The `bnnkit` command calls
 tune() at start-up; BNNKIT_MALLOC_TUNE=0 turns it off.
 """
 from __future__ import annotations

@@ -146,23 +146,26 @@ def test_conv_bound_puts_every_binary_conv_at_the_kernels_peak():
     assert "no packed binary convs" in conv_bound(figures, rate=2e10)
 
 
-_FAULTS_OF_A_REALLOCATION = """
-import resource, torch
+_WHERE_A_LARGE_TENSOR_LIVES = """
+import torch
 from bnnkit import _allocator
 _allocator.tune()
-for _ in range(2):  # the heap settles after two: memalign's padding keeps the first block from fitting
-    x = torch.empty(16 << 20).fill_(1.0)  # 64 MB: ResNet-18's CIFAR activations at batch 256
-    del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-x = torch.empty(16 << 20).fill_(1.0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+x = torch.empty(16 << 20).fill_(1.0)  # 64 MB: ResNet-18's CIFAR activations at batch 256
+address = x.data_ptr()
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    low, high = (int(end, 16) for end in fields[0].split("-"))
+    if low <= address < high:
+        print(fields[5] if len(fields) > 5 else "anonymous")
 """
 
 
-def test_tuned_allocator_reuses_tensors_above_glibcs_mmap_ceiling():
-    """A 64 MB tensor freed and allocated again (a training step's activations): tuned, the heap
-    serves it again with next to no page faults; untuned, glibc maps and the kernel zeroes 16,384 fresh pages (unless the
-    system backs every mapping with huge pages, which hides the difference)."""
+def test_tuned_allocator_serves_tensors_above_glibcs_mmap_ceiling_from_the_heap():
+    """A 64 MB tensor (a training step's activations): tuned, glibc carves it from the heap, where
+    a freed block stays for the next step's; untuned, it is a mapping of its own, returned to the
+    kernel when freed and zeroed afresh page by page when mapped again. (Whether the heap's free
+    blocks fit the next allocation depends on what else lies there: ResNet-18 training steps at
+    batch 256, measured, 3.6 s tuned against 6.5 s untuned; scratch script in the throughput docs.)"""
     import os
     import platform
     import subprocess
@@ -171,17 +174,14 @@ def test_tuned_allocator_reuses_tensors_above_glibcs_mmap_ceiling():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.fail("the allocator tuning is for glibc on Linux")
 
-    def faults(tune: str) -> int:
+    def mapping(tune: str) -> str:
         env = {**os.environ, "BNNKIT_MALLOC_TUNE": tune}
-        run = subprocess.run([sys.executable, "-c", _FAULTS_OF_A_REALLOCATION], env=env, capture_output=True,
+        run = subprocess.run([sys.executable, "-c", _WHERE_A_LARGE_TENSOR_LIVES], env=env, capture_output=True,
                              text=True, timeout=300, check=True)
-        return int(run.stdout.strip().splitlines()[-1])
+        return run.stdout.strip()
 
-    tuned, untuned = faults("1"), faults("0")
-    assert tuned < 1000, tuned
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not (thp.exists() and "[always]" in thp.read_text()):
-        assert untuned > 8000, untuned
+    assert mapping("1") == "[heap]"
+    assert mapping("0") == "anonymous"
 
 
 def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
@@ -192,3 +192,19 @@ def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch):
     assert _allocator.tune() is expected
     monkeypatch.setenv("BNNKIT_MALLOC_TUNE", "0")
     assert _allocator.tune() is False
+
+
+def test_allocator_benchmark_compares_a_tuned_and_an_untuned_process():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "allocator.py"
+    run = subprocess.run([sys.executable, str(script), "--model", "resnet20_1w1a", "--batch", "8", "--steps", "9"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "resnet20_1w1a siman batch 8, 9 steps a run, medians after the first step"
+    assert lines[1].lstrip().startswith("tuned ") and lines[2].lstrip().startswith("untuned ")
+    assert "untuned / tuned step time:" in lines[3]
+    bad = subprocess.run([sys.executable, str(script), "--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--steps must be at least 3" in bad.stderr
