@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     _allocator.tune()  # as the bnnkit command does, also for benchmarks/train_step.py
     parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
-    parser.add_argument("--methods", nargs="*", default=None, help="e.g. siman biper1 biper2")
+    parser.add_argument("--methods", nargs="*", default=None, choices=["siman", "biper", "biper1", "biper2"],
+                        help="siman, biper1 / biper2 (BiPer's stage 1 / 2) or biper (both); default: all")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -264,10 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     wanted = "compiled" if args.compile else args.kernels
     if set_kernels(wanted) != wanted:
         print(f"torch.compile is unavailable here; measuring the {kernels_in_use()} kernels")
-    chosen = {"siman": ("siman", {}), "biper1": ("biper", {"stage": 1}), "biper2": ("biper", {"stage": 2})}
+    known = sorted({n for n, _, _ in DEFAULT_CASES})
+    if args.models is not None and set(args.models) - set(known):
+        parser.error(f"no bench cases for {', '.join(sorted(set(args.models) - set(known)))}; "
+                     f"--models takes {', '.join(known)} (CIFAR-10 input)")
+    stage = {"siman": None, "biper": None, "biper1": 1, "biper2": 2}
     cases = [(n, m, s) for n, m, s in DEFAULT_CASES
              if (args.models is None or n in args.models)
-             and (args.methods is None or any(chosen[c] == (m, s) for c in args.methods))]
+             and (args.methods is None or any(c.rstrip("12") == m and stage[c] in (None, s.get("stage"))
+                                              for c in args.methods))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
           f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}, SiMaN percent={args.percent:g}")

@@ -107,6 +107,28 @@ def test_bench_runs_and_prints_its_ratios(capsys, monkeypatch):
     functional.set_kernels("native")
 
 
+def test_bench_selects_cases_by_method_and_refuses_models_it_has_no_cases_for(capsys, monkeypatch):
+    import bnnkit.bench as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "matmul_gflops", lambda n: 100.0)
+    monkeypatch.setattr(bench, "binary_conv_rate", lambda threads: None)
+    monkeypatch.setattr(bench, "bench_case", lambda name, method, settings, *a, **k: seen.append((name, method, settings)) or {})
+    monkeypatch.setattr(bench, "format_row", lambda r, peak: "")
+    monkeypatch.setattr(bench, "missed_targets", lambda r: {})
+    for methods, expected in ((["biper"], [("biper", {"stage": 1}), ("biper", {"stage": 2})]),
+                              (["biper2", "siman"], [("siman", {}), ("biper", {"stage": 2})])):
+        seen.clear()
+        assert bench_main(["--models", "vgg_small_1w1a", "--methods", *methods, "--profile", "never"]) == 0
+        assert seen == [("vgg_small_1w1a", m, s) for m, s in expected]
+    with pytest.raises(SystemExit):
+        bench_main(["--models", "resnet34_1w1a"])
+    assert "no bench cases for resnet34_1w1a; --models takes resnet18_1w1a, resnet20_1w1a, vgg_small_1w1a" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_main(["--methods", "xnor"])
+    assert "invalid choice: 'xnor'" in capsys.readouterr().err
+
+
 def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(capsys):
     from bnnkit.bench import missed_targets
 
