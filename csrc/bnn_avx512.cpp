@@ -23,11 +23,23 @@ struct Avx512Policy {
         const __m256i v = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_set1_epi32(kc), _mm256_add_epi32(cnt, cnt)), corr);
         const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_loadu_ps(pre8));
         const __m256 r = _mm256_fmadd_ps(y, _mm256_loadu_ps(scale8), _mm256_loadu_ps(bias8));
-        _mm256_mask_storeu_ps(out, (__mmask8)((1u << nch) - 1u), r);
+        if (nch == 8)
+            _mm256_storeu_ps(out, r);
+        else
+            _mm256_mask_storeu_ps(out, (__mmask8)((1u << nch) - 1u), r);
     }
     static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
         uint64_t w = 0, e = 0;
         const __m512 t = _mm512_set1_ps(thr);
+        if (nb == 64) {  /* a whole word: four plain loads, no masks to build */
+            for (int i = 0; i < 64; i += 16) {
+                const __m512 v = _mm512_loadu_ps(x + i);
+                w |= (uint64_t)_mm512_cmp_ps_mask(v, t, _CMP_LT_OQ) << i;
+                e |= (uint64_t)_mm512_cmp_ps_mask(v, t, _CMP_EQ_OQ) << i;
+            }
+            *eq = e;
+            return w;
+        }
         for (int i = 0; i < nb; i += 16) {
             const int left = nb - i;
             const __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);

@@ -245,30 +245,40 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
             for (int b = 0; b < NB; ++b) acc[b][t] = P::step(acc[b][t], wv[b], av);
         }
     }
-    const int64_t O = a->G * a->Og, OB8 = a->G * a->OBg * 8;
+    /* The epilogue reads *a through locals: with -fno-strict-aliasing every float store could
+     * change *a, and reloading its fields after each store cost more than the stores. */
+    const int64_t O = a->G * a->Og, OB8 = a->G * a->OBg * 8, Og = a->Og, Wo = a->Wo;
     const int32_t kc = (int32_t)(K * a->Cg);
+    const int32_t* const bcorr = a->bcorr;
+    const float* const pre = a->pre;
+    const float* const scale = a->scale;
+    const float* const bias = a->bias;
+    float* const out = a->out;
+    const int64_t bcorr_len = a->bcorr_len, sb_len = a->sb_len, out_len = a->out_len;
+    (void)bcorr_len; (void)sb_len; (void)out_len;  /* read by the bounds checks of debug builds only */
     const int64_t crow = (int64_t)a->row_cls[BNN_AT("bconv row classes", oy, 1, a->Ho)] * a->ncls_col;
+    int64_t corr_at[T];  /* each pixel's row of the corrections table */
+    for (int t = 0; t < T; ++t)
+        corr_at[t] = (crow + a->col_cls[BNN_AT("bconv column classes", ox + t, 1, Wo)]) * OB8 + blk * 8;
     int32_t tc[NB][T][8];
     const bool tied = a->nties > 0 && tile_ties<T, NB>(a, n, oy, ox, g, blk, tc);
+    const int64_t o_first = ((n * a->Ho + oy) * Wo + ox) * O + g * Og + ob * 8;
     for (int b = 0; b < NB; ++b) {
-        int nch = (int)(a->Og - (ob + b) * 8);
+        int nch = (int)(Og - (ob + b) * 8);
         if (nch > 8) nch = 8;
-        const int64_t sb = BNN_AT("bconv scale", (blk + b) * 8, 8, a->sb_len);
-        const int64_t o0 = ((n * a->Ho + oy) * a->Wo + ox) * O + g * a->Og + (ob + b) * 8;
+        const int64_t sb = BNN_AT("bconv scale", (blk + b) * 8, 8, sb_len);
         for (int t = 0; t < T; ++t) {
-            const int64_t cls = crow + a->col_cls[BNN_AT("bconv column classes", ox + t, 1, a->Wo)];
-            const int32_t* corr = a->bcorr + BNN_AT("bconv border corrections", cls * OB8 + (blk + b) * 8, 8, a->bcorr_len);
+            const int32_t* corr = bcorr + BNN_AT("bconv border corrections", corr_at[t] + b * 8, 8, bcorr_len);
             int32_t corr_tied[8];
             if (tied) {  /* dot = kc - 2*mismatches - corrections: a tie's sign joins the corrections */
                 for (int j = 0; j < 8; ++j) corr_tied[j] = corr[j] + tc[b][t][j];
                 corr = corr_tied;
             }
             if (rowbuf)  /* all 8 lanes: the padding channels of a block have zero constants */
-                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb,
-                            rowbuf + ((int64_t)b * a->Wo + ox + t) * 8, 8);
+                P::epilogue(acc[b][t], corr, kc, pre + sb, scale + sb, bias + sb, rowbuf + ((int64_t)b * Wo + ox + t) * 8, 8);
             else {
-                float* dst = a->out + BNN_AT("bconv output", o0 + t * O, nch, a->out_len);
-                P::epilogue(acc[b][t], corr, kc, a->pre + sb, a->scale + sb, a->bias + sb, dst, nch);
+                float* dst = out + BNN_AT("bconv output", o_first + t * O + b * 8, nch, out_len);
+                P::epilogue(acc[b][t], corr, kc, pre + sb, scale + sb, bias + sb, dst, nch);
             }
         }
     }
@@ -502,22 +512,27 @@ static void pack_run(const PackArgs* a, const float* thr, int64_t r0, int64_t r1
         pack_run_nchw(a, thr, r0, r1);
         return;
     }
-    const int64_t Hp = a->H + 2 * a->pad_h, Wp = a->W + 2 * a->pad_w, PW = a->G * a->Cw;
+    /* *a through locals: with -fno-strict-aliasing each word stored could change it */
+    const int64_t H = a->H, W = a->W, C = a->C, G = a->G, Cg = a->Cg, Cw = a->Cw, pad_h = a->pad_h, pad_w = a->pad_w;
+    const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w, PW = G * Cw, x_len = a->x_len, out_len = a->out_len;
+    (void)x_len; (void)out_len;  /* read by the bounds checks of debug builds only */
+    const float* const x_in = a->x;
+    uint64_t* const out = a->out;
     for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / a->H, y = r % a->H;
+        const int64_t n = r / H, y = r % H;
         const float th = thr[n];
-        for (int64_t x = 0; x < a->W; ++x) {
-            const int64_t xi = ((n * a->H + y) * a->W + x) * a->C;
-            const int64_t oi = ((n * Hp + y + a->pad_h) * Wp + x + a->pad_w) * PW;
-            for (int64_t g = 0; g < a->G; ++g) {
-                for (int64_t w = 0; w < a->Cw; ++w) {
-                    int64_t nb = a->Cg - 64 * w;
+        for (int64_t x = 0; x < W; ++x) {
+            const int64_t xi = ((n * H + y) * W + x) * C;
+            const int64_t oi = ((n * Hp + y + pad_h) * Wp + x + pad_w) * PW;
+            for (int64_t g = 0; g < G; ++g) {
+                for (int64_t w = 0; w < Cw; ++w) {
+                    int64_t nb = Cg - 64 * w;
                     if (nb > 64) nb = 64;
-                    const int64_t c0 = g * a->Cg + 64 * w;
-                    const float* src = a->x + BNN_AT("pack input", xi + c0, nb, a->x_len);
+                    const int64_t c0 = g * Cg + 64 * w;
+                    const float* src = x_in + BNN_AT("pack input", xi + c0, nb, x_len);
                     uint64_t eq = 0;
-                    a->out[BNN_AT("pack output", oi + g * a->Cw + w, 1, a->out_len)] = P::pack_word(src, (int)nb, th, &eq);
-                    record_ties(a, eq, n, y, x, c0);
+                    out[BNN_AT("pack output", oi + g * Cw + w, 1, out_len)] = P::pack_word(src, (int)nb, th, &eq);
+                    if (eq) record_ties(a, eq, n, y, x, c0);
                 }
             }
         }
