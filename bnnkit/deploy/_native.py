@@ -142,12 +142,13 @@ def _need(cond: bool, msg: str) -> None:
         raise DeployFormatError(msg)
 
 
-def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str) -> None:
-    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous() and t.numel() == numel:
+def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str,
+                  layout: torch.memory_format = torch.contiguous_format) -> None:
+    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous(memory_format=layout) and t.numel() == numel:
         return  # the common case, without formatting the messages below
     _need(t.dtype == dtype, f"{what}: dtype {t.dtype}, expected {dtype}")
     _need(t.device.type == "cpu", f"{what}: tensor on {t.device}, the runtime runs on CPU")
-    _need(t.is_contiguous(), f"{what}: not contiguous")
+    _need(t.is_contiguous(memory_format=layout), f"{what}: not contiguous")
     _need(t.numel() == numel, f"{what}: {t.numel()} elements, expected {numel}")
 
 
@@ -169,14 +170,13 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     Cg = C // groups
     Cw = words(Cg)
     out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
-    src = x if nchw else x.permute(0, 2, 3, 1)  # the memory the kernel reads, as a contiguous tensor
     thr = torch.empty(N, dtype=torch.float32)
     mode = int(center)
     if center and thresholds is not None:
         thr_in = thresholds.detach().to(torch.float32).reshape(-1).contiguous()
         _check_tensor(thr_in, torch.float32, N, "pack thresholds")
         mode = 2
-    _check_tensor(src, torch.float32, N * H * W * C, "pack input")
+    _check_tensor(x, torch.float32, N * H * W * C, "pack input", torch.contiguous_format if nchw else torch.channels_last)
     if not hasattr(_scratch, "ties"):
         _scratch.count = torch.zeros(1, dtype=torch.int64)
         _scratch.ties = torch.empty((1024, 4), dtype=torch.int32)
@@ -184,10 +184,10 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     while True:
         cap = ties.shape[0]
         lib().pack(ISA_CODES[isa], threads, (
-            src.data_ptr(), src.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
+            x.data_ptr(), x.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
             out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
             ties.data_ptr(), cap, count.data_ptr(), int(nchw)))
-        found = int(count[0])
+        found = count.item()
         if found <= cap:
             return out, thr, (ties[:found].clone() if found else _NO_TIES)
         ties = _scratch.ties = torch.empty((found, 4), dtype=torch.int32)  # rare: room for all, pack again
