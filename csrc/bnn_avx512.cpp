@@ -28,17 +28,30 @@ struct Avx512Policy {
         else
             _mm256_mask_storeu_ps(out, (__mmask8)((1u << nch) - 1u), r);
     }
+    static inline void epilogue16(acc_t acc0, acc_t acc1, const int32_t* corr16, int32_t kc, const float* pre16,
+                                  const float* scale16, const float* bias16, float* out) {
+        const __m512i cnt = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc0)),
+                                               _mm512_cvtepi64_epi32(acc1), 1);
+        const __m512i v = _mm512_sub_epi32(_mm512_sub_epi32(_mm512_set1_epi32(kc), _mm512_add_epi32(cnt, cnt)),
+                                           _mm512_loadu_si512((const void*)corr16));
+        const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(pre16));
+        _mm512_storeu_ps(out, _mm512_fmadd_ps(y, _mm512_loadu_ps(scale16), _mm512_loadu_ps(bias16)));
+    }
     static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
         uint64_t w = 0, e = 0;
         const __m512 t = _mm512_set1_ps(thr);
-        if (nb == 64) {  /* a whole word: four plain loads, no masks to build */
-            for (int i = 0; i < 64; i += 16) {
-                const __m512 v = _mm512_loadu_ps(x + i);
-                w |= (uint64_t)_mm512_cmp_ps_mask(v, t, _CMP_LT_OQ) << i;
-                e |= (uint64_t)_mm512_cmp_ps_mask(v, t, _CMP_EQ_OQ) << i;
-            }
+        if (nb == 64) {  /* a whole word: four plain loads, the bits joined in mask registers */
+            const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+            const __m512 v2 = _mm512_loadu_ps(x + 32), v3 = _mm512_loadu_ps(x + 48);
+            const __mmask32 lo = _mm512_kunpackw(_mm512_cmp_ps_mask(v1, t, _CMP_LT_OQ), _mm512_cmp_ps_mask(v0, t, _CMP_LT_OQ));
+            const __mmask32 hi = _mm512_kunpackw(_mm512_cmp_ps_mask(v3, t, _CMP_LT_OQ), _mm512_cmp_ps_mask(v2, t, _CMP_LT_OQ));
+            const __mmask16 any_eq = _mm512_cmp_ps_mask(v0, t, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v1, t, _CMP_EQ_OQ) |
+                                     _mm512_cmp_ps_mask(v2, t, _CMP_EQ_OQ) | _mm512_cmp_ps_mask(v3, t, _CMP_EQ_OQ);
+            if (__builtin_expect(any_eq != 0, 0))  /* ties are rare: find them again, lane by lane */
+                for (int i = 0; i < 64; i += 16)
+                    e |= (uint64_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(x + i), t, _CMP_EQ_OQ) << i;
             *eq = e;
-            return w;
+            return (uint64_t)_mm512_kunpackd(hi, lo);
         }
         for (int i = 0; i < nb; i += 16) {
             const int left = nb - i;
@@ -55,6 +68,7 @@ struct Avx512Policy {
 }  // namespace
 
 #define BNN_AVX_TRANSPOSE8
+#define BNN_EPILOGUE16
 #define BNN_POLICY Avx512Policy
 #define BNN_TILE 8
 #define BNN_BLOCKS 2

@@ -263,6 +263,17 @@ static inline void bconv_tile(const BConvArgs* a, const int64_t* offs, int64_t n
     int32_t tc[NB][T][8];
     const bool tied = a->nties > 0 && tile_ties<T, NB>(a, n, oy, ox, g, blk, tc);
     const int64_t o_first = ((n * a->Ho + oy) * Wo + ox) * O + g * Og + ob * 8;
+#if defined(BNN_EPILOGUE16)
+    /* two full blocks side by side in a channels-last output: one 16-lane epilogue a pixel, its
+     * constants, corrections and results contiguous (same operations lane by lane, same bits) */
+    if (NB == 2 && !rowbuf && !tied && Og - ob * 8 >= 16) {
+        const int64_t sb = BNN_AT("bconv scale", blk * 8, 16, sb_len);
+        for (int t = 0; t < T; ++t)
+            P::epilogue16(acc[0][t], acc[NB - 1][t], bcorr + BNN_AT("bconv border corrections", corr_at[t], 16, bcorr_len),
+                          kc, pre + sb, scale + sb, bias + sb, out + BNN_AT("bconv output", o_first + t * O, 16, out_len));
+        return;
+    }
+#endif
     for (int b = 0; b < NB; ++b) {
         int nch = (int)(Og - (ob + b) * 8);
         if (nch > 8) nch = 8;
