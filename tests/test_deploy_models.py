@@ -296,6 +296,18 @@ def test_cli_bench_prints_tables(capsys):
     assert "| 1 | 2 | nchw |" in text and "| 1 | 2 | channels_last |" in text and "layer3_2_conv2 | 64x8x8 | 64 | 3x3/1" in text and "speed-up" in text
 
 
+def test_cli_bench_times_the_same_random_model_for_the_same_seed(monkeypatch):
+    import bnnkit.deploy._bench as bench
+
+    nets = []
+    monkeypatch.setattr(bench, "run_bench", lambda net, **kw: nets.append(net.state_dict()))
+    for seed in ("0", "0", "1"):
+        assert deploy.cli_bench(["--model", "resnet20_1w1a", "--dataset", "cifar10", "--seed", seed]) == 0
+    same, other = nets[1], nets[2]
+    assert all(torch.equal(nets[0][k], same[k]) for k in same)
+    assert any(not torch.equal(nets[0][k], other[k]) for k in other)
+
+
 def test_float_twin_has_no_binary_convs():
     model = build("resnet20_1w1a", "siman", "cifar10")
     twin = float_twin(model)

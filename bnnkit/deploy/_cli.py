@@ -122,6 +122,8 @@ def cli_bench(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int)
     p.add_argument("--stage", type=int)
     p.add_argument("--freq", type=float)
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialises the random model (without --checkpoint), so that runs time the same network")
     p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core (default 1,all)")
     p.add_argument("--batch", default="1,32", help="comma list of batch sizes (default 1,32)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
@@ -146,6 +148,7 @@ def cli_bench(argv: list[str] | None = None) -> int:
         method = a.method or "biper"
         if method == "biper":
             settings.setdefault("stage", 2)
+        torch.manual_seed(a.seed)  # a weight exactly 0 (sign 0) costs its layer a correction: same model, same cost
         net = create_model(a.model or "resnet18_1w1a", method=method, dataset=a.dataset or "imagenet",
                            num_classes=a.num_classes, **settings)
     run_bench(net, threads=threads, batches=batches, layers=not a.no_layers, min_time=a.min_time, isa=a.isa,
