@@ -269,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.models is not None and set(args.models) - set(known):
         parser.error(f"no bench cases for {', '.join(sorted(set(args.models) - set(known)))}; "
                      f"--models takes {', '.join(known)} (CIFAR-10 input)")
-    stage = {"siman": None, "biper": None, "biper1": 1, "biper2": 2}
+    choices = {"siman": {("siman", None)}, "biper": {("biper", 1), ("biper", 2)},
+               "biper1": {("biper", 1)}, "biper2": {("biper", 2)}}  # (method, stage)
+    picked = set().union(*(choices[c] for c in args.methods)) if args.methods else None
     cases = [(n, m, s) for n, m, s in DEFAULT_CASES
-             if (args.models is None or n in args.models)
-             and (args.methods is None or any(c.rstrip("12") == m and stage[c] in (None, s.get("stage"))
-                                              for c in args.methods))]
+             if (args.models is None or n in args.models) and (picked is None or (m, s.get("stage")) in picked)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
           f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}, SiMaN percent={args.percent:g}")
