@@ -233,6 +233,46 @@ def test_pack_accepts_given_thresholds():
         assert torch.equal(got, want)
 
 
+def test_calls_checked_once_per_shape_still_follow_each_input_and_each_copys_constants():
+    """The wrappers check an input's geometry once and keep the native call's arguments: later
+    calls with another size, layout, dtype or thresholds, and copies with other constants or
+    weights, must still get their own."""
+    gen = torch.Generator().manual_seed(3)
+    C, O = 40, 16
+    w = torch.where(torch.randn(O, C, 3, 3, generator=gen) < 0, -1.0, 1.0)
+    scale, bias, pre = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen), torch.rand(O, generator=gen) + 0.5
+    conv = _native.PackedConv(pack_signs(w < 0), scale, bias, prescale=pre, in_channels=C, kernel=(3, 3),
+                              stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    zeros = torch.zeros(2)
+
+    def check(c, w_, scale_, bias_, x, nchw, thresholds=None):
+        xin = x if nchw else x.contiguous(memory_format=torch.channels_last)
+        bits, thr, ties = _native.pack(xin, groups=1, pad=[1, 1], center=thresholds is not None, isa=ISAS[-1],
+                                       threads=1, thresholds=thresholds)
+        assert torch.equal(thr, zeros if thresholds is None else thresholds)
+        out = c(bits, x.shape[2], x.shape[3], [1, 1], isa=ISAS[-1], threads=1, ties=ties, nchw=nchw)
+        ref = reference(x.float(), thr, w_, pre, scale_, bias_, 1, 1, 1, 1)
+        assert out.shape == ref.shape
+        assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5)
+
+    for H, W in ((9, 9), (6, 11), (9, 9)):
+        for nchw in (False, True):
+            check(conv, w, scale, bias, torch.randn(2, C, H, W, generator=gen), nchw)
+    check(conv, w, scale, bias, torch.randn(2, C, 9, 9, generator=gen, dtype=torch.float64), True)  # converted
+    check(conv, w, scale, bias, torch.randn(2, C, 9, 9, generator=gen), False, torch.tensor([0.3, -0.2]))
+    scale2, bias2 = torch.rand(O, generator=gen) + 0.1, torch.randn(O, generator=gen)
+    other = conv.with_epilogue(scale2, bias2, prescale=pre)
+    flipped = conv.with_weights(pack_signs(w > 0), scale, bias, prescale=pre)
+    for _ in range(2):
+        x = torch.randn(2, C, 9, 9, generator=gen)
+        check(other, w, scale2, bias2, x, False)
+        check(flipped, -w, scale, bias, x, False)
+        check(conv, w, scale, bias, x, False)
+    bits, _, _ = _native.pack(torch.randn(2, C, 9, 9), groups=1, pad=(1, 1), center=False, isa=ISAS[-1], threads=1)
+    with pytest.raises(DeployFormatError, match="do not match"):
+        conv(bits, 9, 8, (1, 1), isa=ISAS[-1], threads=1)  # a known shape with the wrong size
+
+
 @pytest.mark.parametrize("shape, groups", [((2, 70, 45, 50), 1), ((1, 16, 3, 2100), 1), ((3, 48, 7, 7), 2),
                                            ((2, 130, 9, 13), 1)], ids=["row-blocks", "wide", "groups", "3words"])
 def test_pack_reads_nchw_as_channels_last(shape, groups, debug_lib):

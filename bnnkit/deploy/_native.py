@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Iterator
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -152,6 +153,38 @@ def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str,
     _need(t.numel() == numel, f"{what}: {t.numel()} elements, expected {numel}")
 
 
+class _PackPlan(NamedTuple):
+    convert: bool  # x is not read in place: a channels-last float32 copy is packed
+    out_shape: tuple[int, int, int, int]
+    N: int
+    args: list[int]  # the native call's arguments, 0 where pack() fills in a tensor's address
+
+
+_pack_plans: dict[tuple, _PackPlan] = {}
+
+
+def _pack_plan(x: torch.Tensor, groups: int, pad: tuple[int, int], mode: int, isa: str, key: tuple) -> _PackPlan:
+    """What pack() needs to know about an input of x's shape, memory layout and dtype, checked once."""
+    _need(x.dim() == 4, f"binary conv input: expected 4 dimensions, got shape {tuple(x.shape)}")
+    _need(x.device.type == "cpu", f"binary conv input: tensor on {x.device}, the runtime runs on CPU")
+    N, C, H, W = x.shape
+    _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
+    _need(pad[0] >= 0 and pad[1] >= 0, "negative padding")
+    _need(isa in ISA_CODES, f"unknown instruction set {isa!r}")
+    nchw = x.dtype == torch.float32 and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    convert = not nchw and not (x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last))
+    Cg = C // groups
+    Cw = words(Cg)
+    out_shape = (N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw)
+    args = [0, N * C * H * W, N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
+            0, out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3], 0, N, 0, 0, 0, 0, int(nchw)]
+    plan = _PackPlan(convert, out_shape, N, args)
+    if len(_pack_plans) >= 64:
+        _pack_plans.clear()
+    _pack_plans[key] = plan
+    return plan
+
+
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
          threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Binarize x (N,C,H,W float32; read in place when NCHW- or channels-last-contiguous) to bits and pack them:
@@ -160,33 +193,34 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     given float32 `thresholds` [N]). Returns the bits, the thresholds t [N] and the ties: int32
     [Z, 4] rows (n, y, x, c) of the activations exactly equal to t, which sign() maps to 0 and the
     bits to +1 (the conv removes their contribution, see PackedConv)."""
-    _need(x.dim() == 4, f"binary conv input: expected 4 dimensions, got shape {tuple(x.shape)}")
-    N, C, H, W = x.shape
-    _need(groups >= 1 and C % groups == 0, f"binary conv input: {C} channels not divisible into {groups} groups")
-    _need(pad[0] >= 0 and pad[1] >= 0, "negative padding")
-    nchw = x.dtype == torch.float32 and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
-    if not nchw:
+    if type(pad) is not tuple:
+        pad = tuple(pad)
+    mode = (2 if thresholds is not None else 1) if center else 0
+    # shape, strides, dtype and device decide everything the checks look at
+    key = (x.shape, x.stride(), x.dtype, x.is_cpu, groups, pad, mode, isa)
+    plan = _pack_plans.get(key)
+    if plan is None:
+        plan = _pack_plan(x, groups, pad, mode, isa, key)
+    if plan.convert:
         x = x.float().contiguous(memory_format=torch.channels_last)
-    Cg = C // groups
-    Cw = words(Cg)
-    out = torch.empty((N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw), dtype=torch.int64)
-    thr = torch.empty(N, dtype=torch.float32)
-    mode = int(center)
-    if center and thresholds is not None:
-        thr_in = thresholds.detach().to(torch.float32).reshape(-1).contiguous()
-        _check_tensor(thr_in, torch.float32, N, "pack thresholds")
-        mode = 2
-    _check_tensor(x, torch.float32, N * H * W * C, "pack input", torch.contiguous_format if nchw else torch.channels_last)
+    out = torch.empty(plan.out_shape, dtype=torch.int64)
+    thr = torch.empty(plan.N, dtype=torch.float32)
+    args = plan.args.copy()
+    if mode == 2:
+        thr_in = thresholds
+        if not (thr_in.dtype == torch.float32 and thr_in.dim() == 1 and thr_in.is_contiguous()):
+            thr_in = thr_in.detach().to(torch.float32).reshape(-1).contiguous()
+        _check_tensor(thr_in, torch.float32, plan.N, "pack thresholds")
+        args[16] = thr_in.data_ptr()
     if not hasattr(_scratch, "ties"):
         _scratch.count = torch.zeros(1, dtype=torch.int64)
         _scratch.ties = torch.empty((1024, 4), dtype=torch.int32)
     count, ties = _scratch.count, _scratch.ties
+    args[0], args[12], args[14], args[19] = x.data_ptr(), out.data_ptr(), thr.data_ptr(), count.data_ptr()
     while True:
         cap = ties.shape[0]
-        lib().pack(ISA_CODES[isa], threads, (
-            x.data_ptr(), x.numel(), N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
-            out.data_ptr(), out.numel(), thr.data_ptr(), thr.numel(), thr_in.data_ptr() if mode == 2 else 0,
-            ties.data_ptr(), cap, count.data_ptr(), int(nchw)))
+        args[17], args[18] = ties.data_ptr(), cap
+        lib().pack(ISA_CODES[isa], threads, args)
         found = count.item()
         if found <= cap:
             return out, thr, (ties[:found].clone() if found else _NO_TIES)
@@ -313,6 +347,7 @@ class PackedConv:
         self._taps_setup(w_bits)
         self.w_bits, self._tie_w = w_bits, None
         self._borders: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._plans: dict[tuple, _ConvPlan] = {}
         # the kernel's constant buffers are built here and never change: check them once
         _check_tensor(self.wk, torch.int64, G * OBg * K * Cw * 8, "kernel weights")
         _check_tensor(self.corr, torch.int32, G * OBg * K * 8, "kernel corrections")
@@ -324,6 +359,7 @@ class PackedConv:
               "binary conv: prescale/scale/bias must have one value per output channel")
         self.pre, self.scale, self.bias = (self._padded(t.reshape(G, Og)) for t in (prescale, scale, bias))
         self._affine = None  # epilogue_constants, for finish(): built on first use
+        self._plans = {}  # they hold the constants' addresses
         for t, what in ((self.pre, "prescale"), (self.scale, "scale"), (self.bias, "bias")):
             _check_tensor(t, torch.float32, G * self.OBg * 8, f"kernel {what}")
 
@@ -427,6 +463,48 @@ class PackedConv:
     def out_size(self, H: int, W: int) -> tuple[int, int]:
         return _out_size(H, W, self.kernel, self.stride, self.padding, self.dilation)
 
+    def _plan(self, shape: torch.Size, H: int, W: int, bpad: tuple[int, int], isa: str, raw: bool,
+              nchw: bool) -> "_ConvPlan":
+        """Everything about a call that follows from the packed input's shape and the options, checked
+        once: the output's shape and the native call's arguments except the per-call tensors (about
+        5 us of the wrapper's Python, 5 % of a 100 us conv, saved on every later call)."""
+        _need(len(shape) == 4, "packed activations must be 4-d")
+        N, Hp, Wp, PW = shape
+        _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
+        _need(Hp == H + 2 * bpad[0] and Wp == W + 2 * bpad[1] and PW == self.groups * self.Cw,
+              f"packed activations of shape {tuple(shape)} do not match this conv")
+        Ho, Wo = self.out_size(H, W)
+        _need(Ho >= 1 and Wo >= 1, f"binary conv: input {H}x{W} is smaller than its kernel")
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        # the last row/column the kernel reads, in the padded buffer
+        _need((Ho - 1) * sh - ph + (kh - 1) * dh + bpad[0] < Hp and (Wo - 1) * sw - pw + (kw - 1) * dw + bpad[1] < Wp,
+              "binary conv would read past its input")
+        _need(isa in ISA_CODES, f"unknown instruction set {isa!r}")
+        row_cls, col_cls, table = self.borders(H, W)
+        wk, Cg, Cw, numel = self.wk, self.Cg, self.Cw, N * Hp * Wp * PW
+        if self.tap_words:  # the kernel then runs a KH x 1 conv over the tap words (see _taps_setup)
+            wk, Cg, Cw, Wp, kw, dw = self.wk_taps, kw * self.Cg, self.tap_words, Wp - (kw - 1) * dw, 1, 1
+            numel = N * Hp * Wp * Cw
+        ones, zeros = self._raw_constants() if raw else (None, None)
+        O = self.out_channels
+        out_numel = N * O * Ho * Wo
+        args = [0, numel, N, H, W, Hp, Wp, bpad[0], bpad[1],
+                self.groups, Cg, Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+                wk.data_ptr(), wk.numel(), table.data_ptr(), table.numel(),
+                (ones if raw else self.scale).data_ptr(), (zeros if raw else self.bias).data_ptr(),
+                self.scale.numel(), 0, out_numel, 0, 0,
+                (ones if raw else self.pre).data_ptr(), int(nchw),
+                row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1],
+                0, 0, self.kernel[1], self.dilation[1], self.Cg, 0, 0, 0, 0, 0]
+        words_ = N * Ho * Wo * self.groups * self.OBg * 8 * kh * kw * Cw
+        # the plan holds the tensors whose addresses it holds: they live as long as it does
+        keep = (wk, table, row_cls, col_cls, ones, zeros)
+        plan = _ConvPlan((N, O, Ho, Wo), numel, out_numel, ISA_CODES[isa], args, words_, keep)
+        if len(self._plans) >= 16:
+            self._plans.clear()
+        self._plans[(shape, H, W, bpad, isa, raw, nchw)] = plan
+        return plan
+
     def __call__(self, packed: torch.Tensor, H: int, W: int, bpad: tuple[int, int], *, isa: str, threads: int,
                  ties: torch.Tensor | None = None, raw: bool = False, nchw: bool = False,
                  residual: torch.Tensor | None = None, nonlinearity: Nonlinearity | None = None) -> torch.Tensor:
@@ -436,62 +514,53 @@ class PackedConv:
         residual: a float32 tensor of the output's shape and layout, added to the epilogue's result
         (one float32 rounding, as `epilogue + residual` in PyTorch).
         nonlinearity: applied last, to each result, with PyTorch's formula (see Nonlinearity)."""
-        _need(packed.dim() == 4, "packed activations must be 4-d")
-        N, Hp, Wp, PW = packed.shape
-        _need(bpad[0] >= self.padding[0] and bpad[1] >= self.padding[1], "packed activations have less padding than the conv")
-        _need(Hp == H + 2 * bpad[0] and Wp == W + 2 * bpad[1] and PW == self.groups * self.Cw,
-              f"packed activations of shape {tuple(packed.shape)} do not match this conv")
-        Ho, Wo = self.out_size(H, W)
-        _need(Ho >= 1 and Wo >= 1, f"binary conv: input {H}x{W} is smaller than its kernel")
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        # the last row/column the kernel reads, in the padded buffer
-        _need((Ho - 1) * sh - ph + (kh - 1) * dh + bpad[0] < Hp and (Wo - 1) * sw - pw + (kw - 1) * dw + bpad[1] < Wp,
-              "binary conv would read past its input")
-        _check_tensor(packed, torch.int64, N * Hp * Wp * PW, "packed activations")
-        O = self.out_channels
-        out = torch.empty((N, O, Ho, Wo), dtype=torch.float32,
-                          memory_format=torch.contiguous_format if nchw else torch.channels_last)
+        if type(bpad) is not tuple:
+            bpad = tuple(bpad)
+        shape = packed.shape
+        plan = self._plans.get((shape, H, W, bpad, isa, raw, nchw))
+        if plan is None:
+            plan = self._plan(shape, H, W, bpad, isa, raw, nchw)
+        _check_tensor(packed, torch.int64, shape.numel(), "packed activations")
+        layout = torch.contiguous_format if nchw else torch.channels_last
+        out = torch.empty(plan.out_shape, dtype=torch.float32, memory_format=layout)
+        args = plan.args.copy()
         if residual is not None:
             _need(not raw, "a residual is added after the epilogue, which raw outputs skip")
-            layout = torch.contiguous_format if nchw else torch.channels_last
-            _need(tuple(residual.shape) == tuple(out.shape) and residual.is_contiguous(memory_format=layout),
+            _need(residual.shape == plan.out_shape and residual.is_contiguous(memory_format=layout),
                   f"residual of shape {tuple(residual.shape)} and strides {residual.stride()} is not stored as the "
-                  f"conv's output {tuple(out.shape)} ({'NCHW' if nchw else 'channels_last'})")
+                  f"conv's output {plan.out_shape} ({'NCHW' if nchw else 'channels_last'})")
             _need(residual.dtype == torch.float32 and residual.device.type == "cpu", "residual must be float32 on CPU")
-        nonlin_kind, nonlin_p = 0, None
+            args[45], args[46] = residual.data_ptr(), plan.out_numel
         if nonlinearity is not None:
             _need(not raw, "a nonlinearity is applied after the epilogue, which raw outputs skip")
-            nonlin_kind, nonlin_p = nonlinearity.kind, nonlinearity.params
-            _check_tensor(nonlin_p, torch.float32, O if nonlin_kind == 1 else 2, "nonlinearity parameters")
-        row_cls, col_cls, table = self.borders(H, W)
+            kind, params = nonlinearity.kind, nonlinearity.params
+            _check_tensor(params, torch.float32, self.out_channels if kind == 1 else 2, "nonlinearity parameters")
+            args[47], args[48], args[49] = kind, params.data_ptr(), params.numel()
         # inputs exactly at their threshold are removed from the integer dot products, tile by tile
         # (the native side checks that each lies inside the input, and sorts them by input row)
-        nties, tie_w = 0, None
         if ties is not None and ties.numel():
             _need(ties.dim() == 2 and ties.shape[1] == 4, "ties must be rows of (n, y, x, c)")
             tie_w, nties = self._tie_weights(), ties.shape[0]
             _check_tensor(ties, torch.int32, nties * 4, "ties")
-        wk, Cg, Cw = self.wk, self.Cg, self.Cw
-        ones, zeros = self._raw_constants() if raw else (None, None)
+            args[33], args[34], args[40], args[41] = ties.data_ptr(), nties, tie_w.data_ptr(), tie_w.numel()
         if self.tap_words:
             packed = self._tap_packed(packed, threads)
-            _check_tensor(packed, torch.int64, N * Hp * (Wp - (kw - 1) * dw) * self.tap_words, "tap-packed activations")
-            wk, Cg, Cw, Wp, kw, dw = self.wk_taps, kw * self.Cg, self.tap_words, Wp - (kw - 1) * dw, 1, 1
+            _check_tensor(packed, torch.int64, plan.numel, "tap-packed activations")
+        args[0], args[31] = packed.data_ptr(), out.data_ptr()
         if _counted is not None:
-            _counted[0] += N * Ho * Wo * self.groups * self.OBg * 8 * kh * kw * Cw
-        lib().bconv(ISA_CODES[isa], threads, (
-            packed.data_ptr(), packed.numel(), N, H, W, Hp, Wp, bpad[0], bpad[1],
-            self.groups, Cg, Cw, self.Og, self.OBg, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
-            wk.data_ptr(), wk.numel(), table.data_ptr(), table.numel(),
-            (ones if raw else self.scale).data_ptr(), (zeros if raw else self.bias).data_ptr(),
-            self.scale.numel(), out.data_ptr(), out.numel(), ties.data_ptr() if nties else 0, nties,
-            (ones if raw else self.pre).data_ptr(), int(nchw),
-            row_cls.data_ptr(), col_cls.data_ptr(), table.shape[1],
-            tie_w.data_ptr() if nties else 0, tie_w.numel() if nties else 0,
-            self.kernel[1], self.dilation[1], self.Cg,
-            residual.data_ptr() if residual is not None else 0, residual.numel() if residual is not None else 0,
-            nonlin_kind, nonlin_p.data_ptr() if nonlin_kind else 0, nonlin_p.numel() if nonlin_kind else 0))
+            _counted[0] += plan.words
+        lib().bconv(plan.isa, threads, args)
         return out
+
+
+class _ConvPlan(NamedTuple):
+    out_shape: tuple[int, int, int, int]
+    numel: int  # of the activations the kernel reads (tap-packed ones for a narrow layer)
+    out_numel: int
+    isa: int
+    args: list[int]  # the native call's arguments, 0 where __call__ fills in a tensor's address
+    words: int  # for count_words()
+    keep: tuple
 
 
 def _out_size(H: int, W: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
