@@ -206,14 +206,13 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
         source = None if source is None else (source[0], source[1].clone())
         cache = layer.__dict__[key] = _PackedWeights(signs.detach().clone(), alpha.clone(), bn_state, conv, source)
     conv = cache.conv
-    threshold = None
-    if getattr(layer.input_quantizer, "centered", False):
-        threshold = x.mean(dim=(1, 2, 3))  # the quantizer's own reduction, hence its rounding
+    centered = bool(getattr(layer.input_quantizer, "centered", False))
     threads = torch.get_num_threads()
     isa = native.resolve_isa()
     pad = tuple(layer.padding)
-    bits, _, ties = native.pack(x, groups=layer.groups, pad=pad, center=threshold is not None, isa=isa,
-                               threads=threads, thresholds=threshold)
+    # torch_mean: the quantizer's own reduction x.mean(dim=(1, 2, 3)), hence its rounding
+    bits, _, ties = native.pack(x, groups=layer.groups, pad=pad, center=centered, isa=isa, threads=threads,
+                               torch_mean=True)
     # later reductions (the next SiMaN mean, pooling) must see the layout the float conv would give
     nchw = not native.is_channels_last(x) if layout is None else layout == torch.contiguous_format
     Ho, Wo = conv.out_size(x.shape[2], x.shape[3])

@@ -84,4 +84,7 @@ void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1) { bconv_run(a,
 void pack_rows_avx2(const PackArgs* a, const float* thr, int64_t r0, int64_t r1) { pack_run(a, thr, r0, r1); }
 }
 
+#define BNN_TORCH_SUM_NAME torch_sum_avx2
+#include "bnn_torch_sum.h"
+
 #pragma GCC pop_options

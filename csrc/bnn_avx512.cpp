@@ -97,4 +97,7 @@ double sample_sum_avx512(const float* x, int64_t n) {
 }
 }
 
+#define BNN_TORCH_SUM_NAME torch_sum_avx512
+#include "bnn_torch_sum.h"
+
 #pragma GCC pop_options

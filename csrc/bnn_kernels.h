@@ -75,7 +75,7 @@ typedef struct {
     const float* x; int64_t x_len;       /* NHWC float32 (NCHW when nchw) */
     int64_t N, H, W, C;
     int64_t G, Cg, Cw, pad_h, pad_w;
-    int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) */
+    int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) in double; 3: as PyTorch computes it (float32) */
     uint64_t* out; int64_t out_len;
     float* thr_out; int64_t thr_len;     /* receives the N thresholds used */
     const float* thr_in;                 /* center == 2: the N thresholds to use (thr_len of them) */
@@ -99,6 +99,11 @@ void pack_rows_avx512(const PackArgs* a, const float* thr, int64_t r0, int64_t r
 
 double sample_sum_portable(const float* x, int64_t n);
 double sample_sum_avx512(const float* x, int64_t n);
+
+/* the float32 sum of x[0..n), n >= 8, in the order of PyTorch's CPU sum (csrc/bnn_torch_sum.h) */
+float torch_sum_portable(const float* x, int64_t n);
+float torch_sum_avx2(const float* x, int64_t n);
+float torch_sum_avx512(const float* x, int64_t n);
 
 /* Training-time activation kernels (csrc/bnn_act.cpp): N samples of n floats each, dense. */
 typedef struct {

@@ -241,6 +241,8 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     if (!a.ties_count) return PyErr_Format(PyExc_ValueError, "pack: a tie counter is required");
     *a.ties_count = 0;
     if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");
+    if (a.center == 3 && a.H * a.W * a.C < 8)
+        return PyErr_Format(PyExc_ValueError, "pack: center=3 (PyTorch's mean) needs at least 8 values a sample");
     std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);
     void (*fn)(const PackArgs*, const float*, int64_t, int64_t) =
         isa == ISA_AVX512 ? pack_rows_avx512 : isa == ISA_AVX2 ? pack_rows_avx2 : pack_rows_portable;
@@ -250,6 +252,13 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     Py_BEGIN_ALLOW_THREADS
     if (a.center == 2) {
         for (int64_t n = 0; n < a.N; ++n) thr[(size_t)n] = a.thr_in[BNN_AT("pack thresholds in", n, 1, a.thr_len)];
+    } else if (a.center == 3) {  /* PyTorch's mean: its float32 sum, divided by n in float32 */
+        float (*tsum)(const float*, int64_t) =
+            isa == ISA_AVX512 ? torch_sum_avx512 : isa == ISA_AVX2 ? torch_sum_avx2 : torch_sum_portable;
+        for (int64_t n = 0; n < a.N; ++n) {
+            if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
+            thr[(size_t)n] = tsum(a.x + n * per, per) / (float)per;
+        }
     } else if (a.center) {
         for (int64_t n = 0; n < a.N; ++n) {
             if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;

@@ -67,3 +67,6 @@ double sample_sum_portable(const float* x, int64_t n) {
 }
 
 }
+
+#define BNN_TORCH_SUM_NAME torch_sum_portable
+#include "bnn_torch_sum.h"

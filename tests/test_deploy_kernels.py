@@ -233,6 +233,79 @@ def test_pack_accepts_given_thresholds():
         assert torch.equal(got, want)
 
 
+def _threads(n):
+    """A context manager running PyTorch on n threads."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+    return cm()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_native_copy_of_pytorchs_sum_order_gives_torch_mean_to_the_last_bit(isa):
+    """pack's mode 3 sums each sample in the order of PyTorch's CPU sum; on one thread (where
+    PyTorch sums serially) its mean must equal x.mean(dim=(1, 2, 3)) exactly: sizes that reach each
+    level of the cascade (up to 4M values a sample) and leave tails, both layouts, values of mixed
+    magnitude whose sums round often."""
+    gen = torch.Generator().manual_seed(7)
+    shapes = [(1, 1, 2, 4), (1, 1, 3, 3), (2, 3, 5, 7), (1, 64, 56, 56), (3, 130, 9, 13), (1, 512, 7, 7),
+              (2, 256, 28, 28), (1, 1024, 64, 64), (1, 64, 127, 129)]
+    mismatches = []
+    with _threads(1):
+        for shape in shapes:
+            for scale in ("normal", "mixed"):
+                x = torch.randn(shape, generator=gen) + 0.3
+                if scale == "mixed":
+                    x = x * torch.pow(10.0, torch.randint(-3, 4, shape, generator=gen).float())
+                for layout in (torch.contiguous_format, torch.channels_last):
+                    xl = x.contiguous(memory_format=layout)
+                    key = (xl.shape, xl.stride(), xl.dtype, xl.is_cpu, 1, (1, 1), 3, isa)
+                    plan = _native._pack_plan(xl, 1, (1, 1), 3, isa, key)
+                    _, thr, _ = _native._pack(xl, plan, isa, 2, None)
+                    want = xl.mean(dim=(1, 2, 3))
+                    if not torch.equal(thr, want):
+                        mismatches.append((shape, scale, layout, thr - want))
+                    # the public call takes the native path here, and returns the same
+                    assert _native._native_torch_mean_ok(xl, plan, isa)
+                    _, thr2, _ = _native.pack(xl, groups=1, pad=(1, 1), center=True, isa=isa, threads=1, torch_mean=True)
+                    assert torch.equal(thr2, want)
+    assert not mismatches, mismatches
+    # a plain double-precision mean is not the same: the test can tell them apart
+    x = torch.randn(1, 64, 56, 56, generator=gen) * torch.pow(10.0, torch.randint(-3, 4, (1, 64, 56, 56), generator=gen).float())
+    assert any(not torch.equal(_native.pack(x[:, :, :k], groups=1, pad=(0, 0), center=True, isa=isa, threads=1)[1],
+                               x[:, :, :k].contiguous().mean(dim=(1, 2, 3))) for k in range(20, 56))
+
+
+def test_pytorch_order_mean_is_left_to_pytorch_where_it_would_differ():
+    """Where PyTorch would sum on several threads, or read x in an order of its own, or sum fewer
+    than 8 values another way, pack asks PyTorch for the mean; the results stay PyTorch's."""
+    isa = ISAS[-1]
+    gen = torch.Generator().manual_seed(8)
+
+    def ok(x):
+        key = (x.shape, x.stride(), x.dtype, x.is_cpu, 1, (0, 0), 3, isa)
+        return _native._native_torch_mean_ok(x, _native._pack_plan(x, 1, (0, 0), 3, isa, key), isa)
+
+    big, small = torch.randn(1, 64, 56, 56, generator=gen), torch.randn(1, 16, 32, 32, generator=gen)
+    strided = torch.randn(1, 64, 56, 112, generator=gen)[..., ::2]
+    tiny = torch.randn(2, 1, 1, 7, generator=gen)
+    with _threads(2):
+        assert not ok(big) and ok(small)  # 16,384 values: serial on any number of threads
+        assert not ok(strided) and not ok(tiny) and not ok(big.double())
+        for x in (big, small, strided, tiny):
+            _, thr, _ = _native.pack(x, groups=1, pad=(0, 0), center=True, isa=isa, threads=2, torch_mean=True)
+            assert torch.equal(thr, x.mean(dim=(1, 2, 3)))
+    with _threads(1):
+        assert ok(big)
+
+
 def test_calls_checked_once_per_shape_still_follow_each_input_and_each_copys_constants():
     """The wrappers check an input's geometry once and keep the native call's arguments: later
     calls with another size, layout, dtype or thresholds, and copies with other constants or

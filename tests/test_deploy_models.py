@@ -83,6 +83,21 @@ def test_runtime_matches_eval_logits(exported, name, method, dataset):
             assert torch.equal(out, ref), rel
 
 
+def test_siman_runtime_on_one_thread_matches_eval_logits(exported):
+    """On one thread PyTorch sums each SiMaN mean serially and the runtime computes it natively in
+    PyTorch's order (on two, it asks PyTorch): the logits are still the model's bit for bit."""
+    model, _, net = exported("resnet18_1w1a", "siman", "imagenet")
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            rel, out, ref = compare(model, net, x.contiguous(memory_format=layout))
+            assert torch.equal(out, ref), rel
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_blocks_end_in_the_binary_conv_epilogue(exported):
     """Each binary conv of a ResNet block computes its BatchNorm, residual add and activation in its
     epilogue: the graph's add and activation nodes take its value (test_runtime_matches_eval_logits

@@ -110,10 +110,9 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
                         with torch.inference_mode():
                             tf = timeit(lambda: F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, groups), min_time / 4)
 
-                        def packed():
-                            thr = xl.mean(dim=(1, 2, 3)) if center else None  # as the runtime does
+                        def packed():  # as the runtime does
                             bits, _, ties = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa,
-                                                         threads=th, thresholds=thr)
+                                                         threads=th, torch_mean=True)
                             return conv(bits, H, W, tuple(pad), isa=isa, threads=th, ties=ties)
                         tb = timeit(packed, min_time / 4)
                         row = {"layer": lname, "threads": th, "batch": bs, "input": [C, H, W], "out": conv.out_channels,

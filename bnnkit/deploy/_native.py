@@ -16,6 +16,7 @@ import functools
 import importlib
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 from typing import NamedTuple
@@ -157,6 +158,7 @@ class _PackPlan(NamedTuple):
     convert: bool  # x is not read in place: a channels-last float32 copy is packed
     out_shape: tuple[int, int, int, int]
     N: int
+    per: int  # values a sample
     args: list[int]  # the native call's arguments, 0 where pack() fills in a tensor's address
 
 
@@ -178,35 +180,81 @@ def _pack_plan(x: torch.Tensor, groups: int, pad: tuple[int, int], mode: int, is
     out_shape = (N, H + 2 * pad[0], W + 2 * pad[1], groups * Cw)
     args = [0, N * C * H * W, N, H, W, C, groups, Cg, Cw, pad[0], pad[1], mode,
             0, out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3], 0, N, 0, 0, 0, 0, int(nchw)]
-    plan = _PackPlan(convert, out_shape, N, args)
+    plan = _PackPlan(convert, out_shape, N, C * H * W, args)
     if len(_pack_plans) >= 64:
         _pack_plans.clear()
     _pack_plans[key] = plan
     return plan
 
 
+# PyTorch sums a tensor on one thread below this many elements (ATen's GRAIN_SIZE)
+_TORCH_SERIAL_NUMEL = 32768
+_torch_sum_checked: dict[str, bool] = {}
+
+
+def _native_torch_mean_ok(x: torch.Tensor, plan: _PackPlan, isa: str) -> bool:
+    """Whether pack's native copy of PyTorch's summation order gives x.mean(dim=(1, 2, 3)) to the
+    last bit: x float32 and read in place (its memory order is the one PyTorch sums in), at least
+    8 values a sample, summed by PyTorch on one thread, and the copy checked against this PyTorch."""
+    if plan.convert or x.dtype != torch.float32 or plan.per < 8:
+        return False
+    if x.numel() >= _TORCH_SERIAL_NUMEL and torch.get_num_threads() != 1:
+        return False  # PyTorch would split the sum between threads
+    ok = _torch_sum_checked.get(isa)
+    if ok is None:
+        ok = _torch_sum_checked[isa] = _check_torch_order_sum(isa)
+    return ok
+
+
+def _check_torch_order_sum(isa: str) -> bool:
+    """The native PyTorch-order mean against torch.mean on probes PyTorch sums serially (under
+    32768 values), in both layouts: every level of the cascade the probes reach, and the tails."""
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((1, 1, 2, 4), (2, 3, 5, 7), (3, 37, 13, 17), (1, 127, 16, 16), (1, 9, 60, 60)):
+        x = torch.randn(shape, generator=gen) * 3 + 0.2
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xl = x.contiguous(memory_format=layout)
+            key = (xl.shape, xl.stride(), xl.dtype, xl.is_cpu, 1, (0, 0), 3, isa)
+            _, thr, _ = _pack(xl, _pack_plans.get(key) or _pack_plan(xl, 1, (0, 0), 3, isa, key), isa, 1, None)
+            if not torch.equal(thr, xl.mean(dim=(1, 2, 3))):
+                warnings.warn("bnnkit: this PyTorch does not sum in the order bnnkit's kernels copy; SiMaN's "
+                              "per-sample means are left to PyTorch (exact, a little slower)", RuntimeWarning)
+                return False
+    return True
+
+
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
-         threads: int, thresholds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         threads: int, thresholds: torch.Tensor | None = None,
+         torch_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Binarize x (N,C,H,W float32; read in place when NCHW- or channels-last-contiguous) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
-    per-sample mean over (C,H,W) when `center` (computed natively in double precision, or the
-    given float32 `thresholds` [N]). Returns the bits, the thresholds t [N] and the ties: int32
+    per-sample mean over (C,H,W) when `center`: the given float32 `thresholds` [N]; else with
+    `torch_mean`, x.mean(dim=(1, 2, 3)) to the last bit as PyTorch computes it for x as stored
+    (natively in PyTorch's order where that is known to match, else by PyTorch); else computed
+    natively in double precision. Returns the bits, the thresholds t [N] and the ties: int32
     [Z, 4] rows (n, y, x, c) of the activations exactly equal to t, which sign() maps to 0 and the
     bits to +1 (the conv removes their contribution, see PackedConv)."""
     if type(pad) is not tuple:
         pad = tuple(pad)
-    mode = (2 if thresholds is not None else 1) if center else 0
+    mode = (2 if thresholds is not None else 3 if torch_mean else 1) if center else 0
     # shape, strides, dtype and device decide everything the checks look at
     key = (x.shape, x.stride(), x.dtype, x.is_cpu, groups, pad, mode, isa)
     plan = _pack_plans.get(key)
     if plan is None:
         plan = _pack_plan(x, groups, pad, mode, isa, key)
+    if mode == 3 and not _native_torch_mean_ok(x, plan, isa):
+        return pack(x, groups=groups, pad=pad, center=True, isa=isa, threads=threads, thresholds=x.mean(dim=(1, 2, 3)))
+    return _pack(x, plan, isa, threads, thresholds)
+
+
+def _pack(x: torch.Tensor, plan: _PackPlan, isa: str, threads: int,
+          thresholds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if plan.convert:
         x = x.float().contiguous(memory_format=torch.channels_last)
     out = torch.empty(plan.out_shape, dtype=torch.int64)
     thr = torch.empty(plan.N, dtype=torch.float32)
     args = plan.args.copy()
-    if mode == 2:
+    if thresholds is not None:
         thr_in = thresholds
         if not (thr_in.dtype == torch.float32 and thr_in.dim() == 1 and thr_in.is_contiguous()):
             thr_in = thr_in.detach().to(torch.float32).reshape(-1).contiguous()

@@ -197,9 +197,11 @@ class Runtime:
             _, center, groups = key
             # the same reduction over the memory order the model has (that of its input,
             # which PyTorch propagates) gives the model's float32 mean to the last bit
-            thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3)) if center else None
+            thr = None
+            if center and not x.is_contiguous(memory_format=ctx["layout"]):
+                thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3))
             packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
-                                  threads=ctx["threads"], thresholds=thr)
+                                  threads=ctx["threads"], thresholds=thr, torch_mean=True)
             ctx[key] = packed
         return packed
 
