@@ -37,6 +37,25 @@ struct Avx512Policy {
         const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(pre16));
         _mm512_storeu_ps(out, _mm512_fmadd_ps(y, _mm512_loadu_ps(scale16), _mm512_loadu_ps(bias16)));
     }
+    /* see pack_words in bnn_impl.h: the tie compares joined over the whole run */
+    static inline bool pack_words(const float* x, int64_t nw, float thr, uint64_t* out) {
+        const __m512 t = _mm512_set1_ps(thr);
+        const __m512i tb = _mm512_castps_si512(t), magnitude = _mm512_set1_epi32(0x7fffffff);
+        __m512i closest = magnitude;  /* min over the run of (x ^ t) & 0x7fffffff: 0 for a tie (or x == -t) */
+        for (int64_t k = 0; k < nw; ++k, x += 64) {
+            const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+            const __m512 v2 = _mm512_loadu_ps(x + 32), v3 = _mm512_loadu_ps(x + 48);
+            const __mmask32 lo = _mm512_kunpackw(_mm512_cmp_ps_mask(v1, t, _CMP_LT_OQ), _mm512_cmp_ps_mask(v0, t, _CMP_LT_OQ));
+            const __mmask32 hi = _mm512_kunpackw(_mm512_cmp_ps_mask(v3, t, _CMP_LT_OQ), _mm512_cmp_ps_mask(v2, t, _CMP_LT_OQ));
+            const __m512i d01 = _mm512_min_epu32(_mm512_ternarylogic_epi32(_mm512_castps_si512(v0), tb, magnitude, 0x28),
+                                                 _mm512_ternarylogic_epi32(_mm512_castps_si512(v1), tb, magnitude, 0x28));
+            const __m512i d23 = _mm512_min_epu32(_mm512_ternarylogic_epi32(_mm512_castps_si512(v2), tb, magnitude, 0x28),
+                                                 _mm512_ternarylogic_epi32(_mm512_castps_si512(v3), tb, magnitude, 0x28));
+            closest = _mm512_min_epu32(closest, _mm512_min_epu32(d01, d23));
+            out[k] = (uint64_t)_mm512_kunpackd(hi, lo);
+        }
+        return _mm512_testn_epi32_mask(closest, closest) != 0;
+    }
     static inline uint64_t pack_word(const float* x, int nb, float thr, uint64_t* eq) {
         uint64_t w = 0, e = 0;
         const __m512 t = _mm512_set1_ps(thr);
@@ -69,6 +88,7 @@ struct Avx512Policy {
 
 #define BNN_AVX_TRANSPOSE8
 #define BNN_EPILOGUE16
+#define BNN_PACK_WORDS
 #define BNN_POLICY Avx512Policy
 #define BNN_TILE 8
 #define BNN_BLOCKS 2

@@ -412,6 +412,22 @@ static void bconv_run(const BConvArgs* a, int64_t t0, int64_t t1) {
 #endif
 }
 
+/* nw whole words from 64 * nw floats; whether any float equals thr (a tie). BNN_PACK_WORDS: the
+ * policy has a run-long version of its own. */
+static inline bool pack_words(const float* x, int64_t nw, float thr, uint64_t* out) {
+#if defined(BNN_PACK_WORDS)
+    return P::pack_words(x, nw, thr, out);
+#else
+    uint64_t any = 0;
+    for (int64_t k = 0; k < nw; ++k) {
+        uint64_t eq = 0;
+        out[k] = P::pack_word(x + 64 * k, 64, thr, &eq);
+        any |= eq;
+    }
+    return any != 0;
+#endif
+}
+
 static inline void record_ties(const PackArgs* a, uint64_t eq, int64_t n, int64_t y, int64_t x, int64_t c0) {
     while (eq) {  /* exact ties are rare: record them for the convs' fix-up */
         const int bit = __builtin_ctzll(eq);
@@ -529,6 +545,23 @@ static void pack_run(const PackArgs* a, const float* thr, int64_t r0, int64_t r1
     (void)x_len; (void)out_len;  /* read by the bounds checks of debug builds only */
     const float* const x_in = a->x;
     uint64_t* const out = a->out;
+    if (Cg % 64 == 0) {
+        /* whole words only: a pixel's C floats are its PW words in order, and a row of the input
+         * is one run of W * PW words; ties, rare, are looked for once a row, then word by word */
+        const int64_t row_words = W * PW;
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t n = r / H, y = r % H;
+            const float* src = x_in + BNN_AT("pack input", r * W * C, W * C, x_len);
+            uint64_t* dst = out + BNN_AT("pack output", ((n * Hp + y + pad_h) * Wp + pad_w) * PW, row_words, out_len);
+            if (!pack_words(src, row_words, thr[n], dst)) continue;
+            for (int64_t k = 0; k < row_words; ++k) {
+                uint64_t eq = 0;
+                P::pack_word(src + 64 * k, 64, thr[n], &eq);
+                if (eq) record_ties(a, eq, n, y, k / PW, 64 * (k % PW));
+            }
+        }
+        return;
+    }
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / H, y = r % H;
         const float th = thr[n];

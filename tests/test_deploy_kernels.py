@@ -93,7 +93,7 @@ def test_bconv_matches_float_reference(case, isa, nchw):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 2, 3, 5, 6, 10, 11, 12, 13, 14)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 2, 3, 5, 6, 9, 10, 11, 12, 13, 14)], ids=lambda c: "x".join(map(str, c[:6])) + f"d{c[8]}")
 @pytest.mark.parametrize("nchw", [False, True], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("ties", ["few", "many"])
 def test_activations_exactly_at_the_threshold_count_zero(case, isa, nchw, ties):
@@ -344,6 +344,25 @@ def test_calls_checked_once_per_shape_still_follow_each_input_and_each_copys_con
     bits, _, _ = _native.pack(torch.randn(2, C, 9, 9), groups=1, pad=(1, 1), center=False, isa=ISAS[-1], threads=1)
     with pytest.raises(DeployFormatError, match="do not match"):
         conv(bits, 9, 8, (1, 1), isa=ISAS[-1], threads=1)  # a known shape with the wrong size
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_pack_ties_are_exactly_the_values_equal_to_the_threshold(isa):
+    """Whole-word rows are screened for ties by magnitude, which -t and -0.0 pass too: only values
+    equal to t may be reported, each once, with its bits +1."""
+    gen = torch.Generator().manual_seed(4)
+    for t in (0.5, 0.0):
+        x = torch.randn(2, 128, 5, 6, generator=gen)
+        x[0, 3, 1, 2] = x[1, 127, 4, 5] = t
+        x[0, 64, 0, 0] = x[1, 5, 2, 3] = -t if t else -0.0
+        x[1, 0, 0, 0] = t if t else -0.0  # -0.0 == 0.0: a tie too
+        want = {(0, 1, 2, 3), (1, 4, 5, 127), (1, 0, 0, 0)} | ({(0, 0, 0, 64), (1, 2, 3, 5)} if t == 0 else set())
+        xl = x.contiguous(memory_format=torch.channels_last)
+        bits, _, ties = _native.pack(xl, groups=1, pad=(0, 0), center=True, isa=isa, threads=2,
+                                     thresholds=torch.full((2,), t))
+        assert sorted(map(tuple, ties.tolist())) == sorted(want)
+        got = torch.stack([(bits[..., c // 64] >> (c % 64)) & 1 for c in range(128)], -1)
+        assert torch.equal(got, (x < t).permute(0, 2, 3, 1).long())
 
 
 @pytest.mark.parametrize("shape, groups", [((2, 70, 45, 50), 1), ((1, 16, 3, 2100), 1), ((3, 48, 7, 7), 2),
