@@ -212,7 +212,7 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     pad = tuple(layer.padding)
     # torch_mean: the quantizer's own reduction x.mean(dim=(1, 2, 3)), hence its rounding
     bits, _, ties = native.pack(x, groups=layer.groups, pad=pad, center=centered, isa=isa, threads=threads,
-                               torch_mean=True)
+                               torch_mean=True, return_thresholds=False)
     # later reductions (the next SiMaN mean, pooling) must see the layout the float conv would give
     nchw = not native.is_channels_last(x) if layout is None else layout == torch.contiguous_format
     Ho, Wo = conv.out_size(x.shape[2], x.shape[3])

@@ -66,7 +66,8 @@ class PackedBinaryConv(torch.autograd.Function):
         prescale = torch.ones(O) if alpha is None else alpha.detach().reshape(-1).clone()
         conv = _layer_conv(layer, w_bits, prescale, *epilogue_affine(None, O))
         threads, isa, pad = torch.get_num_threads(), native.resolve_isa(), tuple(layer.padding)
-        bits, _, ties = native.pack(xb.detach(), groups=layer.groups, pad=pad, center=False, isa=isa, threads=threads)
+        bits, _, ties = native.pack(xb.detach(), groups=layer.groups, pad=pad, center=False, isa=isa, threads=threads,
+                                    return_thresholds=False)
         # conv2d's layout, which later ops (BatchNorm's kernel choice, so its rounding) follow
         channels_last = _strides_like_channels_last(xb) or _strides_like_channels_last(wb)
         return conv(bits, xb.shape[2], xb.shape[3], pad, isa=isa, threads=threads, ties=ties, nchw=not channels_last)

@@ -363,6 +363,9 @@ def test_pack_ties_are_exactly_the_values_equal_to_the_threshold(isa):
         assert sorted(map(tuple, ties.tolist())) == sorted(want)
         got = torch.stack([(bits[..., c // 64] >> (c % 64)) & 1 for c in range(128)], -1)
         assert torch.equal(got, (x < t).permute(0, 2, 3, 1).long())
+        bits2, none, ties2 = _native.pack(xl, groups=1, pad=(0, 0), center=True, isa=isa, threads=2,
+                                          thresholds=torch.full((2,), t), return_thresholds=False)
+        assert none is None and torch.equal(bits2, bits) and sorted(map(tuple, ties2.tolist())) == sorted(want)
 
 
 @pytest.mark.parametrize("shape, groups", [((2, 70, 45, 50), 1), ((1, 16, 3, 2100), 1), ((3, 48, 7, 7), 2),

@@ -112,7 +112,7 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
 
                         def packed():  # as the runtime does
                             bits, _, ties = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa,
-                                                         threads=th, torch_mean=True)
+                                                         threads=th, torch_mean=True, return_thresholds=False)
                             return conv(bits, H, W, tuple(pad), isa=isa, threads=th, ties=ties)
                         tb = timeit(packed, min_time / 4)
                         row = {"layer": lname, "threads": th, "batch": bs, "input": [C, H, W], "out": conv.out_channels,

@@ -146,7 +146,7 @@ def _need(cond: bool, msg: str) -> None:
 
 def _check_tensor(t: torch.Tensor, dtype: torch.dtype, numel: int, what: str,
                   layout: torch.memory_format = torch.contiguous_format) -> None:
-    if t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous(memory_format=layout) and t.numel() == numel:
+    if t.dtype == dtype and t.is_cpu and t.is_contiguous(memory_format=layout) and t.numel() == numel:
         return  # the common case, without formatting the messages below
     _need(t.dtype == dtype, f"{what}: dtype {t.dtype}, expected {dtype}")
     _need(t.device.type == "cpu", f"{what}: tensor on {t.device}, the runtime runs on CPU")
@@ -224,16 +224,17 @@ def _check_torch_order_sum(isa: str) -> bool:
 
 
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
-         threads: int, thresholds: torch.Tensor | None = None,
-         torch_mean: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         threads: int, thresholds: torch.Tensor | None = None, torch_mean: bool = False,
+         return_thresholds: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Binarize x (N,C,H,W float32; read in place when NCHW- or channels-last-contiguous) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
     per-sample mean over (C,H,W) when `center`: the given float32 `thresholds` [N]; else with
     `torch_mean`, x.mean(dim=(1, 2, 3)) to the last bit as PyTorch computes it for x as stored
     (natively in PyTorch's order where that is known to match, else by PyTorch); else computed
-    natively in double precision. Returns the bits, the thresholds t [N] and the ties: int32
-    [Z, 4] rows (n, y, x, c) of the activations exactly equal to t, which sign() maps to 0 and the
-    bits to +1 (the conv removes their contribution, see PackedConv)."""
+    natively in double precision. Returns the bits, the thresholds t [N] (None unless
+    `return_thresholds`, which saves allocating them) and the ties: int32 [Z, 4] rows (n, y, x, c)
+    of the activations exactly equal to t, which sign() maps to 0 and the bits to +1 (the conv
+    removes their contribution, see PackedConv)."""
     if type(pad) is not tuple:
         pad = tuple(pad)
     mode = (2 if thresholds is not None else 3 if torch_mean else 1) if center else 0
@@ -243,16 +244,22 @@ def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, is
     if plan is None:
         plan = _pack_plan(x, groups, pad, mode, isa, key)
     if mode == 3 and not _native_torch_mean_ok(x, plan, isa):
-        return pack(x, groups=groups, pad=pad, center=True, isa=isa, threads=threads, thresholds=x.mean(dim=(1, 2, 3)))
-    return _pack(x, plan, isa, threads, thresholds)
+        return pack(x, groups=groups, pad=pad, center=True, isa=isa, threads=threads, thresholds=x.mean(dim=(1, 2, 3)),
+                    return_thresholds=return_thresholds)
+    return _pack(x, plan, isa, threads, thresholds, return_thresholds)
 
 
-def _pack(x: torch.Tensor, plan: _PackPlan, isa: str, threads: int,
-          thresholds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pack(x: torch.Tensor, plan: _PackPlan, isa: str, threads: int, thresholds: torch.Tensor | None,
+          return_thresholds: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     if plan.convert:
         x = x.float().contiguous(memory_format=torch.channels_last)
     out = torch.empty(plan.out_shape, dtype=torch.int64)
-    thr = torch.empty(plan.N, dtype=torch.float32)
+    if return_thresholds:
+        thr = torch.empty(plan.N, dtype=torch.float32)
+    else:  # written by the kernel, read by no one: a reused buffer
+        thr = getattr(_scratch, "thr", None)
+        if thr is None or thr.numel() < plan.N:
+            thr = _scratch.thr = torch.empty(max(plan.N, 64), dtype=torch.float32)
     args = plan.args.copy()
     if thresholds is not None:
         thr_in = thresholds
@@ -271,7 +278,7 @@ def _pack(x: torch.Tensor, plan: _PackPlan, isa: str, threads: int,
         lib().pack(ISA_CODES[isa], threads, args)
         found = count.item()
         if found <= cap:
-            return out, thr, (ties[:found].clone() if found else _NO_TIES)
+            return out, (thr if return_thresholds else None), (ties[:found].clone() if found else _NO_TIES)
         ties = _scratch.ties = torch.empty((found, 4), dtype=torch.int32)  # rare: room for all, pack again
 
 

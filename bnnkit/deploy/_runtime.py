@@ -82,6 +82,7 @@ class Runtime:
         # alignment, and the model's parameters are aligned allocations
         self._tensors = {k: t.clone() for k, t in tensors.items()}
         self.kernels: dict[str, tuple] = {}  # bconv node -> (PackedConv, packing (pad, center, groups))
+        self._threshold_keys: set[tuple] = set()  # the packings whose thresholds a conv reads (zero weights)
         self._build(graph, fuse)
 
     # ---- loading -----------------------------------------------------------------------
@@ -201,7 +202,8 @@ class Runtime:
             if center and not x.is_contiguous(memory_format=ctx["layout"]):
                 thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3))
             packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
-                                  threads=ctx["threads"], thresholds=thr, torch_mean=True)
+                                  threads=ctx["threads"], thresholds=thr, torch_mean=True,
+                                  return_thresholds=key in self._threshold_keys)
             ctx[key] = packed
         return packed
 
@@ -320,6 +322,7 @@ class Runtime:
                 mask[inv, cabs, zeros[:, 2], zeros[:, 3]] = 1.0
                 fix = (sel, mask)
                 info["zero_weights"] = int(zeros.shape[0])
+                self._threshold_keys.add(key)
 
             def run_bconv(env, ctx):
                 x = env[src]
