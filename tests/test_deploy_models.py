@@ -311,6 +311,17 @@ def test_cli_bench_prints_tables(capsys):
     assert "| 1 | 2 | nchw |" in text and "| 1 | 2 | channels_last |" in text and "layer3_2_conv2 | 64x8x8 | 64 | 3x3/1" in text and "speed-up" in text
 
 
+def test_bench_times_the_two_sides_in_alternating_turns():
+    """A burst of load on a shared machine must not fall on every run of only one side."""
+    from bnnkit.deploy._bench import timeit_interleaved
+    calls = []
+    best = timeit_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], min_time=0.0, rounds=4)
+    turns = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
+    assert turns == ["a", "b"] * 4  # each turn: a warm-up call and at least 3 timed ones
+    assert calls.count("a") == calls.count("b") == 16
+    assert len(best) == 2 and all(0 <= t < 0.01 for t in best)
+
+
 def test_cli_bench_times_the_same_random_model_for_the_same_seed(monkeypatch):
     import bnnkit.deploy._bench as bench
 

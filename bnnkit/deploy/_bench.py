@@ -5,7 +5,9 @@ the same shape (real weights, no binarization), run eagerly under torch.inferenc
 the same input as the runtime; everything else in the network is unchanged. Per layer, each binary conv
 (binarize + pack its input, then the XOR-popcount conv with its alpha and BN epilogue) is
 compared with F.conv2d of the same shape on the same (NCHW) input. Times are the minimum over repeats
-(at least 3, for at least `min_time` seconds), which is robust to other load on the machine.
+(at least 3, for at least `min_time` seconds), which is robust to other load on the machine; the
+two networks, and the two convs of a layer, are timed in alternating turns, so that a burst of
+load cannot fall on only one of them.
 """
 from __future__ import annotations
 
@@ -52,6 +54,16 @@ def timeit(fn: Callable[[], Any], min_time: float, min_runs: int = 3) -> float:
     return best
 
 
+def timeit_interleaved(fns: list[Callable[[], Any]], min_time: float, rounds: int = 5) -> list[float]:
+    """timeit() of each function, in `rounds` alternating turns of min_time / rounds each: a burst
+    of load on a shared machine then slows one turn of each, not all of one function's runs."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], timeit(fn, min_time / rounds))
+    return best
+
+
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -88,9 +100,11 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
             for bs in batches:
                 for layout in layouts:
                     x = torch.randn(bs, *shape[1:]).contiguous(memory_format=LAYOUTS[layout])
-                    with torch.inference_mode():
-                        tf = timeit(lambda: twin(x), min_time)
-                    tb = timeit(lambda: runtime(x), min_time)
+
+                    def float_net():
+                        with torch.inference_mode():
+                            return twin(x)
+                    tf, tb = timeit_interleaved([float_net, lambda: runtime(x)], min_time)
                     results["end_to_end"].append({"threads": th, "batch": bs, "layout": layout, "float_ms": tf * 1e3,
                                                   "packed_ms": tb * 1e3})
                     out(f"| {th} | {bs} | {layout} | {tf * 1e3:.2f} | {tb * 1e3:.2f} | {tf / tb:.1f}x |")
@@ -107,14 +121,15 @@ def run_bench(model: nn.Module, *, threads: list[int], batches: list[int], layer
                         x = torch.randn(bs, C, H, W)
                         w = torch.randn(conv.out_channels, C // groups, *conv.kernel)
                         xl = x.contiguous(memory_format=torch.channels_last)
-                        with torch.inference_mode():
-                            tf = timeit(lambda: F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, groups), min_time / 4)
+                        def float_conv():
+                            with torch.inference_mode():
+                                return F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, groups)
 
                         def packed():  # as the runtime does
                             bits, _, ties = _native.pack(xl, groups=groups, pad=tuple(pad), center=center, isa=isa,
                                                          threads=th, torch_mean=True, return_thresholds=False)
                             return conv(bits, H, W, tuple(pad), isa=isa, threads=th, ties=ties)
-                        tb = timeit(packed, min_time / 4)
+                        tf, tb = timeit_interleaved([float_conv, packed], min_time / 4)
                         row = {"layer": lname, "threads": th, "batch": bs, "input": [C, H, W], "out": conv.out_channels,
                                "kernel": list(conv.kernel), "stride": list(conv.stride), "float_ms": tf * 1e3,
                                "packed_ms": tb * 1e3}
