@@ -553,6 +553,77 @@ void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1) {
     pool_samples_body(a, s0, s1);
 }
 
+template <int NL>
+__attribute__((always_inline)) inline float bn_act(float x, float scale, float bias, float slope, float lo, float hi) {
+    const float v = fmaf(x, scale, bias);
+    return NL == 1 ? bnn_prelu(v, slope) : NL == 2 ? bnn_hardtanh(v, lo, hi) : v;
+}
+
+template <int NL>
+__attribute__((always_inline)) inline void bn_pool_rows_body(const BnPoolArgs* a, int64_t r0, int64_t r1) {
+    const int64_t C = a->C, H = a->H, W = a->W, Ho = a->Ho, Wo = a->Wo, kh = a->kh, kw = a->kw;
+    const int64_t sh = a->sh, sw = a->sw, ph = a->ph, pw = a->pw;
+    const float* __restrict in = a->in;
+    const float* __restrict scale = a->scale;
+    const float* __restrict bias = a->bias;
+    const float* __restrict slopes = NL == 1 ? a->nonlin_p + BNN_AT("stem PReLU slopes", 0, C, a->nonlin_len) : nullptr;
+    const float lo = NL == 2 ? a->nonlin_p[0] : 0.0f, hi = NL == 2 ? a->nonlin_p[1] : 0.0f;
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / Ho, oy = r % Ho, y0 = oy * sh - ph;
+        const int64_t ky0 = y0 < 0 ? -y0 : 0, ky1 = H - y0 < kh ? H - y0 : kh;
+        float* __restrict orow = a->out + BNN_AT("stem pool output", r * Wo * C, Wo * C, a->out_len);
+        for (int64_t ox = 0; ox < Wo; ++ox) {
+            const int64_t x0 = ox * sw - pw;
+            const int64_t kx0 = x0 < 0 ? -x0 : 0, kx1 = W - x0 < kw ? W - x0 : kw;
+            float* __restrict m = orow + ox * C;
+            for (int64_t c = 0; c < C; ++c) m[c] = -INFINITY;
+            for (int64_t ky = ky0; ky < ky1; ++ky)
+                for (int64_t kx = kx0; kx < kx1; ++kx) {
+                    if (a->in_nchw) {
+                        const int64_t i = (n * C * H + y0 + ky) * W + x0 + kx;  /* channel c at i + c * H * W */
+                        (void)BNN_AT("stem pool input", i, (C - 1) * H * W + 1, a->in_len);
+                        for (int64_t c = 0; c < C; ++c) {
+                            const float v = bn_act<NL>(in[i + c * H * W], scale[c], bias[c], NL == 1 ? slopes[c] : 0.0f, lo, hi);
+                            m[c] = (v > m[c]) | (v != v) ? v : m[c];
+                        }
+                    } else {
+                        const float* __restrict x = in + BNN_AT("stem pool input", ((n * H + y0 + ky) * W + x0 + kx) * C, C, a->in_len);
+                        for (int64_t c = 0; c < C; ++c) {
+                            const float v = bn_act<NL>(x[c], scale[c], bias[c], NL == 1 ? slopes[c] : 0.0f, lo, hi);
+                            m[c] = (v > m[c]) | (v != v) ? v : m[c];
+                        }
+                    }
+                }
+        }
+    }
+}
+
+__attribute__((always_inline)) inline void bn_pool_rows_any(const BnPoolArgs* a, int64_t r0, int64_t r1) {
+    if (a->nonlin == 1)
+        bn_pool_rows_body<1>(a, r0, r1);
+    else if (a->nonlin == 2)
+        bn_pool_rows_body<2>(a, r0, r1);
+    else
+        bn_pool_rows_body<0>(a, r0, r1);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) static void bn_pool_rows_avx2(const BnPoolArgs* a, int64_t r0, int64_t r1) {
+    bn_pool_rows_any(a, r0, r1);
+}
+#endif
+
+void bn_pool_rows(const BnPoolArgs* a, int64_t r0, int64_t r1) {
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool avx2 = bnn_cpu_has_avx2();
+    if (avx2) {
+        bn_pool_rows_avx2(a, r0, r1);
+        return;
+    }
+#endif
+    bn_pool_rows_any(a, r0, r1);
+}
+
 /* Output planes [p0, p1) of AvgPoolArgs (index n * (C + 2 pad) + channel) for the forward, input
  * planes (n * C + c) for the backward. PyTorch's NCHW kernel reads each window with a scalar
  * loop (about 2 GB/s here); these loops vectorize across a row, with the window's size a

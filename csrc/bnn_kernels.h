@@ -176,6 +176,23 @@ typedef struct {
 
 void pool_samples(const PoolArgs* a, int64_t s0, int64_t s1);
 
+/* A ResNet stem after its conv: eval-mode BatchNorm, a nonlinearity, then max pooling with
+ * padding, written channels-last (csrc/bnn_act.cpp): out[n, oy, ox, c] is the maximum over the
+ * window's positions inside the input (ky, then kx; starting at -inf, a value that is greater or
+ * NaN is taken, as PyTorch's max_pool2d) of act(fma(in[n, c, y, x], scale[c], bias[c])), each as
+ * PyTorch's batch_norm, activation and max_pool2d compute it, in one pass instead of three. */
+typedef struct {
+    const float* in; int64_t in_len;     /* [N][H][W][C], or [N][C][H][W] if in_nchw */
+    float* out; int64_t out_len;         /* [N][Ho][Wo][C] */
+    int64_t N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, in_nchw;
+    const float* scale; const float* bias;  /* [C] each */
+    int64_t nonlin;                      /* as PoolArgs */
+    const float* nonlin_p; int64_t nonlin_len;
+} BnPoolArgs;
+
+/* output rows [r0, r1) of the N * Ho */
+void bn_pool_rows(const BnPoolArgs* a, int64_t r0, int64_t r1);
+
 /* k x k average pooling with stride k (floor mode, no padding) of NCHW planes, with `pad` zero
  * channels on each side of the output (csrc/bnn_act.cpp), as PyTorch's CPU kernels round it:
  * forward out = ((0 + x0) + x1 + ...) / (k*k), window read row by row; backward (x = dL/dout,

@@ -456,6 +456,40 @@ static PyObject* py_pool(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+/* (threads, (in, in_len, out, out_len, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, in_nchw, scale,
+ * bias, nonlin, nonlin_p, nonlin_len)): a stem's BatchNorm, nonlinearity and padded max pooling,
+ * channels-last out (BnPoolArgs) */
+static PyObject* py_bn_pool(PyObject*, PyObject* args) {
+    int nt;
+    int64_t v[22];
+    if (parse_threads_call(args, &nt, v, 22, "bn_pool") < 0) return NULL;
+    BnPoolArgs a;
+    a.in = (const float*)(uintptr_t)v[0]; a.in_len = v[1];
+    a.out = (float*)(uintptr_t)v[2]; a.out_len = v[3];
+    a.N = v[4]; a.C = v[5]; a.H = v[6]; a.W = v[7]; a.Ho = v[8]; a.Wo = v[9];
+    a.kh = v[10]; a.kw = v[11]; a.sh = v[12]; a.sw = v[13]; a.ph = v[14]; a.pw = v[15]; a.in_nchw = v[16];
+    a.scale = (const float*)(uintptr_t)v[17]; a.bias = (const float*)(uintptr_t)v[18];
+    a.nonlin = v[19]; a.nonlin_p = (const float*)(uintptr_t)v[20]; a.nonlin_len = v[21];
+    /* every window holds at least one input position (PyTorch's rule pad <= kernel / 2 and floor
+     * mode guarantee it), so no output stays -inf for lack of input */
+    const bool geometry = a.N >= 0 && a.C >= 1 && a.H >= 1 && a.W >= 1 && a.kh >= 1 && a.kw >= 1 && a.sh >= 1 &&
+                          a.sw >= 1 && a.ph >= 0 && a.pw >= 0 && 2 * a.ph <= a.kh && 2 * a.pw <= a.kw &&
+                          a.Ho == (a.H + 2 * a.ph - a.kh) / a.sh + 1 && a.Wo == (a.W + 2 * a.pw - a.kw) / a.sw + 1 &&
+                          a.Ho >= 1 && a.Wo >= 1;
+    const bool nonlin = a.nonlin == 0 || (a.nonlin == 1 && a.nonlin_p && a.nonlin_len == a.C) ||
+                        (a.nonlin == 2 && a.nonlin_p && a.nonlin_len == 2);
+    if (!a.in || !a.out || !a.scale || !a.bias || !geometry || !nonlin || a.in_len != a.N * a.C * a.H * a.W ||
+        a.out_len != a.N * a.Ho * a.Wo * a.C)
+        return PyErr_Format(PyExc_ValueError, "bn_pool: inconsistent arguments");
+    const int64_t rows = a.N * a.Ho;
+    nt = threads_for(nt, rows);
+    Py_BEGIN_ALLOW_THREADS
+    parallel_ranges(rows, nt, [&](int64_t b, int64_t e) { bn_pool_rows(&a, b, e); });
+    Py_END_ALLOW_THREADS
+    if (raise_debug_failures() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* (threads, (x, x_len, out, out_len, N, C, H, W, k, pad, backward)): k x k average pooling with
  * zero channel padding, or its backward (AvgPoolArgs) */
 static PyObject* py_avg_pool(PyObject*, PyObject* args) {
@@ -530,6 +564,7 @@ static PyMethodDef methods[] = {
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},
     {"pack_weights", py_pack_weights, METH_VARARGS, "pack_weights(threads, args): binary weights to packed sign bits"},
     {"pool", py_pool, METH_VARARGS, "pool(threads, args): channels-last max pooling + BatchNorm + nonlinearity to NCHW"},
+    {"bn_pool", py_bn_pool, METH_VARARGS, "bn_pool(threads, args): a stem's BatchNorm + nonlinearity + padded max pooling, channels-last"},
     {"avg_pool", py_avg_pool, METH_VARARGS, "avg_pool(threads, args): k x k average pooling with zero channel padding, or its backward"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "instruction sets this CPU supports"},
     {"build_info", py_build_info, METH_NOARGS, "how this library was built"},

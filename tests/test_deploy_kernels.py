@@ -396,6 +396,48 @@ def test_pack_reads_nchw_as_channels_last(shape, groups, debug_lib):
         assert torch.equal(bits, results[0][0]) and torch.equal(ties, results[0][1])
 
 
+def test_stem_batchnorm_activation_and_max_pooling_in_one_pass(debug_lib):
+    """bn_act_max_pool against F.batch_norm, the activation and F.max_pool2d: the same values for
+    every activation, NCHW, channels-last and strided inputs, square and uneven windows with and
+    without padding, odd sizes, and NaN, infinities and -0.0 among the inputs (PyTorch's max takes
+    NaN, then the first of equal values); on 1 and 2 threads and in the bounds-checked build.
+    Strided inputs, whose BatchNorm PyTorch rounds another way, are refused."""
+    from bnnkit.deploy._affine import bn_affine
+    gen = torch.Generator().manual_seed(9)
+    C = 24
+    bn = torch.nn.BatchNorm2d(C).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(generator=gen)
+        bn.running_var.uniform_(0.1, 2.0, generator=gen)
+        bn.weight.normal_(generator=gen)  # negative scales too: BatchNorm must come before the max
+        bn.bias.normal_(generator=gen)
+    scale, bias = bn_affine(bn)
+    slopes = torch.rand(C, generator=gen) - 0.5
+    acts = {None: (None, lambda y: y), "relu": (_native.Nonlinearity.hardtanh(0.0, float("inf")), F.relu),
+            "hardtanh": (_native.Nonlinearity.hardtanh(-1.0, 1.0), F.hardtanh),
+            "prelu": (_native.Nonlinearity.prelu(slopes, C), lambda y: F.prelu(y, slopes))}
+    x = torch.randn(2, C, 15, 12, generator=gen) * 3
+    x[0, 3, 4, 5], x[1, 7, 0, 0], x[0, 0, 14, 11], x[1, 2, 6, 6] = float("nan"), float("inf"), -float("inf"), -0.0
+    inputs = [x, x.contiguous(memory_format=torch.channels_last)]
+    windows = [((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 2), (1, 0)), ((3, 3), (3, 3), (0, 0)), ((1, 1), (1, 1), (0, 0))]
+    for lib in (_native.lib(), debug_lib):
+        old = _native.set_library(lib)
+        try:
+            for (nonlin, act), xin, (k, st, p) in ((a, i, w) for a in acts.values() for i in inputs for w in windows):
+                with torch.no_grad():
+                    want = F.max_pool2d(act(bn(xin)), k, st, p)
+                for threads in (1, 2):
+                    got = _native.bn_act_max_pool(xin, scale, bias, nonlin, k, st, p, threads)
+                    assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == want.shape
+                    assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
+        finally:
+            _native.set_library(old)
+    with pytest.raises(DeployFormatError, match="max pooling"):
+        _native.bn_act_max_pool(x, scale, bias, None, (3, 3), (2, 2), (2, 2), 1)  # padding over half the window
+    with pytest.raises(DeployFormatError, match="contiguous"):
+        _native.bn_act_max_pool(torch.randn(2, C, 15, 24)[..., ::2], scale, bias, None, (3, 3), (2, 2), (1, 1), 1)
+
+
 def test_weight_signs_pack_natively_and_refuse_anything_but_plus_minus_one(debug_lib):
     """pack_weight_signs: _bits.pack_signs's words for ±1 weights in any layout (3 words, a
     sliced kernel), on 1 and 2 threads and in the bounds-checked build; None for 0, -0.0, a

@@ -110,7 +110,10 @@ def test_blocks_end_in_the_binary_conv_epilogue(exported):
         assert len(fused) == 16
         assert all(f is not None and [ops[n] for n in f] == ["alias", "call", act_op] for f in fused.values()), fused
         into = {name: info["fused_into"] for name, _, info in layers if "fused_into" in info}
-        assert into == {n: conv for conv, f in fused.items() for n in f}
+        # and the stem's BatchNorm computes its activation and max pooling (test_stem_...)
+        stem = {name: info.get("fused") for name, op, info in layers if op == "batchnorm" and info.get("fused")}
+        assert stem == {"bn1": ["nonlinear", "maxpool"]}
+        assert into == {n: conv for conv, f in fused.items() for n in f} | {"nonlinear": "bn1", "maxpool": "bn1"}
 
 
 class _Tail(torch.nn.Module):
@@ -148,6 +151,41 @@ def test_fusion_keeps_the_model_bits_or_steps_aside(tmp_path, kind, fused):
     assert torch.equal(out, ref)
     unfused = deploy.load(tmp_path / "t.bnn", fuse=False)
     assert not any("fused" in info for _, _, info in unfused.layers()) and torch.equal(unfused(x), ref)
+
+
+class _Stem(torch.nn.Module):
+    """A real conv, BatchNorm, an activation and max pooling before a BiPer binary conv: the stems
+    the runtime computes in one pass, and ones it must leave to PyTorch."""
+    def __init__(self, kind):
+        super().__init__()
+        self.stem, self.bn, self.kind = torch.nn.Conv2d(3, 16, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(16), kind
+        self.act = {"relu": torch.nn.ReLU(), "prelu": torch.nn.PReLU(16), "none": torch.nn.Identity()}.get(kind, torch.nn.Hardtanh())
+        self.pool = torch.nn.MaxPool2d(3, 2, 1, ceil_mode=kind == "ceil")
+        self.conv = bnnkit.create_model("resnet20_1w1a", method="biper", stage=2).layer1[0].conv1
+
+    def forward(self, x):
+        y = self.bn(self.stem(x))
+        z = self.pool(self.act(y))
+        if self.kind == "shared":  # the BatchNorm's value is read again: left to PyTorch
+            z = z + y[:, :, ::2, ::2]
+        return self.conv(z)
+
+
+@pytest.mark.parametrize("kind, fused", [("hardtanh", ["act", "pool"]), ("relu", ["act", "pool"]),
+                                         ("prelu", ["act", "pool"]), ("none", ["act", "pool"]),
+                                         ("ceil", None), ("shared", None)])
+def test_stem_batchnorm_activation_and_pooling_fuse_with_the_model_bits(tmp_path, kind, fused):
+    model = randomize(_Stem(kind))
+    with torch.no_grad():
+        model.bn.weight.normal_()  # negative scales too: the BatchNorm cannot move after the max
+        if kind == "prelu":
+            model.act.weight.copy_(torch.randn(16))
+    _, net = export_load(model, tmp_path / "s.bnn", (1, 3, 30, 30))
+    assert {name: info.get("fused") for name, op, info in net.layers() if op == "batchnorm"} == {"bn": fused}
+    x = torch.randn(3, 3, 30, 30, generator=torch.Generator().manual_seed(6))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        _, out, ref = compare(model, net, x.contiguous(memory_format=layout))
+        assert torch.equal(out, ref)
 
 
 def test_all_isas_give_the_same_logits(tmp_path):

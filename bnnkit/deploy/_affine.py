@@ -19,10 +19,16 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     rounding), so that the runtime's epilogue gives F.batch_norm's result to the last bit."""
     if bn.running_mean is None or bn.running_var is None:
         raise DeployExportError(f"{type(bn).__name__} without running statistics cannot be folded or exported")
-    var, mean = bn.running_var.detach().cpu().float(), bn.running_mean.detach().cpu().float()
-    weight = bn.weight.detach().cpu().float() if bn.weight is not None else torch.ones_like(var)
-    bias = bn.bias.detach().cpu().float() if bn.bias is not None else torch.zeros_like(var)
-    a = torch.rsqrt(var + bn.eps) * weight
+    return bn_affine_from(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def bn_affine_from(mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """bn_affine of the BatchNorm with these statistics and affine parameters (None: 1 and 0)."""
+    var, mean = var.detach().cpu().float(), mean.detach().cpu().float()
+    weight = weight.detach().cpu().float() if weight is not None else torch.ones_like(var)
+    bias = bias.detach().cpu().float() if bias is not None else torch.zeros_like(var)
+    a = torch.rsqrt(var + eps) * weight
     return a, fma_float32(-mean, a, bias)
 
 

@@ -7,6 +7,7 @@ torch.inference_mode(). Every node of the file is validated when it is loaded.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Callable
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _native
+from ._affine import bn_affine_from
 from ._bits import unpack_signs, unused_bits_clear
 from ._errors import DeployFormatError
 from ._format import read
@@ -148,7 +150,10 @@ class Runtime:
         steps: list[_Step] = []
         pack_groups: dict[tuple, list] = {}  # (input slot, center, groups) -> [pad_h, pad_w]
         fusions = _plan_fusions(nodes) if fuse else {}
+        pools = _plan_bn_pools(nodes) if fuse else {}
         absorbed = {n: f["conv"] for f in fusions.values() for n in f["absorbed"]}
+        absorbed.update({n: bn for bn, f in pools.items() for n in f["absorbed"]})
+        fused = {**fusions, **pools}
         for i, node in enumerate(nodes):
             if not (isinstance(node, dict) and isinstance(node.get("name"), str) and node.get("op") in NODE_OPS
                     and isinstance(node.get("args", []), list) and isinstance(node.get("kwargs", {}), dict)
@@ -170,10 +175,12 @@ class Runtime:
                 run = self._fused_bconv(run, fusions[name], slots, info)
                 if fusions[name]["residual"] is not None:
                     reads = sorted({*reads, slots[fusions[name]["residual"]]})
-            elif name in absorbed:  # computed by its binary conv's epilogue
-                conv_slot, last = slots[absorbed[name]], fusions[absorbed[name]]["absorbed"][-1] == name
-                run = (lambda env, ctx, s=conv_slot: env[s]) if last else (lambda env, ctx: None)
-                reads = [conv_slot] if last else []
+            elif name in pools:
+                run = self._fused_bn_pool(node, pools[name], slots, info)
+            elif name in absorbed:  # computed by the step of the node that absorbed it
+                owner_slot, last = slots[absorbed[name]], fused[absorbed[name]]["absorbed"][-1] == name
+                run = (lambda env, ctx, s=owner_slot: env[s]) if last else (lambda env, ctx: None)
+                reads = [owner_slot] if last else []
                 info = {**info, "fused_into": absorbed[name]}
             slots[name] = slot
             steps.append(_Step(name, op, slot, run, reads, info))
@@ -238,6 +245,42 @@ class Runtime:
             y = plain(env, ctx) + r  # a broadcasting add, say: PyTorch's ops decide what it means
             return act_fn(y) if act_fn is not None else y
         return run_fused
+
+    def _fused_bn_pool(self, node: dict, plan: dict, slots: dict[str, int], info: dict):
+        """The step of a BatchNorm with the activation and max pooling after it (_plan_bn_pools):
+        one native pass over the stem's largest tensor instead of three PyTorch ops."""
+        src = _ref_name(node["args"][0])
+        rm = self._tensor(node, "running_mean", torch.float32, dims=1)
+        c = rm.shape[0]
+        rv = self._tensor(node, "running_var", torch.float32, (c,))
+        bw = self._tensor(node, "weight", torch.float32, (c,), optional=True)
+        bb = self._tensor(node, "bias", torch.float32, (c,), optional=bw is None)
+        eps = node["attrs"].get("eps")
+        if not isinstance(eps, float) or not eps >= 0:
+            raise self._fail(f"node {node['name']!r}: eps must be a non-negative number")
+        scale, bias = bn_affine_from(rm, rv, bw, bb, eps)
+        act, nonlin, act_fn = plan["act"], None, (lambda y: y)
+        if act is not None and act["op"] == "prelu":
+            slopes = self._tensor({"tensors": {}, **act}, "weight", torch.float32, dims=1)
+            if slopes.numel() not in (1, c):
+                raise self._fail(f"node {act['name']!r}: PReLU has {slopes.numel()} slopes for {c} channels")
+            nonlin, act_fn = _native.Nonlinearity.prelu(slopes, c), (lambda y: F.prelu(y, slopes))
+        elif act is not None:
+            lo, hi = act["bounds"]
+            nonlin, act_fn = _native.Nonlinearity.hardtanh(lo, hi), (lambda y: F.hardtanh(y, lo, hi))
+        kernel, stride, padding = plan["pool"]
+        info["fused"] = plan["absorbed"]
+        slot = slots[src]
+
+        def run_bn_pool(env, ctx):
+            x = env[slot]
+            if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == c and x.dtype == torch.float32 and x.is_cpu \
+                    and x.shape[2] + 2 * padding[0] >= kernel[0] and x.shape[3] + 2 * padding[1] >= kernel[1] \
+                    and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
+                return _native.bn_act_max_pool(x, scale, bias, nonlin, kernel, stride, padding, ctx["threads"])
+            y = act_fn(F.batch_norm(x, rm, rv, bw, bb, False, 0.0, eps))  # PyTorch decides what anything else means
+            return F.max_pool2d(y, kernel, stride, padding)
+        return run_bn_pool
 
     def _make(self, node: dict, op: str, args: list, kwargs: dict, pack_groups: dict, slot: int):
         name, attrs = node["name"], node["attrs"]
@@ -472,6 +515,88 @@ def _plan_fusions(nodes: list) -> dict[str, dict]:
         plans[node["name"]] = {"conv": node["name"], "src": _ref_name(node["args"][0]), "residual": residual,
                                "act": act, "absorbed": absorbed}
     return plans
+
+
+def _plan_bn_pools(nodes: list) -> dict[str, dict]:
+    """Eval-mode BatchNorms whose only consumer is an activation (Hardtanh, ReLU or PReLU), or
+    directly, a max pooling that is their value's only use (aliases between them allowed): a
+    ResNet stem, which one native pass computes (_native.bn_act_max_pool). {batchnorm name: {"act", "pool": (kernel, stride, padding),
+    "absorbed"}}, absorbed as in _plan_fusions."""
+    if not all(isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("args", []), list)
+               and all(isinstance(n.get(k, {}), dict) for k in ("kwargs", "attrs", "tensors")) for n in nodes):
+        return {}
+    consumers: dict[str, list[dict]] = {}
+    for n in nodes:
+        for ref in _file_refs([n.get("args"), n.get("kwargs")]):
+            consumers.setdefault(ref, []).append(n)
+
+    def only_consumer(name: str) -> dict | None:
+        c = consumers.get(name, [])
+        return c[0] if len(c) == 1 and [_ref_name(a) for a in (c[0].get("args") or [])[:1]] == [name] else None
+
+    plans = {}
+    for node in nodes:
+        if node.get("op") != "batchnorm" or len(node.get("args") or []) != 1 or _ref_name(node["args"][0]) is None:
+            continue
+        act, absorbed = None, []
+
+        def after_aliases(name: str) -> dict | None:
+            while (n := only_consumer(name)) is not None and n.get("op") == "alias":
+                absorbed.append(n["name"])
+                name = n["name"]
+            return n
+
+        nxt = after_aliases(node["name"])
+        if nxt is not None and ((nxt.get("op") == "prelu" and len(nxt["args"]) == 1 and not nxt.get("kwargs"))
+                                or _hardtanh_bounds(nxt) is not None or _is_relu(nxt)):
+            bounds = (0.0, math.inf) if _is_relu(nxt) else _hardtanh_bounds(nxt)
+            act = {"op": nxt["op"], "tensors": nxt.get("tensors") or {}, "name": nxt["name"], "bounds": bounds}
+            absorbed.append(nxt["name"])
+            nxt = after_aliases(nxt["name"])
+        pool = _max_pool_params(nxt) if nxt is not None else None
+        if pool is None:
+            continue
+        absorbed.append(nxt["name"])
+        plans[node["name"]] = {"act": act, "pool": pool, "absorbed": absorbed}
+    return plans
+
+
+def _is_relu(node: dict) -> bool:
+    """An F.relu / torch.relu call on one tensor (ReLU is Hardtanh(0, inf), bit for bit)."""
+    if node.get("op") != "call" or (node.get("attrs") or {}).get("fn") not in ("F.relu", "torch.relu"):
+        return False
+    args, kwargs = node.get("args") or [], node.get("kwargs") or {}
+    return len(args) <= 2 and all(isinstance(a, bool) for a in args[1:]) and set(kwargs) <= {"inplace"}
+
+
+def _max_pool_params(node: dict) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """(kernel, stride, padding) of an F.max_pool2d call on one tensor with dilation 1, floor
+    mode, no indices and padding at most half the window (PyTorch refuses more); else None."""
+    if node.get("op") != "call" or (node.get("attrs") or {}).get("fn") != "F.max_pool2d":
+        return None
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    args, kwargs = list(node.get("args") or []), dict(node.get("kwargs") or {})
+    params = dict(zip(names, args[1:]))
+    if len(args) > 7 or set(params) & set(kwargs) or set(kwargs) - set(names):
+        return None
+    params.update(kwargs)
+
+    def pair(v: Any) -> tuple[int, int] | None:
+        if isinstance(v, dict) and len(v) == 1 and isinstance(next(iter(v.values())), list) and set(v) <= {"tuple", "list"}:
+            v = next(iter(v.values()))
+            v = v * 2 if len(v) == 1 else v
+            return (v[0], v[1]) if len(v) == 2 and all(type(i) is int for i in v) else None
+        return (v, v) if type(v) is int else None
+
+    kernel = pair(params.get("kernel_size"))
+    stride = kernel if params.get("stride") in (None, {"list": []}, {"tuple": []}) else pair(params["stride"])
+    padding, dilation = pair(params.get("padding", 0)), pair(params.get("dilation", 1))
+    if None in (kernel, stride, padding) or dilation != (1, 1) or params.get("ceil_mode", False) is not False \
+            or params.get("return_indices", False) is not False:
+        return None
+    if min(*kernel, *stride) < 1 or not all(0 <= 2 * p <= k for p, k in zip(padding, kernel)):
+        return None
+    return kernel, stride, padding
 
 
 def _ref_name(a: Any) -> str | None:
