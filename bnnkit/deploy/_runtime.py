@@ -222,14 +222,7 @@ class Runtime:
         src, cout = slots[fusion["src"]], conv.out_channels
         key = (src, center, groups)
         res_slot = slots[fusion["residual"]] if fusion["residual"] is not None else None
-        act, nonlin, act_fn = fusion["act"], None, None
-        if act is not None and act["op"] == "prelu":
-            slopes = self._tensor({"tensors": {}, **act}, "weight", torch.float32, dims=1)
-            if slopes.numel() not in (1, cout):
-                raise self._fail(f"node {act['name']!r}: PReLU has {slopes.numel()} slopes for {cout} channels")
-            nonlin, act_fn = _native.Nonlinearity.prelu(slopes, cout), (lambda y: F.prelu(y, slopes))
-        elif act is not None:
-            nonlin, act_fn = _native.Nonlinearity.hardtanh(*act["bounds"]), (lambda y: F.hardtanh(y, *act["bounds"]))
+        nonlin, act_fn = self._activation(fusion["act"], cout)
         info["fused"] = fusion["absorbed"]
 
         def run_fused(env, ctx):
@@ -246,10 +239,21 @@ class Runtime:
             return act_fn(y) if act_fn is not None else y
         return run_fused
 
-    def _fused_bn_pool(self, node: dict, plan: dict, slots: dict[str, int], info: dict):
-        """The step of a BatchNorm with the activation and max pooling after it (_plan_bn_pools):
-        one native pass over the stem's largest tensor instead of three PyTorch ops."""
-        src = _ref_name(node["args"][0])
+    def _activation(self, act: dict | None, channels: int) -> tuple:
+        """(the kernels' Nonlinearity, the same as a PyTorch function) of a fused activation, or
+        (None, None)."""
+        if act is None:
+            return None, None
+        if act["op"] == "prelu":
+            slopes = self._tensor({"tensors": {}, **act}, "weight", torch.float32, dims=1)
+            if slopes.numel() not in (1, channels):
+                raise self._fail(f"node {act['name']!r}: PReLU has {slopes.numel()} slopes for {channels} channels")
+            return _native.Nonlinearity.prelu(slopes, channels), (lambda y: F.prelu(y, slopes))
+        lo, hi = act["bounds"]
+        return _native.Nonlinearity.hardtanh(lo, hi), (lambda y: F.hardtanh(y, lo, hi))
+
+    def _batchnorm_tensors(self, node: dict) -> tuple:
+        """(running_mean, running_var, weight or None, bias or None, eps) of a batchnorm node, checked."""
         rm = self._tensor(node, "running_mean", torch.float32, dims=1)
         c = rm.shape[0]
         rv = self._tensor(node, "running_var", torch.float32, (c,))
@@ -258,16 +262,16 @@ class Runtime:
         eps = node["attrs"].get("eps")
         if not isinstance(eps, float) or not eps >= 0:
             raise self._fail(f"node {node['name']!r}: eps must be a non-negative number")
+        return rm, rv, bw, bb, eps
+
+    def _fused_bn_pool(self, node: dict, plan: dict, slots: dict[str, int], info: dict):
+        """The step of a BatchNorm with the activation and max pooling after it (_plan_bn_pools):
+        one native pass over the stem's largest tensor instead of three PyTorch ops."""
+        src = _ref_name(node["args"][0])
+        rm, rv, bw, bb, eps = self._batchnorm_tensors(node)
+        c = rm.shape[0]
         scale, bias = bn_affine_from(rm, rv, bw, bb, eps)
-        act, nonlin, act_fn = plan["act"], None, (lambda y: y)
-        if act is not None and act["op"] == "prelu":
-            slopes = self._tensor({"tensors": {}, **act}, "weight", torch.float32, dims=1)
-            if slopes.numel() not in (1, c):
-                raise self._fail(f"node {act['name']!r}: PReLU has {slopes.numel()} slopes for {c} channels")
-            nonlin, act_fn = _native.Nonlinearity.prelu(slopes, c), (lambda y: F.prelu(y, slopes))
-        elif act is not None:
-            lo, hi = act["bounds"]
-            nonlin, act_fn = _native.Nonlinearity.hardtanh(lo, hi), (lambda y: F.hardtanh(y, lo, hi))
+        nonlin, act_fn = self._activation(plan["act"], c)
         kernel, stride, padding = plan["pool"]
         info["fused"] = plan["absorbed"]
         slot = slots[src]
@@ -278,7 +282,8 @@ class Runtime:
                     and x.shape[2] + 2 * padding[0] >= kernel[0] and x.shape[3] + 2 * padding[1] >= kernel[1] \
                     and (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
                 return _native.bn_act_max_pool(x, scale, bias, nonlin, kernel, stride, padding, ctx["threads"])
-            y = act_fn(F.batch_norm(x, rm, rv, bw, bb, False, 0.0, eps))  # PyTorch decides what anything else means
+            y = F.batch_norm(x, rm, rv, bw, bb, False, 0.0, eps)  # PyTorch decides what anything else means
+            y = act_fn(y) if act_fn is not None else y
             return F.max_pool2d(y, kernel, stride, padding)
         return run_bn_pool
 
@@ -402,14 +407,7 @@ class Runtime:
             return (lambda env, ctx: F.linear(env[src], w, b)), info
         if op == "batchnorm":
             src = one_input().slot
-            rm = self._tensor(node, "running_mean", torch.float32, dims=1)
-            c = rm.shape[0]
-            rv = self._tensor(node, "running_var", torch.float32, (c,))
-            bw = self._tensor(node, "weight", torch.float32, (c,), optional=True)
-            bb = self._tensor(node, "bias", torch.float32, (c,), optional=bw is None)
-            eps = attrs.get("eps")
-            if not isinstance(eps, float) or not eps >= 0:
-                raise self._fail(f"node {name!r}: eps must be a non-negative number")
+            rm, rv, bw, bb, eps = self._batchnorm_tensors(node)
             return (lambda env, ctx: F.batch_norm(env[src], rm, rv, bw, bb, False, 0.0, eps)), info
         if op == "prelu":
             src = one_input().slot
@@ -474,14 +472,10 @@ def _plan_fusions(nodes: list) -> dict[str, dict]:
     kernel's epilogue can then compute: {conv name: {"conv", "src", "residual", "act", "absorbed"}}.
     absorbed: the nodes the conv's step computes, in order (aliases, the add, the activation);
     the last of them takes the conv's value. The residual must be computed before the conv."""
-    if not all(isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("args", []), list)
-               and all(isinstance(n.get(k, {}), dict) for k in ("kwargs", "attrs", "tensors")) for n in nodes):
+    consumers = _consumers(nodes)
+    if consumers is None:
         return {}  # a malformed graph: the node checks that follow name the problem
     order = {n["name"]: i for i, n in enumerate(nodes)}
-    consumers: dict[str, list[dict]] = {}
-    for n in nodes:
-        for ref in _file_refs([n.get("args"), n.get("kwargs")]):
-            consumers.setdefault(ref, []).append(n)
 
     def only_consumer(name: str) -> dict | None:
         c = consumers.get(name, [])
@@ -517,18 +511,26 @@ def _plan_fusions(nodes: list) -> dict[str, dict]:
     return plans
 
 
+def _consumers(nodes: list) -> dict[str, list[dict]] | None:
+    """{node name: the nodes whose arguments refer to it}; None for a malformed node list."""
+    if not all(isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("args", []), list)
+               and all(isinstance(n.get(k, {}), dict) for k in ("kwargs", "attrs", "tensors")) for n in nodes):
+        return None
+    consumers: dict[str, list[dict]] = {}
+    for n in nodes:
+        for ref in _file_refs([n.get("args"), n.get("kwargs")]):
+            consumers.setdefault(ref, []).append(n)
+    return consumers
+
+
 def _plan_bn_pools(nodes: list) -> dict[str, dict]:
     """Eval-mode BatchNorms whose only consumer is an activation (Hardtanh, ReLU or PReLU), or
     directly, a max pooling that is their value's only use (aliases between them allowed): a
     ResNet stem, which one native pass computes (_native.bn_act_max_pool). {batchnorm name: {"act", "pool": (kernel, stride, padding),
     "absorbed"}}, absorbed as in _plan_fusions."""
-    if not all(isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("args", []), list)
-               and all(isinstance(n.get(k, {}), dict) for k in ("kwargs", "attrs", "tensors")) for n in nodes):
+    consumers = _consumers(nodes)
+    if consumers is None:
         return {}
-    consumers: dict[str, list[dict]] = {}
-    for n in nodes:
-        for ref in _file_refs([n.get("args"), n.get("kwargs")]):
-            consumers.setdefault(ref, []).append(n)
 
     def only_consumer(name: str) -> dict | None:
         c = consumers.get(name, [])
