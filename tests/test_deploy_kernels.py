@@ -545,6 +545,12 @@ def test_debug_build_runs_layers_within_bounds(debug_lib):
                 for nchw, ties in ((False, None), (True, None), (False, "many"), (True, "few")):
                     out, ref, *_ = run_case(case, isa, nchw=nchw, ties=ties)
                     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-4)
+        # whole-word rows (128 channels) and PyTorch's mean taken natively (under 32768 values: serial)
+        x = torch.randn(2, 128, 9, 7, generator=torch.Generator().manual_seed(2))
+        for isa in ISAS:
+            for xin in (x, x.contiguous(memory_format=torch.channels_last)):
+                bits, thr, ties = _native.pack(xin, groups=1, pad=(1, 1), center=True, isa=isa, threads=2, torch_mean=True)
+                assert torch.equal(thr, xin.mean(dim=(1, 2, 3))) and bits.shape == (2, 11, 9, 2)
     finally:
         _native.set_library(old)
 
