@@ -75,7 +75,7 @@ typedef struct {
     const float* x; int64_t x_len;       /* NHWC float32 (NCHW when nchw) */
     int64_t N, H, W, C;
     int64_t G, Cg, Cw, pad_h, pad_w;
-    int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) in double; 3: as PyTorch computes it (float32) */
+    int64_t center;                      /* 1: threshold = per-sample mean over (H,W,C) in double; 3: as PyTorch computes it (float32); 4: as PyTorch computes it for the NCHW copy of this channels-last x */
     uint64_t* out; int64_t out_len;
     float* thr_out; int64_t thr_len;     /* receives the N thresholds used */
     const float* thr_in;                 /* center == 2: the N thresholds to use (thr_len of them) */

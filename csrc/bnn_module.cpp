@@ -241,8 +241,10 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     if (!a.ties_count) return PyErr_Format(PyExc_ValueError, "pack: a tie counter is required");
     *a.ties_count = 0;
     if (a.center == 2 && !a.thr_in) return PyErr_Format(PyExc_ValueError, "pack: center=2 needs thresholds");
-    if (a.center == 3 && a.H * a.W * a.C < 8)
-        return PyErr_Format(PyExc_ValueError, "pack: center=3 (PyTorch's mean) needs at least 8 values a sample");
+    if ((a.center == 3 || a.center == 4) && a.H * a.W * a.C < 8)
+        return PyErr_Format(PyExc_ValueError, "pack: center=3/4 (PyTorch's mean) needs at least 8 values a sample");
+    if (a.center == 4 && a.nchw)
+        return PyErr_Format(PyExc_ValueError, "pack: center=4 reads a channels-last input in NCHW order");
     std::vector<float> thr((size_t)(a.N > 0 ? a.N : 1), 0.0f);
     void (*fn)(const PackArgs*, const float*, int64_t, int64_t) =
         isa == ISA_AVX512 ? pack_rows_avx512 : isa == ISA_AVX2 ? pack_rows_avx2 : pack_rows_portable;
@@ -258,6 +260,24 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
         for (int64_t n = 0; n < a.N; ++n) {
             if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
             thr[(size_t)n] = tsum(a.x + n * per, per) / (float)per;
+        }
+    } else if (a.center == 4) {  /* the same, of x's NCHW copy: made tile by tile, then summed */
+        float (*tsum)(const float*, int64_t) =
+            isa == ISA_AVX512 ? torch_sum_avx512 : isa == ISA_AVX2 ? torch_sum_avx2 : torch_sum_portable;
+        static thread_local std::vector<float> nchw;
+        nchw.resize((size_t)per);
+        const int64_t HW = a.H * a.W, C = a.C;
+        for (int64_t n = 0; n < a.N; ++n) {
+            if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
+            const float* src = a.x + n * per;
+            float* dst = nchw.data();
+            for (int64_t p0 = 0; p0 < HW; p0 += 16)
+                for (int64_t c0 = 0; c0 < C; c0 += 16) {
+                    const int64_t p1 = p0 + 16 < HW ? p0 + 16 : HW, c1 = c0 + 16 < C ? c0 + 16 : C;
+                    for (int64_t c = c0; c < c1; ++c)
+                        for (int64_t p = p0; p < p1; ++p) dst[c * HW + p] = src[p * C + c];
+                }
+            thr[(size_t)n] = tsum(dst, per) / (float)per;
         }
     } else if (a.center) {
         for (int64_t n = 0; n < a.N; ++n) {

@@ -264,17 +264,21 @@ def test_native_copy_of_pytorchs_sum_order_gives_torch_mean_to_the_last_bit(isa)
                 x = torch.randn(shape, generator=gen) + 0.3
                 if scale == "mixed":
                     x = x * torch.pow(10.0, torch.randint(-3, 4, shape, generator=gen).float())
-                for layout in (torch.contiguous_format, torch.channels_last):
+                # mode 3: x summed in its own memory order; mode 4: channels-last x in NCHW order
+                for layout, mode in ((torch.contiguous_format, 3), (torch.channels_last, 3), (torch.channels_last, 4)):
                     xl = x.contiguous(memory_format=layout)
-                    key = (xl.shape, xl.stride(), xl.dtype, xl.is_cpu, 1, (1, 1), 3, isa)
-                    plan = _native._pack_plan(xl, 1, (1, 1), 3, isa, key)
+                    if mode == 4 and xl.is_contiguous():
+                        continue  # one memory order for both layouts (one channel)
+                    key = (xl.shape, xl.stride(), xl.dtype, xl.is_cpu, 1, (1, 1), mode, isa)
+                    plan = _native._pack_plan(xl, 1, (1, 1), mode, isa, key)
                     _, thr, _ = _native._pack(xl, plan, isa, 2, None)
-                    want = xl.mean(dim=(1, 2, 3))
+                    want = (xl if mode == 3 else x.contiguous()).mean(dim=(1, 2, 3))
                     if not torch.equal(thr, want):
-                        mismatches.append((shape, scale, layout, thr - want))
+                        mismatches.append((shape, scale, layout, mode, thr - want))
                     # the public call takes the native path here, and returns the same
-                    assert _native._native_torch_mean_ok(xl, plan, isa)
-                    _, thr2, _ = _native.pack(xl, groups=1, pad=(1, 1), center=True, isa=isa, threads=1, torch_mean=True)
+                    assert _native._native_torch_mean_ok(xl, plan, mode, isa)
+                    _, thr2, _ = _native.pack(xl, groups=1, pad=(1, 1), center=True, isa=isa, threads=1, torch_mean=True,
+                                              mean_layout=torch.contiguous_format if mode == 4 else None)
                     assert torch.equal(thr2, want)
     assert not mismatches, mismatches
     # a plain double-precision mean is not the same: the test can tell them apart
@@ -289,9 +293,9 @@ def test_pytorch_order_mean_is_left_to_pytorch_where_it_would_differ():
     isa = ISAS[-1]
     gen = torch.Generator().manual_seed(8)
 
-    def ok(x):
-        key = (x.shape, x.stride(), x.dtype, x.is_cpu, 1, (0, 0), 3, isa)
-        return _native._native_torch_mean_ok(x, _native._pack_plan(x, 1, (0, 0), 3, isa, key), isa)
+    def ok(x, mode=3):
+        key = (x.shape, x.stride(), x.dtype, x.is_cpu, 1, (0, 0), mode, isa)
+        return _native._native_torch_mean_ok(x, _native._pack_plan(x, 1, (0, 0), mode, isa, key), mode, isa)
 
     big, small = torch.randn(1, 64, 56, 56, generator=gen), torch.randn(1, 16, 32, 32, generator=gen)
     strided = torch.randn(1, 64, 56, 112, generator=gen)[..., ::2]
@@ -303,7 +307,12 @@ def test_pytorch_order_mean_is_left_to_pytorch_where_it_would_differ():
             _, thr, _ = _native.pack(x, groups=1, pad=(0, 0), center=True, isa=isa, threads=2, torch_mean=True)
             assert torch.equal(thr, x.mean(dim=(1, 2, 3)))
     with _threads(1):
-        assert ok(big)
+        assert ok(big) and not ok(big, mode=4)  # NCHW order from an NCHW tensor: that is mode 3
+        for x in (big, big.contiguous(memory_format=torch.channels_last), strided):
+            for layout in (torch.contiguous_format, torch.channels_last):  # x in another layout: mode 4 or PyTorch's
+                _, thr, _ = _native.pack(x, groups=1, pad=(0, 0), center=True, isa=isa, threads=1, torch_mean=True,
+                                         mean_layout=layout)
+                assert torch.equal(thr, x.contiguous(memory_format=layout).mean(dim=(1, 2, 3)))
 
 
 def test_calls_checked_once_per_shape_still_follow_each_input_and_each_copys_constants():
@@ -547,10 +556,12 @@ def test_debug_build_runs_layers_within_bounds(debug_lib):
                     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-4)
         # whole-word rows (128 channels) and PyTorch's mean taken natively (under 32768 values: serial)
         x = torch.randn(2, 128, 9, 7, generator=torch.Generator().manual_seed(2))
+        xl = x.contiguous(memory_format=torch.channels_last)
         for isa in ISAS:
-            for xin in (x, x.contiguous(memory_format=torch.channels_last)):
-                bits, thr, ties = _native.pack(xin, groups=1, pad=(1, 1), center=True, isa=isa, threads=2, torch_mean=True)
-                assert torch.equal(thr, xin.mean(dim=(1, 2, 3))) and bits.shape == (2, 11, 9, 2)
+            for xin, layout in ((x, None), (xl, None), (xl, torch.contiguous_format)):  # the last: NCHW order
+                bits, thr, ties = _native.pack(xin, groups=1, pad=(1, 1), center=True, isa=isa, threads=2, torch_mean=True,
+                                               mean_layout=layout)
+                assert torch.equal(thr, (x if layout else xin).mean(dim=(1, 2, 3))) and bits.shape == (2, 11, 9, 2)
     finally:
         _native.set_library(old)
 

@@ -192,11 +192,12 @@ _TORCH_SERIAL_NUMEL = 32768
 _torch_sum_checked: dict[str, bool] = {}
 
 
-def _native_torch_mean_ok(x: torch.Tensor, plan: _PackPlan, isa: str) -> bool:
-    """Whether pack's native copy of PyTorch's summation order gives x.mean(dim=(1, 2, 3)) to the
-    last bit: x float32 and read in place (its memory order is the one PyTorch sums in), at least
-    8 values a sample, summed by PyTorch on one thread, and the copy checked against this PyTorch."""
-    if plan.convert or x.dtype != torch.float32 or plan.per < 8:
+def _native_torch_mean_ok(x: torch.Tensor, plan: _PackPlan, mode: int, isa: str) -> bool:
+    """Whether pack's native copy of PyTorch's summation order gives the mean PyTorch takes to the
+    last bit: x float32 and read in place (mode 3: PyTorch sums it in its memory order; mode 4:
+    x channels-last, PyTorch sums its NCHW copy), at least 8 values a sample, summed by PyTorch
+    on one thread, and the copy checked against this PyTorch."""
+    if plan.convert or x.dtype != torch.float32 or plan.per < 8 or (mode == 4 and plan.args[20]):
         return False
     if x.numel() >= _TORCH_SERIAL_NUMEL and torch.get_num_threads() != 1:
         return False  # PyTorch would split the sum between threads
@@ -207,16 +208,21 @@ def _native_torch_mean_ok(x: torch.Tensor, plan: _PackPlan, isa: str) -> bool:
 
 
 def _check_torch_order_sum(isa: str) -> bool:
-    """The native PyTorch-order mean against torch.mean on probes PyTorch sums serially (under
-    32768 values), in both layouts: every level of the cascade the probes reach, and the tails."""
+    """The native PyTorch-order means against torch.mean on probes PyTorch sums serially (under
+    32768 values), both layouts and both orders: every level of the cascade the probes reach, and
+    the tails."""
     gen = torch.Generator().manual_seed(0)
     for shape in ((1, 1, 2, 4), (2, 3, 5, 7), (3, 37, 13, 17), (1, 127, 16, 16), (1, 9, 60, 60)):
         x = torch.randn(shape, generator=gen) * 3 + 0.2
-        for layout in (torch.contiguous_format, torch.channels_last):
+        for layout, mode, want in ((torch.contiguous_format, 3, x), (torch.channels_last, 3, x),
+                                   (torch.channels_last, 4, x.contiguous())):
             xl = x.contiguous(memory_format=layout)
-            key = (xl.shape, xl.stride(), xl.dtype, xl.is_cpu, 1, (0, 0), 3, isa)
-            _, thr, _ = _pack(xl, _pack_plans.get(key) or _pack_plan(xl, 1, (0, 0), 3, isa, key), isa, 1, None)
-            if not torch.equal(thr, xl.mean(dim=(1, 2, 3))):
+            if mode == 4 and xl.is_contiguous():
+                continue  # one memory order for both layouts
+            key = (xl.shape, xl.stride(), xl.dtype, xl.is_cpu, 1, (0, 0), mode, isa)
+            _, thr, _ = _pack(xl, _pack_plans.get(key) or _pack_plan(xl, 1, (0, 0), mode, isa, key), isa, 1, None)
+            if not torch.equal(thr, want.contiguous(memory_format=layout if mode == 3 else torch.contiguous_format)
+                               .mean(dim=(1, 2, 3))):
                 warnings.warn("bnnkit: this PyTorch does not sum in the order bnnkit's kernels copy; SiMaN's "
                               "per-sample means are left to PyTorch (exact, a little slower)", RuntimeWarning)
                 return False
@@ -225,26 +231,30 @@ def _check_torch_order_sum(isa: str) -> bool:
 
 def pack(x: torch.Tensor, *, groups: int, pad: tuple[int, int], center: bool, isa: str,
          threads: int, thresholds: torch.Tensor | None = None, torch_mean: bool = False,
+         mean_layout: torch.memory_format | None = None,
          return_thresholds: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Binarize x (N,C,H,W float32; read in place when NCHW- or channels-last-contiguous) to bits and pack them:
     int64 [N, H+2ph, W+2pw, groups*Cw] with a zero (+1) border; bit = x < t where t is 0, or the
     per-sample mean over (C,H,W) when `center`: the given float32 `thresholds` [N]; else with
-    `torch_mean`, x.mean(dim=(1, 2, 3)) to the last bit as PyTorch computes it for x as stored
-    (natively in PyTorch's order where that is known to match, else by PyTorch); else computed
-    natively in double precision. Returns the bits, the thresholds t [N] (None unless
-    `return_thresholds`, which saves allocating them) and the ties: int32 [Z, 4] rows (n, y, x, c)
-    of the activations exactly equal to t, which sign() maps to 0 and the bits to +1 (the conv
-    removes their contribution, see PackedConv)."""
+    `torch_mean`, x.contiguous(memory_format=mean_layout).mean(dim=(1, 2, 3)) to the last bit
+    (mean_layout None: x as stored; natively in PyTorch's order where that is known to match,
+    else by PyTorch); else computed natively in double precision. Returns the bits, the
+    thresholds t [N] (None unless `return_thresholds`, which saves allocating them) and the ties:
+    int32 [Z, 4] rows (n, y, x, c) of the activations exactly equal to t, which sign() maps to 0
+    and the bits to +1 (the conv removes their contribution, see PackedConv)."""
     if type(pad) is not tuple:
         pad = tuple(pad)
     mode = (2 if thresholds is not None else 3 if torch_mean else 1) if center else 0
+    if mode == 3 and mean_layout is not None and not x.is_contiguous(memory_format=mean_layout):
+        mode = 4 if mean_layout == torch.contiguous_format else 5  # 5: only PyTorch's, below
     # shape, strides, dtype and device decide everything the checks look at
     key = (x.shape, x.stride(), x.dtype, x.is_cpu, groups, pad, mode, isa)
     plan = _pack_plans.get(key)
     if plan is None:
         plan = _pack_plan(x, groups, pad, mode, isa, key)
-    if mode == 3 and not _native_torch_mean_ok(x, plan, isa):
-        return pack(x, groups=groups, pad=pad, center=True, isa=isa, threads=threads, thresholds=x.mean(dim=(1, 2, 3)),
+    if mode >= 3 and not (mode < 5 and _native_torch_mean_ok(x, plan, mode, isa)):
+        mean = (x if mode == 3 else x.contiguous(memory_format=mean_layout)).mean(dim=(1, 2, 3))
+        return pack(x, groups=groups, pad=pad, center=True, isa=isa, threads=threads, thresholds=mean,
                     return_thresholds=return_thresholds)
     return _pack(x, plan, isa, threads, thresholds, return_thresholds)
 

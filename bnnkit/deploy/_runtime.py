@@ -205,11 +205,8 @@ class Runtime:
             _, center, groups = key
             # the same reduction over the memory order the model has (that of its input,
             # which PyTorch propagates) gives the model's float32 mean to the last bit
-            thr = None
-            if center and not x.is_contiguous(memory_format=ctx["layout"]):
-                thr = x.contiguous(memory_format=ctx["layout"]).mean(dim=(1, 2, 3))
             packed = _native.pack(x, groups=groups, pad=tuple(pad), center=center, isa=self.isa,
-                                  threads=ctx["threads"], thresholds=thr, torch_mean=True,
+                                  threads=ctx["threads"], torch_mean=True, mean_layout=ctx["layout"],
                                   return_thresholds=key in self._threshold_keys)
             ctx[key] = packed
         return packed
