@@ -180,6 +180,12 @@ static int sort_ties(BConvArgs* a, std::vector<int32_t>& sorted, std::vector<int
     return 0;
 }
 
+/* a nonlinearity's kind and parameters as the kernels read them: 0 none, 1 PReLU with one slope per
+ * channel, 2 Hardtanh with [lo, hi] */
+static bool nonlin_ok(int64_t kind, const float* params, int64_t len, int64_t channels) {
+    return kind == 0 || (kind == 1 && params && len == channels) || (kind == 2 && params && len == 2);
+}
+
 static PyObject* py_bconv(PyObject*, PyObject* args) {
     int isa, nt;
     int64_t v[50];
@@ -203,8 +209,7 @@ static PyObject* py_bconv(PyObject*, PyObject* args) {
     a.tie_KW = v[42]; a.tie_dw = v[43]; a.tie_Cg = v[44];
     a.res = (const float*)(uintptr_t)v[45]; a.res_len = v[46];
     a.nonlin = v[47]; a.nonlin_p = (const float*)(uintptr_t)v[48]; a.nonlin_len = v[49];
-    if (!(a.nonlin == 0 || (a.nonlin == 1 && a.nonlin_p && a.nonlin_len == a.G * a.Og) ||
-          (a.nonlin == 2 && a.nonlin_p && a.nonlin_len == 2))) {
+    if (!nonlin_ok(a.nonlin, a.nonlin_p, a.nonlin_len, a.G * a.Og)) {
         PyErr_Format(PyExc_ValueError, "bconv: nonlinearity %lld with %lld parameters (PReLU needs one per output "
                      "channel, Hardtanh two)", (long long)a.nonlin, (long long)a.nonlin_len);
         return NULL;
@@ -463,8 +468,7 @@ static PyObject* py_pool(PyObject*, PyObject* args) {
     a.nonlin = v[16]; a.nonlin_p = (const float*)(uintptr_t)v[17]; a.nonlin_len = v[18];
     const bool geometry = a.N >= 0 && a.C >= 1 && a.kh >= 1 && a.kw >= 1 && a.sh >= 1 && a.sw >= 1 && a.Ho >= 1 &&
                           a.Wo >= 1 && (a.Ho - 1) * a.sh + a.kh <= a.H && (a.Wo - 1) * a.sw + a.kw <= a.W;
-    const bool nonlin = a.nonlin == 0 || (a.nonlin == 1 && a.nonlin_p && a.nonlin_len == a.C) ||
-                        (a.nonlin == 2 && a.nonlin_p && a.nonlin_len == 2);
+    const bool nonlin = nonlin_ok(a.nonlin, a.nonlin_p, a.nonlin_len, a.C);
     if (!a.in || !a.out || !geometry || a.in_len != a.N * a.H * a.W * a.C || a.out_len != a.N * a.C * a.Ho * a.Wo ||
         (a.scale == nullptr) != (a.bias == nullptr) || !nonlin)
         return PyErr_Format(PyExc_ValueError, "pool: inconsistent arguments");
@@ -496,8 +500,7 @@ static PyObject* py_bn_pool(PyObject*, PyObject* args) {
                           a.sw >= 1 && a.ph >= 0 && a.pw >= 0 && 2 * a.ph <= a.kh && 2 * a.pw <= a.kw &&
                           a.Ho == (a.H + 2 * a.ph - a.kh) / a.sh + 1 && a.Wo == (a.W + 2 * a.pw - a.kw) / a.sw + 1 &&
                           a.Ho >= 1 && a.Wo >= 1;
-    const bool nonlin = a.nonlin == 0 || (a.nonlin == 1 && a.nonlin_p && a.nonlin_len == a.C) ||
-                        (a.nonlin == 2 && a.nonlin_p && a.nonlin_len == 2);
+    const bool nonlin = nonlin_ok(a.nonlin, a.nonlin_p, a.nonlin_len, a.C);
     if (!a.in || !a.out || !a.scale || !a.bias || !geometry || !nonlin || a.in_len != a.N * a.C * a.H * a.W ||
         a.out_len != a.N * a.Ho * a.Wo * a.C)
         return PyErr_Format(PyExc_ValueError, "bn_pool: inconsistent arguments");
