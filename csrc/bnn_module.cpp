@@ -259,30 +259,28 @@ static PyObject* py_pack(PyObject*, PyObject* args) {
     Py_BEGIN_ALLOW_THREADS
     if (a.center == 2) {
         for (int64_t n = 0; n < a.N; ++n) thr[(size_t)n] = a.thr_in[BNN_AT("pack thresholds in", n, 1, a.thr_len)];
-    } else if (a.center == 3) {  /* PyTorch's mean: its float32 sum, divided by n in float32 */
-        float (*tsum)(const float*, int64_t) =
-            isa == ISA_AVX512 ? torch_sum_avx512 : isa == ISA_AVX2 ? torch_sum_avx2 : torch_sum_portable;
-        for (int64_t n = 0; n < a.N; ++n) {
-            if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
-            thr[(size_t)n] = tsum(a.x + n * per, per) / (float)per;
-        }
-    } else if (a.center == 4) {  /* the same, of x's NCHW copy: made tile by tile, then summed */
+    } else if (a.center == 3 || a.center == 4) {
+        /* PyTorch's mean: its float32 sum, divided by n in float32; of x as stored (3), or of x's
+         * NCHW copy (4), made here 16x16 tiles at a time into a buffer kept by the thread */
         float (*tsum)(const float*, int64_t) =
             isa == ISA_AVX512 ? torch_sum_avx512 : isa == ISA_AVX2 ? torch_sum_avx2 : torch_sum_portable;
         static thread_local std::vector<float> nchw;
-        nchw.resize((size_t)per);
+        if (a.center == 4) nchw.resize((size_t)per);
         const int64_t HW = a.H * a.W, C = a.C;
         for (int64_t n = 0; n < a.N; ++n) {
             if (BNN_AT("pack mean", n * per, per, a.x_len) != n * per) continue;
             const float* src = a.x + n * per;
-            float* dst = nchw.data();
-            for (int64_t p0 = 0; p0 < HW; p0 += 16)
-                for (int64_t c0 = 0; c0 < C; c0 += 16) {
-                    const int64_t p1 = p0 + 16 < HW ? p0 + 16 : HW, c1 = c0 + 16 < C ? c0 + 16 : C;
-                    for (int64_t c = c0; c < c1; ++c)
-                        for (int64_t p = p0; p < p1; ++p) dst[c * HW + p] = src[p * C + c];
-                }
-            thr[(size_t)n] = tsum(dst, per) / (float)per;
+            if (a.center == 4) {
+                float* dst = nchw.data();
+                for (int64_t p0 = 0; p0 < HW; p0 += 16)
+                    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+                        const int64_t p1 = p0 + 16 < HW ? p0 + 16 : HW, c1 = c0 + 16 < C ? c0 + 16 : C;
+                        for (int64_t c = c0; c < c1; ++c)
+                            for (int64_t p = p0; p < p1; ++p) dst[c * HW + p] = src[p * C + c];
+                    }
+                src = dst;
+            }
+            thr[(size_t)n] = tsum(src, per) / (float)per;
         }
     } else if (a.center) {
         for (int64_t n = 0; n < a.N; ++n) {
