@@ -233,11 +233,16 @@ def conv_bound(figures: dict[str, dict[str, float]], rate: float) -> str:
             f"so with every binary conv at that peak eval would be {best:.2f}x faster than the training forward")
 
 
+# --methods: the (method, BiPer stage) bench cases each name picks
+METHOD_CASES = {"siman": {("siman", None)}, "biper": {("biper", 1), ("biper", 2)},
+                "biper1": {("biper", 1)}, "biper2": {("biper", 2)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     _allocator.tune()  # as the bnnkit command does, also for benchmarks/train_step.py
     parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
-    parser.add_argument("--methods", nargs="*", default=None, choices=["siman", "biper", "biper1", "biper2"],
+    parser.add_argument("--methods", nargs="*", default=None, choices=list(METHOD_CASES),
                         help="siman, biper1 / biper2 (BiPer's stage 1 / 2) or biper (both); default: all")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
@@ -269,9 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models is not None and set(args.models) - set(known):
         parser.error(f"no bench cases for {', '.join(sorted(set(args.models) - set(known)))}; "
                      f"--models takes {', '.join(known)} (CIFAR-10 input)")
-    choices = {"siman": {("siman", None)}, "biper": {("biper", 1), ("biper", 2)},
-               "biper1": {("biper", 1)}, "biper2": {("biper", 2)}}  # (method, stage)
-    picked = set().union(*(choices[c] for c in args.methods)) if args.methods else None
+    picked = set().union(*(METHOD_CASES[c] for c in args.methods)) if args.methods else None
     cases = [(n, m, s) for n, m, s in DEFAULT_CASES
              if (args.models is None or n in args.models) and (picked is None or (m, s.get("stage")) in picked)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
