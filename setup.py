@@ -1,7 +1,7 @@
 """Build of bnnkit's native kernels (everything else is in pyproject.toml).
 
 Plain C++ against the CPython C API only (no torch headers: torch is not available in the
-isolated build environment). One extension, bnnkit.deploy._kernels: the deploy runtime's
+isolated build environment). One extension, bnnkit.native._ext: the deploy runtime's
 XOR-popcount convolutions, whose AVX-512 and AVX2 code paths are compiled inside `#pragma GCC
 target` regions and chosen at run time from the CPU's features, and the training kernels of
 csrc/bnn_act.cpp (GCC vector extensions, an AVX2 clone chosen at load time). The package runs on
@@ -31,7 +31,7 @@ compile_args, link_args = _flags()
 setup(
     ext_modules=[
         Extension(
-            "bnnkit.deploy._kernels",
+            "bnnkit.native._ext",
             sources=SOURCES,
             depends=["csrc/bnn_kernels.h", "csrc/bnn_impl.h", "csrc/bnn_nonlin.h", "csrc/bnn_torch_sum.h"],
             include_dirs=["csrc"],

@@ -22,7 +22,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from bnnkit import _allocator, create_model
-    from bnnkit.bench import make_steps
+    from bnnkit.analysis.bench import make_steps
 
     tuned = _allocator.tune()
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bnnkit.deploy import _native
+from bnnkit.native import kernels as _native
 
 SHAPES = [(256, 16, 32, 1), (256, 32, 16, 1), (256, 64, 8, 1), (256, 16, 32, 2),
           (64, 64, 32, 1), (64, 128, 16, 1), (64, 256, 8, 1)]

@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bnnkit.deploy import _native
-from bnnkit.deploy._bits import pack_signs
+from bnnkit.native import kernels as _native
+from bnnkit.native.bits import pack_signs
 
 
 def best_ms(fn, repeats: int) -> float:

@@ -1,4 +1,4 @@
-"""What folding BatchNorm into the packed binary conv (bnnkit.layers.conv_bn) gives an eval forward.
+"""What folding BatchNorm into the packed binary conv (bnnkit.nn.layers.conv_bn) gives an eval forward.
 
     python benchmarks/packed_eval_fold.py                          # SiMaN ResNet-20, NCHW, batch 256
     python benchmarks/packed_eval_fold.py --method biper --stage 2 --channels_last
@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from bnnkit import _allocator, _packed_eval, create_model
+from bnnkit import _allocator, create_model
+from bnnkit.nn import _packed_eval
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Times the weight quantizers of all binary convs at once (plus the method's regul
 and forward + backward, for two implementations interleaved over rounds so that machine noise
 hits both alike, and prints the minimum and median of each:
 - SiMaN (centring, clipping when percent > 0, standardisation, per-row median code): the native
-  kernels (bnnkit.functional, the CPU default) against the eager PyTorch ops (`--kernels eager`);
+  kernels (bnnkit.nn.functional, the CPU default) against the eager PyTorch ops (`--kernels eager`);
 - BiPer (sin(f*w), and tau * mean(0.5 - 0.5 cos(2 f w)) per layer): the fused regulariser
   (SquaredSinePenalty) against autograd of the same formula.
 Both give the same values (tests/test_activation_kernels.py, tests/test_quantizers.py).
@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from bnnkit import _allocator, create_model, functional
-from bnnkit.layers import binary_convs
+from bnnkit import _allocator, create_model
+from bnnkit.nn import functional
+from bnnkit.nn.layers import binary_convs
 from bnnkit.methods import method_of
 from bnnkit.methods.biper import BiperWeight
 

@@ -1,6 +1,6 @@
 """bnnkit: train, evaluate, analyse and deploy binary neural networks in PyTorch."""
 from ._registry import UnknownNameError
-from .layers import BinaryConv2d
+from .nn.layers import BinaryConv2d
 from .methods import configure, get_method, list_methods, regularizer
 from .models import create_model, list_models, register_model
 

@@ -13,12 +13,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .layers import BinaryConv2d
+from .errors import CheckpointError
+from .nn.layers import BinaryConv2d
 from .models import create_model
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested model; the message says why and what to do."""
 
 
 def reference_names(model: nn.Module) -> dict[str, str]:

@@ -19,7 +19,7 @@
 #include "bnn_kernels.h"
 
 #ifndef BNNKIT_MODULE_NAME
-#define BNNKIT_MODULE_NAME _kernels
+#define BNNKIT_MODULE_NAME _ext
 #endif
 #define BNN_STR2(x) #x
 #define BNN_STR(x) BNN_STR2(x)

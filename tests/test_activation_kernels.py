@@ -1,13 +1,13 @@
-"""The implementations of SiMaN's and BiPer's fused activation paths (bnnkit.functional): native C++
+"""The implementations of SiMaN's and BiPer's fused activation paths (bnnkit.nn.functional): native C++
 (the CPU default), eager PyTorch and the same ops for torch.compile. Each is held to the
 independent formulas of tests/test_quantizers.py, and the native one to the eager one on the
 layouts, thread counts and inputs it meets in training."""
 import pytest
 import torch
 
-from bnnkit import functional
-from bnnkit.deploy import _native
-from bnnkit.quantizers import QUANTIZERS
+from bnnkit.nn import functional
+from bnnkit.native import kernels as _native
+from bnnkit.nn.quantizers import QUANTIZERS
 from tests.test_quantizers import ref_biper_input, ref_siman_input
 
 PATHS = {"siman": (functional.standardized_approx_sign, ref_siman_input),

@@ -6,7 +6,7 @@ import torch
 
 import bnnkit
 from bnnkit.compat import CheckpointError, load_reference, reference_names
-from bnnkit.layers import binary_convs
+from bnnkit.nn.layers import binary_convs
 
 
 def _as_reference(model, **overrides):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bnnkit.deploy import DeployFormatError, _native
-from bnnkit.deploy._bits import pack_signs, unpack_signs
+from bnnkit.native.bits import pack_signs, unpack_signs
 
 ISAS = _native.available_isas()
 ROOT = Path(__file__).resolve().parents[1]
@@ -411,7 +411,7 @@ def test_stem_batchnorm_activation_and_max_pooling_in_one_pass(debug_lib):
     without padding, odd sizes, and NaN, infinities and -0.0 among the inputs (PyTorch's max takes
     NaN, then the first of equal values); on 1 and 2 threads and in the bounds-checked build.
     Strided inputs, whose BatchNorm PyTorch rounds another way, are refused."""
-    from bnnkit.deploy._affine import bn_affine
+    from bnnkit.native.affine import bn_affine
     gen = torch.Generator().manual_seed(9)
     C = 24
     bn = torch.nn.BatchNorm2d(C).eval()
@@ -673,7 +673,7 @@ def test_fma_float32_rounds_once():
     the exact x*y + z; float64 arithmetic rounds twice, which errs when its sum lands exactly on a
     float32 midpoint. Here x*y = -2^-24 + 2^-60 and z = 1 + 2^-23: the exact sum lies just above the
     midpoint 1 + 2^-24 (so rounds up), the float64 sum is the midpoint itself (so rounds to even)."""
-    from bnnkit.deploy._affine import _fma_exact, fma_float32
+    from bnnkit.native.affine import _fma_exact, fma_float32
     x = torch.tensor([-(2.0 ** -24) * (1 - 2.0 ** -18)])
     y = torch.tensor([1 + 2.0 ** -18])
     z = torch.tensor([1 + 2.0 ** -23])

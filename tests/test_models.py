@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import bnnkit
-from bnnkit import _packed_eval, _packed_train
-from bnnkit.layers import binary_convs
+from bnnkit.nn import _packed_eval, _packed_train
+from bnnkit.nn.layers import binary_convs
 from bnnkit.methods import METHODS
 from bnnkit.models import _MODELS
 
@@ -135,7 +135,7 @@ def _ran_packed(conv, key: str) -> bool:
 
 @pytest.mark.parametrize("name,family,method", BUILDABLE, ids=[f"{f}-{n}-{m}" for n, f, m in BUILDABLE])
 def test_packed_eval_gives_the_float_eval_bits(name, family, method):
-    """On CPU, eval runs binary convs on packed bits (bnnkit._packed_eval): the same integers, the
+    """On CPU, eval runs binary convs on packed bits (bnnkit.nn._packed_eval): the same integers, the
     same `* alpha` rounding, the same memory layout, hence the same output bits, in both input
     layouts; it is used wherever the weights are exactly ±1 and the inputs sign() values, and
     applies the BatchNorm and residual add of conv_bn in its epilogue."""
@@ -347,7 +347,7 @@ def test_conv_pool_pools_channels_last_with_the_same_bits(pool, after):
     BatchNorm and nonlinearity after it, natively where it can) runs there, and the result comes
     back NCHW with the bits of act(bn(pool(conv(x)))); a hooked pool, a channels-last input or
     training take the path as written."""
-    from bnnkit.layers import conv_pool
+    from bnnkit.nn.layers import conv_pool
 
     torch.manual_seed(0)
     method = METHODS.get("biper")(stage=2)
@@ -392,7 +392,7 @@ def test_native_max_pool_picks_and_rounds_as_pytorch(act):
     """max_pool_to_nchw against max_pool2d + batch_norm + the nonlinearity on values that tell the
     rules apart: NaNs (which one wins), -0.0 against +0.0 (the first of equal values), infinities,
     and BatchNorm constants with negative scales."""
-    from bnnkit.deploy import _native
+    from bnnkit.native import kernels as _native
 
     torch.manual_seed(1)
     x = torch.randn(3, 24, 9, 10)
@@ -409,7 +409,7 @@ def test_native_max_pool_picks_and_rounds_as_pytorch(act):
         nl = _native.Nonlinearity.prelu(module.weight, 24)
     elif act == "hardtanh":
         module, nl = torch.nn.Hardtanh(-0.3, 0.6), _native.Nonlinearity.hardtanh(-0.3, 0.6)
-    from bnnkit.deploy._affine import bn_affine
+    from bnnkit.native.affine import bn_affine
 
     for kernel, stride in (((2, 2), (2, 2)), ((3, 2), (2, 1)), ((1, 1), (1, 1))):
         with torch.no_grad():

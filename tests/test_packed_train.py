@@ -1,4 +1,4 @@
-"""The packed training forward (bnnkit._packed_train): the float path's bits, forward and backward."""
+"""The packed training forward (bnnkit.nn._packed_train): the float path's bits, forward and backward."""
 import copy
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import bnnkit
-from bnnkit import _packed_train, functional, layers
-from bnnkit.layers import BinaryConv2d, binary_convs
+from bnnkit.nn import _packed_train, functional, layers
+from bnnkit.nn.layers import BinaryConv2d, binary_convs
 from bnnkit.methods import METHODS
 
 from .test_models import BUILDABLE, DATASET, _small

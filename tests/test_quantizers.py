@@ -3,7 +3,7 @@ written formula of its surrogate (not autograd of the same code)."""
 import pytest
 import torch
 
-from bnnkit.quantizers import QUANTIZERS
+from bnnkit.nn.quantizers import QUANTIZERS
 
 EPS = 1e-5
 
@@ -127,7 +127,7 @@ def test_siman_weight_rewrites_latent_weights_in_eval_too():
 def test_percentile_matches_numpy_linear():
     import numpy as np
 
-    from bnnkit.functional import percentile
+    from bnnkit.nn.functional import percentile
 
     torch.manual_seed(0)
     samples = [torch.rand(n) for n in (1, 2, 7, 1000)]

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import bnnkit
-from bnnkit import functional
-from bnnkit.bench import float_twin, main as bench_main
-from bnnkit.layers import BinaryConv2d
+from bnnkit.nn import functional
+from bnnkit.analysis.bench import float_twin, main as bench_main
+from bnnkit.nn.layers import BinaryConv2d
 
 
 def _step(model, x, y, autocast=False):
@@ -91,7 +91,7 @@ def test_bench_runs_and_prints_its_ratios(capsys, monkeypatch):
     row = next(line for line in out.splitlines() if line.startswith("resnet20_1w1a"))
     assert "biper s2" in row and len(row.split()) == 13 and row.count("x") >= 3  # t ratio, ev gain, 1st gain
     assert "GFLOP/s" in out and "activation kernels=native" in out
-    import bnnkit.bench as bench
+    import bnnkit.analysis.bench as bench
     seen = []
     real_case = bench.bench_case
     monkeypatch.setattr(bench, "bench_case", lambda name, method, settings, *a: seen.append(settings) or real_case(name, method, settings, *a))
@@ -108,7 +108,7 @@ def test_bench_runs_and_prints_its_ratios(capsys, monkeypatch):
 
 
 def test_bench_selects_cases_by_method_and_refuses_models_it_has_no_cases_for(capsys, monkeypatch):
-    import bnnkit.bench as bench
+    import bnnkit.analysis.bench as bench
 
     seen = []
     monkeypatch.setattr(bench, "matmul_gflops", lambda n: 100.0)
@@ -130,7 +130,7 @@ def test_bench_selects_cases_by_method_and_refuses_models_it_has_no_cases_for(ca
 
 
 def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(capsys):
-    from bnnkit.bench import missed_targets
+    from bnnkit.analysis.bench import missed_targets
 
     def result(model, train, twin, fwd, ev):
         return {"model": model, "median_s": {("binary", "train"): train, ("float", "train"): twin,
@@ -157,7 +157,7 @@ def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(ca
 
 
 def test_conv_bound_puts_every_binary_conv_at_the_kernels_peak():
-    from bnnkit.bench import conv_bound
+    from bnnkit.analysis.bench import conv_bound
 
     figures = {"train_fwd": {"total_s": 0.30, "bconv_s": 0.10, "words": 10 ** 9},
                "eval": {"total_s": 0.15, "bconv_s": 0.12, "words": 10 ** 9}}

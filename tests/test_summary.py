@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import bnnkit
-from bnnkit.summary import summarize
+from bnnkit.analysis.summary import summarize
 
 
 def test_imagenet_resnet18_figures_by_hand():
@@ -42,6 +42,6 @@ def test_summary_leaves_the_model_untouched():
     ("vgg_small_1w1a", "biper", "cifar10"), ("resnet34_1w1a", "siman", "imagenet"),
     ("mobilenet_1w1a", "biper", "imagenet")])
 def test_summary_command_prints_every_published_family(model, method, dataset):
-    out = subprocess.run([sys.executable, "-c", "import sys; from bnnkit.summary import main; sys.exit(main(sys.argv[1:]))",
+    out = subprocess.run([sys.executable, "-c", "import sys; from bnnkit.analysis.summary import main; sys.exit(main(sys.argv[1:]))",
                           model, "--method", method, "--dataset", dataset], capture_output=True, text=True, check=True).stdout
     assert "deployed size" in out and "binary MACs (BOPs)" in out and model in out

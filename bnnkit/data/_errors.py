@@ -1,5 +1,6 @@
 """The one exception the data package raises for problems with the user's data or arguments."""
 
 
-class DataError(Exception):
-    """Bad data or a bad data argument. The message names the problem and the fix on one line."""
+from ..errors import DataError
+
+__all__ = ["DataError"]

@@ -28,7 +28,7 @@ def export(model, path, *, example_input_shape, source: dict[str, Any] | None = 
 
 def available_isas() -> list[str]:
     """Instruction-set paths of the native kernels this CPU can run (portable, avx2, avx512)."""
-    from ._native import available_isas as _a
+    from ..native.kernels import available_isas as _a
     return _a()
 
 

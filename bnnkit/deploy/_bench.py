@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _native
+from ..native import kernels as _native
 from ._export import export, is_binary_conv
 from ._runtime import load
 

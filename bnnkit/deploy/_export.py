@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ._affine import epilogue_affine
-from ._bits import pack_signs
+from ..native.affine import epilogue_affine
+from ..native.bits import pack_signs
 from ._errors import DeployExportError
 from ._format import write
 from ._ops import FORMAT_NAME, FORMAT_VERSION, METHODS, function_name

@@ -1,6 +1,6 @@
 """The deployment runtime: runs a .bnn file on CPU from the file alone.
 
-Binary convolutions run in the native XOR-popcount kernels (bnnkit.deploy._kernels); real layers
+Binary convolutions run in the native XOR-popcount kernels (bnnkit.native); real layers
 (stem conv, real shortcuts, BatchNorm1d, classifier, pooling, activations) through PyTorch.
 Imports nothing of bnnkit's training code (models, methods, layers) and runs under
 torch.inference_mode(). Every node of the file is validated when it is loaded.
@@ -15,9 +15,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from . import _native
-from ._affine import bn_affine_from
-from ._bits import unpack_signs, unused_bits_clear
+from ..native import kernels as _native
+from ..native.affine import bn_affine_from
+from ..native.bits import unpack_signs, unused_bits_clear
 from ._errors import DeployFormatError
 from ._format import read
 from ._ops import FUNCTIONS, LAYOUT_SENSITIVE, METHODS, NODE_OPS

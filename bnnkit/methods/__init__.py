@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
-from ..layers import BinaryConv2d, binary_convs
+from ..nn.layers import BinaryConv2d, binary_convs
 
 METHODS: Registry[type["Method"]] = Registry("method")
 

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import approx_sign, identity_sign, scaled_approx_sign
-from ..layers import BinaryConv2d, binary_convs
-from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
+from ..nn.functional import approx_sign, identity_sign, scaled_approx_sign
+from ..nn.layers import BinaryConv2d, binary_convs
+from ..nn.quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method
 
 

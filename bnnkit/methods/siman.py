@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..functional import (per_row_standardize, percentile, siman_center_and_clip_bounds, sign_magnitude_code,
+from ..nn.functional import (per_row_standardize, percentile, siman_center_and_clip_bounds, sign_magnitude_code,
                           standardized_approx_sign, takes_native_siman_weight)
-from ..layers import BinaryConv2d
-from ..quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
+from ..nn.layers import BinaryConv2d
+from ..nn.quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method
 
 

@@ -4,8 +4,8 @@ A baseline (Courbariaux et al., "Binarized Neural Networks", NeurIPS 2016): no s
 """
 from __future__ import annotations
 
-from ..layers import BinaryConv2d
-from ..quantizers import SteSignInput, SteSignWeight
+from ..nn.layers import BinaryConv2d
+from ..nn.quantizers import SteSignInput, SteSignWeight
 from . import METHODS, Method
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..functional import clipped_sign
-from ..layers import BinaryConv2d
-from ..quantizers import QUANTIZERS, SteSignInput, WeightQuantizer
+from ..nn.functional import clipped_sign
+from ..nn.layers import BinaryConv2d
+from ..nn.quantizers import QUANTIZERS, SteSignInput, WeightQuantizer
 from . import METHODS, Method
 
 

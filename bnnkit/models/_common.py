@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import avg_pool_pad
+from ..nn.functional import avg_pool_pad
 
 
 def activation(arch: str, channels: int, stem: bool = False) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import conv_bn
+from ..nn.layers import conv_bn
 from ..methods import Method
 from . import register_model
 from ._common import PadShortcut, activation, kaiming_normal_convs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..layers import conv_bn
+from ..nn.layers import conv_bn
 from ..methods import Method
 from . import register_model
 from ._common import activation, kaiming_normal_convs

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import conv_bn
+from ..nn.layers import conv_bn
 from ..methods import Method
 from . import register_model
 

@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor, nn
 
-from ..layers import conv_bn, conv_pool
+from ..nn.layers import conv_bn, conv_pool
 from ..methods import Method
 from . import register_model
 from ._common import activation

@@ -14,11 +14,7 @@ from typing import Any
 
 import yaml
 
-from .._registry import UnknownNameError
-
-
-class ConfigError(ValueError):
-    """Contradictory or invalid settings (a usage error: exit status 2)."""
+from ..errors import ConfigError, UnknownNameError
 
 
 # key -> (type, default, help). Defaults that depend on method and dataset are filled by script_defaults().

@@ -8,14 +8,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import NonFiniteLossError
 from ..methods import Method
 from ._distributed import any_flag
 from ._metrics import Meters, correct_topk
 from ._runlog import RunLog, progress
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..layers import binary_convs
+from ..nn.layers import binary_convs
 
 
 def correct_topk(output: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:

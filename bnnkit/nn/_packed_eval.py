@@ -23,15 +23,14 @@ applies the BatchNorm and the nonlinearity and stores NCHW (`pool_forward`).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
 
-if TYPE_CHECKING:
-    from .layers import BinaryConv2d
+# A layer is a bnnkit.nn.layers.BinaryConv2d (which calls in here), typed as the nn.Conv2d it extends.
 
 _state = {"enabled": os.environ.get("BNNKIT_PACKED_EVAL", "1") != "0", "native": None}
 
@@ -48,7 +47,7 @@ def enabled() -> bool:
 
 def _native():
     if _state["native"] is None:
-        from .deploy import _native
+        from ..native import kernels as _native
         _state["native"] = _native if _native.try_lib() is not None else False
     return _state["native"]
 
@@ -75,7 +74,7 @@ class _RealWeights:
         self.source = source
 
 
-def _quantizer_source(layer: "BinaryConv2d") -> tuple | None:
+def _quantizer_source(layer: nn.Conv2d) -> tuple | None:
     """What a pure weight quantizer's output is a function of: its settings, its mode and the
     latent weights (compared bit for bit, as int32); None for a quantizer that is not pure."""
     q, w = layer.weight_quantizer, layer.weight
@@ -119,7 +118,7 @@ def _foldable(bn: nn.Module, channels: int) -> bool:
                     for t in _bn_state(bn)[:4]))
 
 
-def layer_packed_conv(layer: "BinaryConv2d", w_bits: Tensor, prescale: Tensor, scale: Tensor, bias: Tensor):
+def layer_packed_conv(layer: nn.Conv2d, w_bits: Tensor, prescale: Tensor, scale: Tensor, bias: Tensor):
     """The deploy runtime's PackedConv for this layer's geometry: packed weights w_bits, epilogue
     fma(y * prescale, scale, bias) per output channel."""
     return _native().PackedConv(w_bits, scale, bias, prescale=prescale, in_channels=layer.in_channels,
@@ -143,7 +142,7 @@ def _kernel_nonlinearity(nonlinearity, channels: int):
     return None
 
 
-def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None,
+def packed_forward(layer: nn.Conv2d, x: Tensor, bn: nn.Module | None = None,
                    residual: Tensor | None = None, nonlinearity: Callable[[Tensor], Tensor] | None = None,
                    layout: torch.memory_format | None = None) -> Tensor | None:
     """The eval-mode output conv2d(input_quantizer(x), weight_quantizer(weight)) * alpha computed
@@ -195,7 +194,7 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
         if not same_signs and w_bits is None:  # not exactly ±1
             layer.__dict__[key] = None if source is None else _RealWeights((source[0], source[1].clone()))
             return None
-        from .deploy._affine import epilogue_affine
+        from ..native.affine import epilogue_affine
 
         scale, bias = epilogue_affine(bn, O)
         if same_signs:  # a training step moved alpha or the BatchNorm statistics only
@@ -233,7 +232,7 @@ def packed_forward(layer: "BinaryConv2d", x: Tensor, bn: nn.Module | None = None
     return out if nonlinearity is None or kernel_nonlin is not None else nonlinearity(out)
 
 
-def pool_forward(layer: "BinaryConv2d", pool: nn.Module, x: Tensor, bn: nn.Module | None,
+def pool_forward(layer: nn.Conv2d, pool: nn.Module, x: Tensor, bn: nn.Module | None,
                  nonlinearity: Callable[[Tensor], Tensor] | None) -> Tensor | None:
     """nonlinearity(bn(pool(layer(x)))) in packed eval for an NCHW x and an nn.MaxPool2d, NCHW like
     the float path's. The conv writes channels-last; for a pool without padding, dilation or ceil
@@ -273,7 +272,7 @@ def _bn_constants(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     cached = bn.__dict__.get("_packed_eval_affine")
     if cached is not None and _same_bn(cached[0], bn):
         return cached[1]
-    from .deploy._affine import bn_affine
+    from ..native.affine import bn_affine
 
     constants = bn_affine(bn)
     bn.__dict__["_packed_eval_affine"] = (_bn_snapshot(bn), constants)

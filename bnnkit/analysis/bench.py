@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _allocator
-from .layers import BinaryConv2d
-from .methods import method_of
+from .. import _allocator
+from ..methods import method_of
+from ..nn.layers import BinaryConv2d
 from .summary import summarize
 
 DEFAULT_CASES = [
@@ -61,7 +61,7 @@ def binary_conv_rate(threads: int, repeats: int = 5) -> float | None:
     """XOR-popcount words a second of the native binary conv kernel on a compute-bound layer
     (512 -> 512 channels, 3x3, 8x8, batch 16: long dot products, few outputs): the kernel's
     practical peak, as the matmul is float32's. None where the native kernels are not built."""
-    from .deploy import _native
+    from ..native import kernels as _native
 
     if _native.try_lib() is None:
         return None
@@ -121,7 +121,7 @@ def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool,
 
 def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, warmup: int,
                channels_last: bool = False, amp: str | None = None) -> dict:
-    from . import create_model
+    from .. import create_model
 
     torch.manual_seed(0)
     binary = create_model(name, method, **settings)
@@ -189,8 +189,8 @@ def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 
     "bconv_s", "words"}: the part's profiled self CPU time, that of the binary conv kernel
     (bnnkit::bconv and bnnkit::taps, which lays out narrow layers' taps), and the XOR-popcount
     words those convs ran."""
-    from . import create_model
-    from .deploy import _native
+    from .. import create_model
+    from ..native import kernels as _native
 
     torch.manual_seed(0)
     model = create_model(name, method, **settings)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.percent < 50.0:
         parser.error(f"--percent must lie in [0, 50), not {args.percent}")
-    from .functional import kernels_in_use, set_kernels
+    from ..nn.functional import kernels_in_use, set_kernels
 
     wanted = "compiled" if args.compile else args.kernels
     if set_kernels(wanted) != wanted:

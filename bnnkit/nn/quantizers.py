@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ._registry import Registry
+from .._registry import Registry
 from .functional import approx_sign, clipped_sign
 
 QUANTIZERS: Registry[type["Quantizer"]] = Registry("quantizer")
@@ -58,8 +58,8 @@ class InputQuantizer(Quantizer):
     kind = "input"
     centered: ClassVar[bool] = False  # True: binarizes x - mean over (C,H,W) of each sample
     # True: forward(x) is exactly sign(x - t) in {-1, 0, +1}, t = 0 or (centered) that mean, with
-    # or without autograd, so exact 1-bit kernels may replace the float conv (bnnkit._packed_eval,
-    # bnnkit._packed_train)
+    # or without autograd, so exact 1-bit kernels may replace the float conv (bnnkit.nn._packed_eval,
+    # bnnkit.nn._packed_train)
     sign_valued: ClassVar[bool] = False
 
 

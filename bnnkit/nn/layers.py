@@ -1,7 +1,7 @@
 """The binary convolution every bnnkit model is built from."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +11,16 @@ from ._packed_eval import _no_hooks, packed_forward, pool_forward
 from ._packed_train import packed_train_forward
 from .functional import channel_scale
 
-if TYPE_CHECKING:
-    from .methods import Method
+
+
+class ConvParts(Protocol):
+    """What a BinaryConv2d asks of whoever builds it (a bnnkit.methods.Method): its scale and quantizers."""
+
+    def make_scale(self, conv: "BinaryConv2d") -> nn.Parameter | None: ...
+
+    def make_weight_quantizer(self, conv: "BinaryConv2d") -> nn.Module: ...
+
+    def make_input_quantizer(self, conv: "BinaryConv2d") -> nn.Module: ...
 
 
 class BinaryConv2d(nn.Conv2d):
@@ -25,7 +33,7 @@ class BinaryConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, dilation: int = 1, groups: int = 1, *, method: "Method",
+                 padding: int = 0, dilation: int = 1, groups: int = 1, *, method: ConvParts,
                  binary_input: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
         # Order matters for seeded runs: the parent has drawn the weight; the method may draw alpha next.
@@ -60,7 +68,7 @@ def conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor, residual: Tensor | None =
     """nonlinearity(bn(conv(x)) + residual), residual and nonlinearity optional: the shape of every
     binary block. In eval mode on CPU a BinaryConv2d's packed kernels apply the BatchNorm, the add
     and a PReLU or Hardtanh in their epilogue, with PyTorch's float32 roundings
-    (bnnkit._packed_eval), so the result is the same to the last bit; anywhere else, and for any
+    (bnnkit.nn._packed_eval), so the result is the same to the last bit; anywhere else, and for any
     other conv (the float twin's, a tracer's), it runs as written."""
     if isinstance(conv, BinaryConv2d) and isinstance(x, Tensor) and (residual is None or isinstance(residual, Tensor)):
         y = packed_forward(conv, x, bn=bn, residual=residual, nonlinearity=nonlinearity)
@@ -76,7 +84,7 @@ def conv_pool(conv: nn.Module, pool: nn.Module, x: Tensor, bn: nn.Module | None 
     """nonlinearity(bn(pool(conv(x)))), bn and nonlinearity optional. In packed eval on CPU, for an
     NCHW input and an nn.MaxPool2d, the binary conv writes channels-last and one native pass
     max-pools there, applies the BatchNorm and a PReLU or Hardtanh and writes NCHW
-    (bnnkit._packed_eval.pool_forward): PyTorch's NCHW max_pool2d runs at under 1 GB/s
+    (bnnkit.nn._packed_eval.pool_forward): PyTorch's NCHW max_pool2d runs at under 1 GB/s
     (64x128x32x32: 33 ms against 4.4 ms channels-last), and a maximum over the same windows in
     the same order is the same value, NaN and signed zeros included. Anywhere else it runs as
     written."""

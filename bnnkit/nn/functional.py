@@ -182,8 +182,8 @@ def _pure_backward(x: Tensor, mean: Tensor, rstd: Tensor, grad: Tensor, centered
 
 
 def _native():
-    """The native kernels (bnnkit.deploy._kernels), or None where they are not built."""
-    from .deploy import _native as native  # the deploy package stays unimported until first use
+    """The native kernels (bnnkit.native._ext), or None where they are not built."""
+    from ..native import kernels as native  # imported on first use: the extension may be absent
 
     return native.try_lib()
 

@@ -25,16 +25,14 @@ BNNKIT_PACKED_TRAIN=0 turns it off.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import functional
 from ._packed_eval import _native, layer_packed_conv
 
-if TYPE_CHECKING:
-    from .layers import BinaryConv2d
+# A layer is a bnnkit.nn.layers.BinaryConv2d (which calls in here), typed as the nn.Conv2d it extends.
 
 _state = {"enabled": os.environ.get("BNNKIT_PACKED_TRAIN", "1") != "0"}
 _ALPHA_RANGE = (2.0 ** -60, 2.0 ** 60)  # |y * alpha| stays a normal float, and y comes back exactly
@@ -57,9 +55,9 @@ class PackedBinaryConv(torch.autograd.Function):
     output), then aten::convolution_backward(dy, xb, wb) as autograd computes it for conv2d."""
 
     @staticmethod
-    def forward(xb: Tensor, wb: Tensor, alpha: Tensor | None, layer: "BinaryConv2d",
+    def forward(xb: Tensor, wb: Tensor, alpha: Tensor | None, layer: nn.Conv2d,
                 inv_alpha: Tensor | None, w_bits: Tensor) -> Tensor:
-        from .deploy._affine import epilogue_affine  # the deploy package stays unimported until first use
+        from ..native.affine import epilogue_affine
 
         native = _native()
         O = wb.shape[0]
@@ -98,7 +96,7 @@ class PackedBinaryConv(torch.autograd.Function):
         return dx, dw, dalpha, None, None, None
 
 
-def _layer_conv(layer: "BinaryConv2d", w_bits: Tensor, prescale: Tensor, scale: Tensor, bias: Tensor):
+def _layer_conv(layer: nn.Conv2d, w_bits: Tensor, prescale: Tensor, scale: Tensor, bias: Tensor):
     """The layer's PackedConv for these packed weights and constants. The last one is kept on the
     layer: a step that left the layer's signs as they were (most layers at a small learning rate)
     reuses its weight buffers, and one that changed them reuses its geometry."""
@@ -113,7 +111,7 @@ def _layer_conv(layer: "BinaryConv2d", w_bits: Tensor, prescale: Tensor, scale: 
     return conv
 
 
-def _geometry(layer: "BinaryConv2d") -> tuple:
+def _geometry(layer: nn.Conv2d) -> tuple:
     return (layer.in_channels, tuple(layer.kernel_size), tuple(layer.stride), tuple(layer.padding),
             tuple(layer.dilation), layer.groups)
 
@@ -147,7 +145,7 @@ def _inverse_alpha(alpha: Tensor | None, channels: int) -> tuple[bool, Tensor | 
     return True, (1 / flat).contiguous()
 
 
-def packed_train_forward(layer: "BinaryConv2d", xb: Tensor, wb: Tensor) -> Tensor | None:
+def packed_train_forward(layer: nn.Conv2d, xb: Tensor, wb: Tensor) -> Tensor | None:
     """conv2d(xb, wb) * alpha (alpha = layer.alpha, or none) on packed bits, for the quantizers'
     outputs xb and wb, differentiable in all three; or None where that path does not apply."""
     if not (_state["enabled"] and functional.kernels_in_use() == "native"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import BinaryConv2d
+from ..nn.layers import BinaryConv2d
 
 INPUT_SIZE = {"cifar": 32, "imagenet": 224}
 
@@ -145,7 +145,7 @@ def _record(summary: Summary, name: str, module: nn.Module, output: torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import create_model, list_methods
+    from .. import create_model, list_methods
 
     parser = argparse.ArgumentParser(prog="bnnkit summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a registered model name, e.g. resnet18_1w1a")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import DeployExportError
+from ..errors import DeployExportError
 
 
 def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,8 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._bits import unpack_signs
-from ._errors import DeployFormatError
+from ..errors import DeployFormatError
+from .bits import unpack_signs
 
 ISA_CODES = {"portable": 1, "avx2": 2, "avx512": 3}
 _lib: ModuleType | None = None
@@ -82,7 +82,7 @@ def lib() -> _Profiled:
     global _lib, _profiled
     if _lib is None:
         try:
-            _lib = importlib.import_module("bnnkit.deploy._kernels")
+            _lib = importlib.import_module("bnnkit.native._ext")
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("bnnkit's native deployment kernels are not built; reinstall with "
                               "`pip install -e .` or run `python setup.py build_ext --inplace`") from e
