@@ -51,12 +51,27 @@ def read_state_dict(source: Mapping[str, Tensor] | str | os.PathLike) -> dict[st
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in source.items()}
 
 
-def _fit_shape(key: str, value: Tensor, want: torch.Size) -> Tensor:
+def _fit_shape(key: str, value: Tensor, want: torch.Size, reshapeable: set[str]) -> Tensor:
     if value.shape == want:
         return value
-    if value.numel() == want.numel() and (key.endswith(".B") or key.endswith(".tau")):
-        return value.reshape(want)  # SiMaN B [O,1,k] vs [O,k] (Q4); BiPer tau [] vs [1] (Q16)
+    if value.numel() == want.numel() and key in reshapeable:
+        return value.reshape(want)  # state the authors kept in another shape (SiMaN's B [O,1,k], BiPer's tau [])
     raise CheckpointError(f"{key}: shape {tuple(value.shape)} in the checkpoint, {tuple(want)} in the model")
+
+
+def _quantizer_keys(net: nn.Module) -> tuple[dict[str, tuple[nn.Module, str]], set[str]]:
+    """The authors' keys of state the quantizers own: their settings (key -> (quantizer, attribute))
+    and every key a quantizer declares, whose shape may differ from ours (a reshape of equal size)."""
+    settings: dict[str, tuple[nn.Module, str]] = {}
+    declared: set[str] = set()
+    for name, module in net.named_modules():
+        if isinstance(module, BinaryConv2d):
+            for q in (module.weight_quantizer, module.input_quantizer):
+                for ref, attr in getattr(q, "reference_settings", {}).items():
+                    settings[f"{name}.{ref}"] = (q, attr)
+                declared |= {f"{name}.{theirs}" for theirs in getattr(q, "reference_state", {}).values()}
+                declared |= {f"{name}.{key}" for key in getattr(q, "reference_reshaped", ())}
+    return settings, declared | set(settings)
 
 
 def load_reference(state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike, method: str, model: str,
@@ -68,11 +83,7 @@ def load_reference(state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike,
     net = create_model(model, method=method, dataset=dataset, num_classes=num_classes, **settings)
     theirs_of = reference_names(net)
     ours_of = {v: k for k, v in theirs_of.items()}
-    setting_keys = {}
-    for name, module in net.named_modules():
-        if isinstance(module, BinaryConv2d):
-            for ref, attr in module.weight_quantizer.reference_settings.items():
-                setting_keys[f"{name}.{ref}"] = (module.weight_quantizer, attr)
+    setting_keys, reshapeable = _quantizer_keys(net)
 
     unexpected = [k for k in state if k not in ours_of and k not in setting_keys]
     missing = [k for k in ours_of if k not in state]
@@ -84,7 +95,7 @@ def load_reference(state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike,
         raise CheckpointError(f"this checkpoint is not a {what} checkpoint: {detail}. "
                               f"Pass the method, model and dataset it was trained with.")
     own = net.state_dict()
-    loaded = {ours_of[k]: _fit_shape(k, v, own[ours_of[k]].shape) for k, v in state.items() if k in ours_of}
+    loaded = {ours_of[k]: _fit_shape(k, v, own[ours_of[k]].shape, reshapeable) for k, v in state.items() if k in ours_of}
     net.load_state_dict(loaded, strict=True)
     for key, (quantizer, attr) in setting_keys.items():
         if key in state:

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnnkit.deploy import DeployFormatError, _native
+from bnnkit.deploy import DeployFormatError
+from bnnkit.native import kernels as _native
 from bnnkit.native.bits import pack_signs, unpack_signs
 
 ISAS = _native.available_isas()

@@ -127,7 +127,7 @@ def layer_packed_conv(layer: nn.Conv2d, w_bits: Tensor, prescale: Tensor, scale:
 
 
 def _kernel_nonlinearity(nonlinearity, channels: int):
-    """The kernel's form of a PReLU or Hardtanh (deploy._native.Nonlinearity), or None for any
+    """The kernel's form of a PReLU or Hardtanh (native.kernels.Nonlinearity), or None for any
     other callable, which then runs as given."""
     nat = _native()
     if nonlinearity is F.hardtanh:

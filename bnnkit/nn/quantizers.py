@@ -23,7 +23,9 @@ class Quantizer(nn.Module):
     `settings` names the plain attributes a training schedule may change (SiMaN's percent, BiPer's
     tau); `configure` sets them. The authors kept some of our state and settings on the conv
     itself under other names: `reference_state` maps our local state names to theirs and
-    `reference_settings` maps their state names to our setting attributes (bnnkit.compat).
+    `reference_settings` maps their state names to our setting attributes (bnnkit.compat);
+    `reference_reshaped` names the conv's own keys (relative to the conv, e.g. 'weight') that the
+    authors stored in another shape of the same size.
     """
 
     name: ClassVar[str]
@@ -31,6 +33,7 @@ class Quantizer(nn.Module):
     settings: ClassVar[tuple[str, ...]] = ()
     reference_state: ClassVar[dict[str, str]] = {}
     reference_settings: ClassVar[dict[str, str]] = {}
+    reference_reshaped: ClassVar[tuple[str, ...]] = ()
 
     def configure(self, **values: Any) -> None:
         for key, value in values.items():
