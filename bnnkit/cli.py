@@ -1,9 +1,10 @@
 """The `bnnkit` command line: `bnnkit SUBCOMMAND ...` (also `python -m bnnkit`).
 
 Adding a subcommand is one function decorated with @subcommand(name, help) taking argv and returning
-the exit status. Expected errors print one line `error: ...` on stderr and exit 2 (usage: bad or
-contradictory flags, unknown names, an occupied results folder) or 1 (runtime: data, checkpoints,
-a diverged loss), without a traceback.
+the exit status. Expected errors (bnnkit.errors) print one line `error: ...` on stderr and exit 2
+(usage: bad or contradictory flags, unknown names, an occupied results folder) or 1 (runtime:
+data, checkpoints, a diverged loss), without a traceback. The training flags are generated from
+the trainer's keys and every method's declared options (bnnkit.methods.Option).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from typing import Any, Callable
 
 from . import _allocator
-from ._registry import UnknownNameError
+from .errors import BnnkitError, ConfigError
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -24,20 +25,6 @@ def subcommand(name: str, help: str) -> Callable[[Callable[[list[str]], int]], C
         SUBCOMMANDS[name] = (help, fn)
         return fn
     return add
-
-
-def _usage_errors() -> tuple[type[BaseException], ...]:
-    from .train._config import ConfigError
-    return (ConfigError, UnknownNameError)
-
-
-def _runtime_errors() -> tuple[type[BaseException], ...]:
-    from .compat import CheckpointError
-    from .data import DataError
-    from .deploy import DeployExportError, DeployFormatError
-    from .train._engine import NonFiniteLossError
-    return (CheckpointError, DataError, NonFiniteLossError, DeployFormatError, DeployExportError,
-            FileNotFoundError, PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if isinstance(exc, _usage_errors()):
-            code = 2
-        elif isinstance(exc, _runtime_errors()):
-            code = 1
-        else:
-            raise
+    except (BnnkitError, FileNotFoundError, PermissionError) as exc:
+        code = exc.exit_code if isinstance(exc, BnnkitError) else 1
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return code
 
@@ -78,12 +60,13 @@ FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples", "down
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from .train._config import KEYS
+    from .methods import all_aliases, get_method, list_methods
+    from .train._config import all_keys
 
     p = argparse.ArgumentParser(prog="bnnkit train", description="Train a binary network (a recipe, flags, or both). "
                                 "Every recipe key is also a flag; flags win. The authors' flags work under their names.")
     p.add_argument("recipe", nargs="?", help="recipe YAML path or name (e.g. recipes/cifar10/siman_resnet20.yaml)")
-    for key, (kind, default, text) in KEYS.items():
+    for key, (kind, default, text) in all_keys().items():
         names = ALIASES.get(key, []) + [f"--{key}"]
         if key in FLAGS:
             p.add_argument(*names, dest=key, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
@@ -91,15 +74,30 @@ def train_parser() -> argparse.ArgumentParser:
             p.add_argument(*names, dest=key, nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH", help=text)
         else:
             p.add_argument(*names, dest=key, default=argparse.SUPPRESS, metavar=key.upper(), help=text)
-    p.add_argument("--stage2", action="store_const", const=True, default=argparse.SUPPRESS,
-                   help="the authors' flag: BiPer stage 2 (= --stage 2)")
+    for alias, key in all_aliases().items():
+        p.add_argument(f"--{alias}", dest=alias, default=argparse.SUPPRESS, metavar=key.upper(),
+                       help=f"the authors' name of --{key}")
+    for name in list_methods():
+        for flag, values in get_method(name).const_flags.items():
+            what = ", ".join(f"--{k} {v}" for k, v in values.items())
+            p.add_argument(f"--{flag}", dest=f"const:{flag}", action="store_const", const=values,
+                           default=argparse.SUPPRESS, help=f"the authors' flag: {get_method(name).display()} {what}")
     p.add_argument("-e", "--evaluate", metavar="FILE", default=argparse.SUPPRESS,
                    help="evaluate this checkpoint on the validation split instead of training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe key, also stage1.KEY / stage2.KEY in two-stage recipes")
+                   help="override any recipe key, also STAGE.KEY (stage1.KEY, ...) in multi-stage recipes")
     p.add_argument("--type", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the authors' tensor type: ignored
     p.add_argument("--time_estimate", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # always on here
     return p
+
+
+def _apply_const_flags(args: dict[str, Any]) -> None:
+    """The authors' value-less flags (--stage2) become the options they stand for."""
+    for dest in [k for k in args if k.startswith("const:")]:
+        for key, value in args.pop(dest).items():
+            if key in args and str(args[key]) != str(value):
+                raise ConfigError(f"--{dest[len('const:'):]} contradicts --{key} {args[key]}: give one of them")
+            args[key] = value
 
 
 def _launch_gpus(gpus: str, argv: list[str]) -> None:
@@ -121,30 +119,34 @@ def _launch_gpus(gpus: str, argv: list[str]) -> None:
 
 def recipe_with_overrides(recipe: str | None, args: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     """The recipe with the command line applied. A flag typed on the command line beats the recipe
-    everywhere, its stage sections included; --set stage1.KEY=VALUE / stage2.KEY=VALUE overrides
-    one stage only."""
+    everywhere, its stages included, except the options that tell a multi-stage recipe's stages
+    apart (Option.per_stage) and where a stage starts from; --set STAGE.KEY=VALUE overrides one
+    stage only."""
+    from .methods import all_options
     from .train import load_recipe, merge, parse_set
+    from .train._config import canonical, stage_names
 
     raw = load_recipe(recipe) if recipe else {}
-    stage_wide = {k: v for k, v in args.items() if k != "stage"}
-    raw = merge(raw, {**args, **{sec: stage_wide for sec in ("stage1", "stage2") if isinstance(raw.get(sec), dict)}})
-    return merge(raw, parse_set(sets))
+    names = stage_names(raw)
+    if names and any(canonical(k) == "start_from" for k in args):
+        raise ConfigError("a multi-stage run starts each later stage from its previous stage: drop --start_from / "
+                          "--load_ckpt_stage1, or give the first stage's with --set " + names[0] + ".start_from=PATH")
+    fixed = {name for name, owners in all_options().items() if any(o.per_stage for _, o in owners)}
+    stage_wide = {k: v for k, v in args.items() if k not in fixed}
+    raw = merge(raw, {**args, **({"stages": {n: stage_wide for n in names}} if names else {})})
+    return merge(raw, parse_set(sets, names))
 
 
-@subcommand("train", "train a model from a recipe and/or the authors' flags (BiPer two-stage recipes run both stages)")
+@subcommand("train", "train a model from a recipe and/or the authors' flags (multi-stage recipes run every stage)")
 def cmd_train(argv: list[str]) -> int:
-    from .train import ConfigError, load_recipe, merge, parse_set, train
+    from .train import train
 
     args = vars(train_parser().parse_args(argv))
     recipe, sets = args.pop("recipe"), args.pop("set")
     if isinstance(args.get("resume"), str) and args["resume"].endswith((".yaml", ".yml")) and recipe is None:
         recipe, args["resume"] = args["resume"], True  # `--resume RECIPE.yaml`: the flag took the recipe
     args.pop("type", None), args.pop("time_estimate", None)
-    if "stage2" in args:
-        if args.get("stage") not in (None, 2, "2"):
-            raise ConfigError("--stage2 contradicts --stage 1: give one of them")
-        args.pop("stage2")
-        args["stage"] = 2
+    _apply_const_flags(args)
     if "evaluate" in args:
         if args.get("resume"):
             raise ConfigError("-e/--evaluate evaluates a checkpoint; --resume continues training: give one of them")
@@ -166,23 +168,25 @@ def _checkpoint_parser(prog: str, text: str) -> argparse.ArgumentParser:
     p.add_argument("-a", "--model", help="model (authors' checkpoints only)")
     p.add_argument("--method", help="method (authors' checkpoints only)")
     p.add_argument("--dataset", help="dataset (authors' checkpoints only)")
-    p.add_argument("--freq", type=float, help="BiPer frequency (authors' checkpoints without config.txt)")
-    p.add_argument("--stage", type=int, help="BiPer stage of an authors' checkpoint (default 2)")
+    from .methods import all_options
+    for name, owners in all_options().items():
+        if any(o.rebuilds for _, o in owners):
+            p.add_argument(f"--{name}", type=owners[0][1].type,
+                           help=f"{'; '.join(o.help for _, o in owners if o.rebuilds)} (authors' checkpoints)")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
 def _print_eval(path: str, opts: dict[str, Any], as_json: bool) -> int:
     from .train import evaluate_checkpoint
+    from .train._evaluate import rebuild_options
 
     if not opts.get("data_path"):
-        from .train import ConfigError
         raise ConfigError("eval needs the data: pass --data_path DIR (or CIFAR's .tar.gz)")
-    for key in ("batch_size_test", "val_subset", "workers", "stage"):
+    from .train._config import coerce
+    for key in ("batch_size_test", "val_subset", "workers", *rebuild_options()):
         if opts.get(key) is not None:
-            opts[key] = int(opts[key])
-    if opts.get("freq") is not None:
-        opts["freq"] = float(opts["freq"])
+            opts[key] = coerce(key, opts[key])
     res = evaluate_checkpoint(path, opts)
     if as_json:
         print(json.dumps(res))
@@ -206,18 +210,24 @@ def cmd_eval(argv: list[str]) -> int:
     return _print_eval(a.pop("checkpoint"), a, a.pop("json"))
 
 
-@subcommand("qe", "print BiPer's quantisation error per layer and in total")
+@subcommand("qe", "print the quantisation error per layer and in total (BiPer's QE)")
 def cmd_qe(argv: list[str]) -> int:
     from .train import load_any, quantization_error
+    from .train._evaluate import rebuild_options
 
-    a = _checkpoint_parser("bnnkit qe", "QE = sum_l mean|sin(f W_l) - sign(sin(f W_l))| and b = sum_l mean|W_l| "
-                           "(REFERENCE.md §5), with the checkpoint's own frequency.").parse_args(argv)
-    model, _ = load_any(a.checkpoint, model=a.model, method=a.method, dataset=a.dataset, freq=a.freq, stage=a.stage)
-    if model.bnnkit_spec["method"] != "biper" and a.freq is None:
-        from .train import ConfigError
-        raise ConfigError(f"QE is BiPer's measure and this is a {model.bnnkit_spec['method']} model: pass --freq to compute it anyway")
-    res = quantization_error(model, a.freq if model.bnnkit_spec["method"] != "biper" else None)
-    if a.json:
+    p = _checkpoint_parser("bnnkit qe", "QE = sum_l QE_l and b = sum_l mean|W_l| with the method's own per-layer QE "
+                           "(BiPer's mean|sin(f W_l) - sign(sin(f W_l))|, REFERENCE.md §5, at the checkpoint's own "
+                           "frequency); with --freq F on a model without a frequency, BiPer's QE at F.")
+    a = vars(p.parse_args(argv))
+    model, _ = load_any(a["checkpoint"], model=a["model"], method=a["method"], dataset=a["dataset"],
+                        **{k: a.get(k) for k in rebuild_options()})
+    res = quantization_error(model)
+    if res is None and a.get("freq") is not None:  # --freq on a model without a frequency of its own
+        res = quantization_error(model, a["freq"])
+    if res is None:
+        raise ConfigError(f"QE is BiPer's measure and {model.bnnkit_spec['method']} defines none of its own: "
+                          f"pass --freq F to compute BiPer's at frequency F anyway")
+    if a["json"]:
         print(json.dumps(res))
         return 0
     width = max(len(l["layer"]) for l in res["layers"])
@@ -231,13 +241,13 @@ def cmd_qe(argv: list[str]) -> int:
 
 @subcommand("summary", "summarise a model (parameters, binary operations, layers)")
 def cmd_summary(argv: list[str]) -> int:
-    from .summary import main as summary_main
+    from .analysis.summary import main as summary_main
     return summary_main(argv)
 
 
 @subcommand("bench", "training and evaluation throughput against the float network of the same topology")
 def cmd_bench(argv: list[str]) -> int:
-    from .bench import main as bench_main
+    from .analysis.bench import main as bench_main
     return bench_main(argv)
 
 

@@ -43,7 +43,7 @@ def test_biper_cifar_rows(model):
     assert (s1["freq"], s1["tau"], s1["stage"]) == (20.0, 0.037, 1)
     assert pick(s2) == ("biper", full, "cifar10", 300, 0.0037, 256, 128, 0.00016, 0.9, "cos", True, 0, False)
     assert (s2["tau"], s2["stage"]) == (0.0468, 2) and "freq" not in s2["explicit"]  # f comes from stage 1's checkpoint
-    assert s2["load_ckpt_stage1"] == f"results/biper_{model}_stage1/best.pt"
+    assert s2["start_from"] == f"results/biper_{model}_stage1/best.pt"
     b1, b2 = cfg(f"cifar10/biper_{model}.yaml", 1), cfg(f"cifar10/biper_{model}.yaml", 2)
     assert pick(b1) == pick(s1) and pick(b2) == pick(s2) and (b1["tau"], b2["tau"]) == (0.037, 0.0468)
     text = (ROOT / f"cifar10/biper_{model}.yaml").read_text()
@@ -59,7 +59,7 @@ def test_biper_imagenet_rows(model):
     assert (s1["freq"], s1["tau_min"], s1["tau_max"], s1["print_freq"]) == (20.0, 0.85, 0.99, 250)
     assert pick(s2) == ("biper", full, "imagenet", 100, 0.01, 512, 256, 1e-4, 0.9, "cos", False, 0, True)
     assert (s2["tau_min"], s2["tau_max"], s2["stage"]) == (0.0, 0.0, 2)
-    assert s2["load_ckpt_stage1"] == f"results/{load_recipe(str(ROOT / f'imagenet/biper_{model}_stage1.yaml'))['save']}/best.pt"
+    assert s2["start_from"] == f"results/{load_recipe(str(ROOT / f'imagenet/biper_{model}_stage1.yaml'))['save']}/best.pt"
     b1, b2 = cfg(f"imagenet/biper_{model}.yaml", 1), cfg(f"imagenet/biper_{model}.yaml", 2)
     assert pick(b1) == pick(s1) and pick(b2) == pick(s2)
     if model == "resnet34":

@@ -132,7 +132,7 @@ def test_biper_stage2_recipe_alone_starts_from_stage1_checkpoint(tmp_path):
         else:
             assert torch.equal(v, src[k]), k
     assert all(c.weight_quantizer.stage == 2 and c.weight_quantizer.freq == 20.0
-               for _, c in __import__("bnnkit").layers.binary_convs(model))
+               for _, c in __import__("bnnkit.nn.layers").nn.layers.binary_convs(model))
     code, _, err = cli("train", "recipes/cifar10/biper_resnet20_stage2.yaml", *TINY, "--epochs", "2",
                        "--results_dir", tmp_path, "--load_ckpt_stage1", stage1)
     assert code == 0, err

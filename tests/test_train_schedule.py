@@ -12,18 +12,19 @@ import bnnkit
 from bnnkit.methods import method_of
 from bnnkit.train import load_recipe, lr_per_epoch, resolve
 from bnnkit.train._config import stages_of
-from bnnkit.train._main import schedule_hparams
+from bnnkit.train._main import method_settings, schedule_hparams
 
 
 def applied(recipe: str, stage: int | None = None) -> tuple[dict, list, list]:
     """(config, lr per epoch, method settings per epoch) exactly as bnnkit.train._main runs them."""
     stages = stages_of(load_recipe(recipe))
     cfg = resolve(stages[(stage or 1) - 1] if len(stages) > 1 else stages[0])
-    start = 0 if cfg["stage"] == 2 else -1
+    model = bnnkit.create_model("resnet20_1w1a", cfg["method"], "cifar10", **method_settings(cfg))
+    method = method_of(model)
+    start = method.lr_start_epoch()  # BiPer's stage 2 counts from epoch 1 (Q14)
+    assert start == (0 if cfg.get("stage") == 2 else -1)
     lrs = lr_per_epoch(cfg["lr"], cfg["epochs"], warm_up=cfg["warm_up"], start_epoch=start, lr_type=cfg["lr_type"],
                        authors_torch=cfg["authors_torch"])
-    model = bnnkit.create_model("resnet20_1w1a", cfg["method"], "cifar10")
-    method = method_of(model)
     sched = [method.schedule(e, cfg["epochs"], **schedule_hparams(cfg)) for e in range(cfg["epochs"])]
     return cfg, lrs, sched
 

@@ -25,11 +25,25 @@ from ..methods import method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
 
-DEFAULT_CASES = [
-    ("resnet20_1w1a", "siman", {}), ("resnet20_1w1a", "biper", {"stage": 1}), ("resnet20_1w1a", "biper", {"stage": 2}),
-    ("resnet18_1w1a", "siman", {}), ("resnet18_1w1a", "biper", {"stage": 1}), ("resnet18_1w1a", "biper", {"stage": 2}),
-    ("vgg_small_1w1a", "siman", {}), ("vgg_small_1w1a", "biper", {"stage": 1}), ("vgg_small_1w1a", "biper", {"stage": 2}),
-]
+DEFAULT_MODELS = ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a")  # the CIFAR models every seed method published
+
+
+def bench_cases() -> dict[str, tuple[str, dict]]:
+    """Every registered method's bench cases (Method.bench_cases), label -> (method, settings), in
+    the order the methods were published."""
+    from ..methods import get_method, list_methods
+
+    classes = sorted((get_method(n) for n in list_methods()), key=lambda c: (c.year, c.name))
+    return {label: (c.name, dict(settings)) for c in classes for label, settings in c.bench_cases.items()}
+
+
+def case_label(method: str, settings: dict) -> str:
+    """The row's name: the method, and the settings that tell its cases apart ('biper s2')."""
+    from ..methods import get_method
+
+    cases = get_method(method).bench_cases
+    differ = sorted({k for s in cases.values() for k in s if any(s.get(k) != t.get(k) for t in cases.values())})
+    return method + "".join(f" {k[0]}{settings[k]}" for k in differ if k in settings)
 
 
 def float_twin(model: nn.Module) -> nn.Module:
@@ -143,7 +157,7 @@ def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, 
                 times.setdefault((net, what), []).append(_timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     macs = summarize(binary).binary_macs + summarize(binary).real_macs
-    return {"model": name, "method": method + (f" s{settings['stage']}" if "stage" in settings else ""),
+    return {"model": name, "method": case_label(method, settings),
             "batch": batch, "median_s": med, "macs_per_image": macs}
 
 
@@ -233,17 +247,14 @@ def conv_bound(figures: dict[str, dict[str, float]], rate: float) -> str:
             f"so with every binary conv at that peak eval would be {best:.2f}x faster than the training forward")
 
 
-# --methods: the (method, BiPer stage) bench cases each name picks
-METHOD_CASES = {"siman": {("siman", None)}, "biper": {("biper", 1), ("biper", 2)},
-                "biper1": {("biper", 1)}, "biper2": {("biper", 2)}}
-
-
 def main(argv: list[str] | None = None) -> int:
     _allocator.tune()  # as the bnnkit command does, also for benchmarks/train_step.py
     parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
+    cases_by_label = bench_cases()
+    method_names = list(dict.fromkeys(m for m, _ in cases_by_label.values()))
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
-    parser.add_argument("--methods", nargs="*", default=None, choices=list(METHOD_CASES),
-                        help="siman, biper1 / biper2 (BiPer's stage 1 / 2) or biper (both); default: all")
+    parser.add_argument("--methods", nargs="*", default=None, choices=list(dict.fromkeys([*method_names, *cases_by_label])),
+                        help="methods (every case of each) or single cases (e.g. biper2: BiPer's stage 2); default: all")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -259,27 +270,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="print torch.profiler's top operators (native kernels as bnnkit::<kernel>) of the "
                              "parts of a case that miss a target (default: misses), of every case (--profile), "
                              "or never")
-    parser.add_argument("--percent", type=float, default=0.0,
-                        help="SiMaN's clipping percentile (its recipe schedules 15*(1 - e/E), so above 0 in "
-                             "every epoch; the method's default, 0, skips the clipping)")
+    settings_flags = bench_setting_flags(parser)
     args = parser.parse_args(argv)
-    if not 0.0 <= args.percent < 50.0:
-        parser.error(f"--percent must lie in [0, 50), not {args.percent}")
+    for flag in settings_flags.values():
+        flag.check(parser, getattr(args, flag.name))
     from ..nn.functional import kernels_in_use, set_kernels
 
     wanted = "compiled" if args.compile else args.kernels
     if set_kernels(wanted) != wanted:
         print(f"torch.compile is unavailable here; measuring the {kernels_in_use()} kernels")
-    known = sorted({n for n, _, _ in DEFAULT_CASES})
+    known = sorted(DEFAULT_MODELS)
     if args.models is not None and set(args.models) - set(known):
         parser.error(f"no bench cases for {', '.join(sorted(set(args.models) - set(known)))}; "
                      f"--models takes {', '.join(known)} (CIFAR-10 input)")
-    picked = set().union(*(METHOD_CASES[c] for c in args.methods)) if args.methods else None
-    cases = [(n, m, s) for n, m, s in DEFAULT_CASES
-             if (args.models is None or n in args.models) and (picked is None or (m, s.get("stage")) in picked)]
+    picked = [label for label, (m, _) in cases_by_label.items()
+              if args.methods is None or label in args.methods or m in args.methods]
+    cases = [(n, *cases_by_label[label]) for n in (args.models or DEFAULT_MODELS) for label in picked]
+    cases = [(n, m, s) for n, m, s in cases if builds(n, m)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
-          f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}, SiMaN percent={args.percent:g}")
+          f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}"
+          + "".join(f", {f.owner} {f.name}={getattr(args, f.name):g}" for f in settings_flags.values()))
     peak = matmul_gflops(args.matmul_size)
     print(f"float32 {args.matmul_size}x{args.matmul_size} matmul: {peak:.1f} GFLOP/s")
     rate = binary_conv_rate(torch.get_num_threads())
@@ -288,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
               f"words/s ({2 * 64 * rate / 1e9:.0f} G binary OPs/s)")
     print(HEADER, flush=True)
     for name, method, settings in cases:
-        if method == "siman" and args.percent:
-            settings = {**settings, "percent": args.percent}
+        settings = {**settings, **{f.name: getattr(args, f.name) for f in settings_flags.values()
+                                   if f.method == method and getattr(args, f.name) != f.default}}
         r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)
         print(format_row(r, peak), flush=True)
         missed = missed_targets(r)
@@ -309,3 +320,39 @@ def main(argv: list[str] | None = None) -> int:
           " after a step; 1st gain = the same for the first batch, which also rebuilds the packed weights"
           " (once per evaluation pass)")
     return 0
+
+
+class SettingFlag:
+    """A method setting that `bnnkit bench` takes as a flag, applied to that method's cases
+    (SiMaN's --percent: its recipe schedules 15*(1 - e/E), so above 0 in every epoch)."""
+
+    def __init__(self, method: str, owner: str, name: str, default: float, low: float, high: float, text: str) -> None:
+        self.method, self.owner, self.name, self.default, self.low, self.high, self.text = \
+            method, owner, name, default, low, high, text
+
+    def check(self, parser: argparse.ArgumentParser, value: float) -> None:
+        if not self.low <= value < self.high:
+            parser.error(f"--{self.name} must lie in [{self.low:g}, {self.high:g}), not {value}")
+
+
+def bench_setting_flags(parser: argparse.ArgumentParser) -> dict[str, SettingFlag]:
+    """Flags for the numeric settings methods declare for benchmarking (Method.bench_settings)."""
+    from ..methods import get_method, list_methods
+
+    flags = {}
+    for name in list_methods():
+        cls = get_method(name)
+        for key, (low, high, text) in cls.bench_settings.items():
+            flag = SettingFlag(name, cls.display(), key, float(cls.defaults[key]), low, high, text)
+            parser.add_argument(f"--{key}", type=float, default=flag.default,
+                                help=f"{cls.display()}: {text} (default {flag.default:g})")
+            flags[key] = flag
+    return flags
+
+
+def builds(model: str, method: str) -> bool:
+    """Whether the model is published in the variant this method builds (bnnkit.models)."""
+    from ..methods import get_method
+    from ..models import model_entry
+
+    return get_method(method).architecture in model_entry(model).architectures

@@ -146,10 +146,11 @@ def _record(summary: Summary, name: str, module: nn.Module, output: torch.Tensor
 
 def main(argv: list[str] | None = None) -> int:
     from .. import create_model, list_methods
+    from ..methods import DEFAULT_METHOD
 
     parser = argparse.ArgumentParser(prog="bnnkit summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a registered model name, e.g. resnet18_1w1a")
-    parser.add_argument("--method", default="siman", help=f"one of {', '.join(list_methods())}")
+    parser.add_argument("--method", default=DEFAULT_METHOD, help=f"one of {', '.join(list_methods())}")
     parser.add_argument("--dataset", default=None, help="cifar10, cifar100, imagenet or tinyimagenet")
     parser.add_argument("--num_classes", type=int, default=None)
     args = parser.parse_args(argv)

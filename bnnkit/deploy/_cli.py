@@ -2,7 +2,8 @@
 
     bnnkit export CKPT -o model.bnn [--input-shape 1,3,32,32]
         CKPT: a bnnkit checkpoint (self-describing), or an authors' checkpoint with
-        --method/--model/--dataset (and BiPer --stage 2 --freq F), loaded by bnnkit.compat.
+        --method/--model/--dataset (and the settings its method needs to rebuild it, e.g. BiPer's
+        --freq F), loaded by bnnkit.compat.
     bnnkit bench-deploy [--model resnet18_1w1a --method biper --dataset imagenet | --checkpoint CKPT]
         latency of the packed runtime against PyTorch float32 eager, per layer and end to end.
 """
@@ -32,13 +33,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _rebuild_options() -> dict[str, tuple[type, str]]:
+    """The method options needed to rebuild an authors' checkpoint (Option.rebuilds): name -> (type, help)."""
+    from ..methods import all_options
+
+    return {name: (owners[0][1].type, "; ".join(o.help for _, o in owners if o.rebuilds))
+            for name, owners in all_options().items() if any(o.rebuilds for _, o in owners)}
+
+
 def _settings(a: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("freq", "stage", "tau", "percent"):
-        v = getattr(a, key, None)
-        if v is not None:
-            out[key] = v
-    return out
+    return {key: getattr(a, key) for key in _rebuild_options() if getattr(a, key, None) is not None}
 
 
 def load_model(path: str, *, method: str | None = None, model: str | None = None, dataset: str | None = None,
@@ -70,17 +74,22 @@ def load_model(path: str, *, method: str | None = None, model: str | None = None
         return net
     if method is None or model is None:
         raise CheckpointError(f"{path} is not a bnnkit checkpoint; for an authors' checkpoint pass --method and --model "
-                              "(and --dataset, and for BiPer --stage 2 --freq F)")
+                              "(and --dataset, and the settings its method needs, e.g. BiPer's --freq F)")
+    from ..methods import get_method
+    cls = get_method(method)
+    given = {**cls.export_settings, **settings}
+    settings = cls.authors_settings(path, {o.name: given.get(o.name) for o in cls.options if o.rebuilds})
     return load_reference(obj, method, model, num_classes=num_classes, dataset=dataset, **settings)
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="authors' checkpoints: siman or biper (bnnkit checkpoints say it themselves)")
+    from ..methods import list_methods
+    p.add_argument("--method", help=f"authors' checkpoints: {', '.join(list_methods())} (bnnkit checkpoints say it themselves)")
     p.add_argument("--model", help="authors' checkpoints: the model name, e.g. resnet20_1w1a")
     p.add_argument("--dataset", help="cifar10, cifar100, imagenet or tinyimagenet")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--stage", type=int, help="BiPer stage (deployment needs stage 2)")
-    p.add_argument("--freq", type=float, help="BiPer frequency")
+    for name, (kind, text) in _rebuild_options().items():
+        p.add_argument(f"--{name}", type=kind, help=text)
 
 
 def cli_export(argv: list[str] | None = None) -> int:
@@ -117,11 +126,12 @@ def cli_bench(argv: list[str] | None = None) -> int:
                                 "PyTorch float32 eager (same network with plain float convs), per layer and end to end.")
     p.add_argument("--checkpoint", help="benchmark this checkpoint's model (default: a randomly initialised --model)")
     p.add_argument("--model", help="model name (default resnet18_1w1a; with --checkpoint: for authors' checkpoints)")
-    p.add_argument("--method", help="siman or biper (default biper, stage 2)")
+    p.add_argument("--method", help="a registered method (default: bnnkit.methods.DEFAULT_METHOD), in the settings "
+                   "under which it has binary weights (Method.export_settings, e.g. BiPer's stage 2)")
     p.add_argument("--dataset", help="default imagenet")
     p.add_argument("--num-classes", type=int)
-    p.add_argument("--stage", type=int)
-    p.add_argument("--freq", type=float)
+    for name, (kind, text) in _rebuild_options().items():
+        p.add_argument(f"--{name}", type=kind, help=text)
     p.add_argument("--seed", type=int, default=0,
                    help="initialises the random model (without --checkpoint), so that runs time the same network")
     p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core (default 1,all)")
@@ -145,9 +155,9 @@ def cli_bench(argv: list[str] | None = None) -> int:
                          **settings)
     else:
         from .. import create_model
-        method = a.method or "biper"
-        if method == "biper":
-            settings.setdefault("stage", 2)
+        from ..methods import DEFAULT_METHOD, get_method
+        method = a.method or DEFAULT_METHOD
+        settings = {**get_method(method).export_settings, **settings}
         torch.manual_seed(a.seed)  # a weight exactly 0 (sign 0) costs its layer a correction: same model, same cost
         net = create_model(a.model or "resnet18_1w1a", method=method, dataset=a.dataset or "imagenet",
                            num_classes=a.num_classes, **settings)

@@ -1,31 +1,141 @@
-"""Binarization methods as plug-ins.
+"""Binarization methods as plug-ins: everything the rest of bnnkit needs to know of a method.
 
 A method decides, for every binary convolution of a model, its weight quantizer, its input
-quantizer and its scale; which published variant of each model it uses (`architecture`); the
-settings a training schedule changes (`schedule`) and any regulariser added to the loss. Adding a
-method is one new file in this folder that subclasses `Method` and registers it.
+quantizer and its scale; which published variant of each model it uses (`architecture`); its
+training options with the authors' flag names (`options`: the CLI and the config are generated
+from them), the authors' script defaults, its per-epoch schedule, its training stages, its
+optimiser's parameter groups, its data augmentation and any regulariser added to the loss. The
+trainer, the CLI, checkpoints, export and bench ask these declarations and never compare a
+method's name. Adding a method is one new file in this folder that subclasses `Method` and
+registers it (docs/adding_a_method.md).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
+from ..errors import ConfigError
 from ..nn.layers import BinaryConv2d, binary_convs
 
 METHODS: Registry[type["Method"]] = Registry("method")
+DEFAULT_METHOD = "siman"  # what `bnnkit train` and `bnnkit summary` use without --method
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option of a method: a config key, a `bnnkit train --NAME` flag and a recipe key.
+
+    `default` is the authors' script default (None: the method's own default, or unset). An option
+    feeds the model setting of the same name (create_model(**settings)) unless `hparam`, which
+    makes it a hyper-parameter of `Method.schedule` instead. `parse` turns the flag's value into
+    the setting (the authors' flags sometimes mean something else than their value). `inherited`:
+    a stage that starts from a checkpoint takes it from there (a value given that differs is an
+    error). `scheduled`: the schedule changes it epoch by epoch, so a resumed run does not compare
+    it. `rebuilds`: needed to rebuild an authors' checkpoint, so `eval`, `qe` and `export` take
+    it as a flag too. `per_stage`: it tells a recipe's stages apart (BiPer's stage), so a flag
+    typed on the command line does not override what each stage of a multi-stage recipe sets."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    hparam: bool = False
+    parse: Callable[[Any], Any] | None = None
+    inherited: bool = False
+    scheduled: bool = False
+    rebuilds: bool = False
+    per_stage: bool = False
+    choices: tuple[Any, ...] | None = None
+    label: str = ""  # what messages call it ('frequency'); the name where empty
+
+    def setting(self, value: Any) -> Any:
+        return self.parse(value) if self.parse is not None else value
 
 
 class Method:
-    """A binarization method, configured for one model family ('cifar' or 'imagenet')."""
+    """A binarization method, configured for one model family ('cifar' or 'imagenet').
+
+    Class-level declarations (read without building a model) come first; then how each binary conv
+    is made; then what training asks of a configured method."""
 
     name: ClassVar[str]
+    title: ClassVar[str] = ""  # as papers write it, for messages
+    year: ClassVar[int] = 0  # of publication: tables list methods in the order the field made them
     # Which published variant of each model to build: 'siman' or 'biper' (activations, shortcuts, init).
     architecture: ClassVar[str] = "biper"
     # Settings with their defaults; create_model(**settings) and configure() accept these names.
     defaults: ClassVar[dict[str, Any]] = {}
+    # Training options (config keys and flags); see Option.
+    options: ClassVar[tuple[Option, ...]] = ()
+    # Other names the authors' scripts use for config keys: {'load_ckpt_stage1': 'start_from'}.
+    aliases: ClassVar[dict[str, str]] = {}
+    # The authors' flags that stand for fixed values of options: {'stage2': {'stage': 2}}.
+    const_flags: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Settings under which a model of this method has binary weights to export (BiPer: stage 2).
+    export_settings: ClassVar[dict[str, Any]] = {}
+    # `bnnkit bench --methods` cases: label -> settings (BiPer: 'biper1' stage 1, 'biper2' stage 2);
+    # default {name: {}}; {} for a method without a published recipe to time.
+    bench_cases: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Numeric settings `bnnkit bench` takes as flags: name -> (low, high, help); [low, high).
+    bench_settings: ClassVar[dict[str, tuple[float, float, str]]] = {}
+    # Whether validation adds the regulariser to its loss, as the authors' validate() does (Q9).
+    regularizer_in_validation: ClassVar[bool] = False
+
+    @classmethod
+    def display(cls) -> str:
+        return cls.title or cls.name
+
+    @classmethod
+    def script_defaults(cls, family: str) -> dict[str, Any]:
+        """The authors' per-script defaults for this family that differ from the trainer's
+        (REFERENCE.md §8): epochs, batch sizes, weight decay, model, the method's own options."""
+        return {}
+
+    @classmethod
+    def model_settings(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """create_model's settings from a resolved config: every non-hparam option that is set."""
+        return {o.name: o.setting(cfg[o.name]) for o in cls.options
+                if not o.hparam and cfg.get(o.name) is not None}
+
+    @classmethod
+    def schedule_hparams(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of `schedule` from a resolved config: every hparam option that is set."""
+        return {o.name: cfg[o.name] for o in cls.options if o.hparam and cfg.get(o.name) is not None}
+
+    @classmethod
+    def validate_config(cls, cfg: dict[str, Any]) -> None:
+        """Raise ConfigError for a resolved config this method cannot train (contradictory options)."""
+        for o in cls.options:
+            if o.choices is not None and cfg.get(o.name) is not None and cfg[o.name] not in o.choices:
+                raise ConfigError(f"--{o.name} {cfg[o.name]!r}: {cls.display()} takes "
+                                  f"{', '.join(map(str, o.choices))}")
+
+    @classmethod
+    def param_group_rule(cls, family: str, model_name: str) -> Callable[[str], bool] | None:
+        """The authors' weight-decay rule: decayed(their parameter name) -> bool, the decayed group
+        first; None for one group in which every parameter is decayed."""
+        return None
+
+    @classmethod
+    def augmentation(cls, dataset: str, backend: str) -> dict[str, Any]:
+        """Keyword arguments for the training loader beyond the dataset's standard pipeline
+        (BiPer's ImageNet recipes add Lighting: {'lighting': True})."""
+        return {}
+
+    @classmethod
+    def authors_settings(cls, path: str, given: dict[str, Any]) -> dict[str, Any]:
+        """create_model's settings for an authors' checkpoint at `path` (which records none), from
+        the `rebuilds` options given on the command line (`given`, None where not given)."""
+        return {k: v for k, v in given.items() if v is not None}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "bench_cases" not in cls.__dict__ and "name" in cls.__dict__:
+            cls.bench_cases = {cls.name: {}}
 
     def __init__(self, family: str = "cifar", **settings: Any) -> None:
         unknown = set(settings) - set(self.defaults)
@@ -59,8 +169,23 @@ class Method:
         """The settings in force during `epoch` (0-based) of `epochs`; {} if nothing changes."""
         return {}
 
+    # --- training stages -------------------------------------------------------------------
+    def starts_from_checkpoint(self) -> bool:
+        """True for a stage that cannot start from scratch (BiPer's stage 2): the trainer then
+        needs `start_from` (a recipe's previous stage gives it)."""
+        return False
+
     def on_stage_start(self, model: nn.Module) -> None:
-        """Called once when a later training stage starts from an earlier stage's weights."""
+        """Called once when a training stage starts from an earlier stage's weights."""
+
+    def lr_start_epoch(self) -> int:
+        """The `last_epoch` the authors build their LR scheduler at: -1 (a fresh run), or 0 where
+        their script starts counting at epoch 1 (BiPer's stage 2, quirk Q14)."""
+        return -1
+
+    def describe(self) -> str:
+        """The method as logs and messages name it: 'siman', 'biper stage 2'."""
+        return self.name
 
 
 def get_method(name: str) -> type[Method]:
@@ -97,6 +222,21 @@ def configure(model: nn.Module, **settings: Any) -> None:
 def regularizer(model: nn.Module) -> Tensor:
     """The model's method regulariser (zero for methods without one)."""
     return method_of(model).regularizer(model)
+
+
+def all_options() -> dict[str, list[tuple[type[Method], Option]]]:
+    """Every registered method's options by name: the config keys and flags methods add."""
+    out: dict[str, list[tuple[type[Method], Option]]] = {}
+    for name in list_methods():
+        cls = get_method(name)
+        for o in cls.options:
+            out.setdefault(o.name, []).append((cls, o))
+    return out
+
+
+def all_aliases() -> dict[str, str]:
+    """Every registered method's config-key aliases (the authors' names): alias -> key."""
+    return {a: k for name in list_methods() for a, k in get_method(name).aliases.items()}
 
 
 def method_of(model: nn.Module) -> Method:

@@ -8,6 +8,8 @@ edmav4/BiPer as REFERENCE.md §1.2 specifies.
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any
 
 import torch
@@ -16,7 +18,8 @@ from torch import Tensor, nn
 from ..nn.functional import approx_sign, identity_sign, scaled_approx_sign
 from ..nn.layers import BinaryConv2d, binary_convs
 from ..nn.quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
-from . import METHODS, Method
+from ..errors import ConfigError
+from . import METHODS, Method, Option
 
 
 @QUANTIZERS.register()
@@ -61,6 +64,17 @@ class BiperWeight(WeightQuantizer):
         if self.stage != 2:
             raise ValueError("a BiPer stage-1 layer has real sin(f*w) weights; export a stage-2 model")
         return torch.sign(torch.sin(self.freq * weight))
+
+    @torch.no_grad()
+    def sign_bits(self, weight: Tensor) -> Tensor:
+        """The bits stage 2 binarizes to, in either stage: sign(sin(f W)) > 0."""
+        return torch.sin(self.freq * weight) > 0
+
+    @torch.no_grad()
+    def quantization_error(self, weight: Tensor) -> Tensor:
+        """BiPer's QE of this layer (REFERENCE.md §5): mean |sin(f W) - sign(sin(f W))|."""
+        s = torch.sin(self.freq * weight.float())
+        return (s - torch.sign(s)).abs().mean()
 
     def penalty(self, weight: Tensor) -> Tensor:
         """tau * mean(0.5 - 0.5 cos(2 f W)) = tau * mean(sin^2(f W)), as the authors write it."""
@@ -115,8 +129,77 @@ class Biper(Method):
     """BiPer. Settings: freq (f), stage (1 or 2), tau (regulariser weight)."""
 
     name = "biper"
+    title = "BiPer"
+    year = 2024
     architecture = "biper"
     defaults = {"freq": 20.0, "stage": 1, "tau": 1.0, "regularize": None}
+    options = (
+        Option("freq", float, 30.0, "BiPer frequency f (a later stage takes it from the checkpoint it starts from)",
+               inherited=True, rebuilds=True, label="frequency"),
+        Option("stage", int, 1, "BiPer stage (1: sin weights, 2: sign(sin) weights)", choices=(1, 2), rebuilds=True,
+               per_stage=True),
+        Option("tau", float, None, "BiPer regulariser weight (sets tau_min = tau_max)", hparam=True),
+        Option("tau_min", float, None, "BiPer tau schedule start", hparam=True),
+        Option("tau_max", float, None, "BiPer tau schedule end", hparam=True),
+        Option("regularize", bool, None, "add BiPer's regulariser (default: CIFAR only, as the authors)"),
+    )
+    aliases = {"load_ckpt_stage1": "start_from"}
+    const_flags = {"stage2": {"stage": 2}}
+    export_settings = {"stage": 2}
+    bench_cases = {"biper1": {"stage": 1}, "biper2": {"stage": 2}}
+    regularizer_in_validation = True  # the authors' validate() adds it too (Q9)
+
+    @classmethod
+    def script_defaults(cls, family: str) -> dict[str, Any]:
+        if family == "cifar":
+            return {"model": "resnet18_1w1a", "epochs": 600, "tau": 0.001}
+        return {"model": "resnet18_1w1a", "epochs": 200, "batch_size": 512, "batch_size_test": 256,
+                "tau_min": 0.85, "tau_max": 0.99}
+
+    @classmethod
+    def schedule_hparams(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """tau_min/tau_max; CIFAR's --tau sets both (a constant tau)."""
+        if cfg["tau_min"] is not None and cfg["tau_max"] is not None and "tau" not in cfg["explicit"]:
+            return {"tau_min": cfg["tau_min"], "tau_max": cfg["tau_max"]}
+        if cfg["tau"] is not None:
+            return {"tau_min": cfg["tau"], "tau_max": cfg["tau"]}
+        return {}
+
+    @classmethod
+    def validate_config(cls, cfg: dict[str, Any]) -> None:
+        super().validate_config(cfg)
+        explicit = cfg["explicit"]
+        if cfg["tau"] is not None and "tau" in explicit and ("tau_min" in explicit or "tau_max" in explicit):
+            raise ConfigError("--tau sets tau_min = tau_max (CIFAR); give either --tau or --tau_min/--tau_max, not both")
+        if cfg.get("start_from") and cfg["stage"] != 2:
+            raise ConfigError("--load_ckpt_stage1 starts BiPer stage 2: add --stage 2 (or drop the flag)")
+        if cfg["stage"] == 2 and cfg["epochs"] < 2:
+            raise ConfigError("BiPer stage 2 runs epochs 1..E-1 (the authors' offset): give --epochs 2 or more")
+
+    @classmethod
+    def param_group_rule(cls, family: str, model_name: str):
+        """REFERENCE.md §3.2: ImageNet decays names with 'fc' or 'conv'; CIFAR one group, all decayed."""
+        return (lambda n: "fc" in n or "conv" in n) if family == "imagenet" else None
+
+    @classmethod
+    def augmentation(cls, dataset: str, backend: str) -> dict[str, Any]:
+        # The authors' ImageNet torch loader adds Lighting (Q6); their DALI pipeline has none.
+        return {"lighting": dataset == "imagenet" and backend != "dali"}
+
+    @classmethod
+    def authors_settings(cls, path: str, given: dict[str, Any]) -> dict[str, Any]:
+        """f from --freq or the config.txt the authors write beside the checkpoint (`freq:  20.0`);
+        stage 2 unless given (their eval.sh runs main_stage2.py)."""
+        freq = given.get("freq")
+        if freq is None:
+            cfg = os.path.join(os.path.dirname(os.path.abspath(path)), "config.txt")
+            if os.path.isfile(cfg):
+                m = re.search(r"^freq:\s+(\d+(?:\.\d+)?)\s*$", open(cfg, errors="replace").read(), re.M)
+                freq = float(m.group(1)) if m else None
+        if freq is None:
+            raise ConfigError(f"{path} is an authors' BiPer checkpoint without a config.txt beside it: "
+                              f"pass --freq (the frequency it was trained with)")
+        return {"freq": freq, "stage": 2 if given.get("stage") is None else given["stage"]}
 
     def __init__(self, family: str = "cifar", **settings: Any) -> None:
         if "stage2" in settings:  # the authors' flag name
@@ -158,6 +241,15 @@ class Biper(Method):
         a = (hi - lo) / (f32(math.e) - 1)
         b = lo - a
         return {"tau": float(a * torch.exp(f32(epoch) / f32(epochs)) + b)}
+
+    def starts_from_checkpoint(self) -> bool:
+        return self.settings["stage"] == 2
+
+    def lr_start_epoch(self) -> int:
+        return 0 if self.settings["stage"] == 2 else -1  # main_stage2.py counts epochs from 1 (Q14)
+
+    def describe(self) -> str:
+        return f"{self.name} stage {self.settings['stage']}"
 
     def on_stage_start(self, model: nn.Module) -> None:
         # The authors set beta = mean|W| before stage 2 (CIFAR); forward never reads it.

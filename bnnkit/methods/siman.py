@@ -15,7 +15,7 @@ from ..nn.functional import (per_row_standardize, percentile, siman_center_and_c
                           standardized_approx_sign, takes_native_siman_weight)
 from ..nn.layers import BinaryConv2d
 from ..nn.quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
-from . import METHODS, Method
+from . import METHODS, Method, Option
 
 
 @QUANTIZERS.register()
@@ -109,8 +109,25 @@ class Siman(Method):
     """SiMaN. Settings: percent (weight clipping percentile, scheduled 15*(1 - e/E)), sort."""
 
     name = "siman"
+    title = "SiMaN"
+    year = 2022
     architecture = "siman"
     defaults = {"percent": 0.0, "sort": "median"}
+    bench_settings = {"percent": (0.0, 50.0, "the clipping percentile (its recipe schedules 15*(1 - e/E), "
+                                             "so above 0 in every epoch; the default, 0, skips the clipping)")}
+    options = (
+        # The authors' flag: any value but 'quick' takes the median branch (their default is 'topk').
+        Option("sort", str, "topk", "SiMaN code: 'quick' = sort branch, anything else = median branch",
+               parse=lambda v: "quick" if v == "quick" else "median"),
+    )
+
+    @classmethod
+    def param_group_rule(cls, family: str, model_name: str):
+        """REFERENCE.md §3.2: CIFAR VGG decays names with a '0' or without 'conv'; the ResNets decay
+        everything but the binary convs (names with 'layer' and 'conv')."""
+        if family == "cifar" and "vgg" in model_name:
+            return lambda n: "0" in n or "conv" not in n
+        return lambda n: not ("layer" in n and "conv" in n)
 
     def make_scale(self, conv: BinaryConv2d) -> nn.Parameter:
         # mean |W| of the parent's default init, not of the re-initialised weights (quirk Q3).

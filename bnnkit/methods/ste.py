@@ -12,6 +12,9 @@ from . import METHODS, Method
 @METHODS.register()
 class Ste(Method):
     name = "ste"
+    title = "STE"
+    year = 2016
+    bench_cases = {}  # no published recipe to time
     architecture = "biper"  # Bi-Real-style models: Hardtanh activations, pooled shortcuts
 
     def make_weight_quantizer(self, conv: BinaryConv2d) -> SteSignWeight:

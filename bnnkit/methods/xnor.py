@@ -36,6 +36,9 @@ class Xnor(Method):
     paper is left out, as in most later BNNs, since batch norm follows every conv)."""
 
     name = "xnor"
+    title = "XNOR-Net"
+    year = 2016
+    bench_cases = {}  # no published recipe to time
     architecture = "biper"
 
     def make_weight_quantizer(self, conv: BinaryConv2d) -> XnorWeight:

@@ -56,6 +56,17 @@ class WeightQuantizer(Quantizer):
         """The eval-mode binary weight, computed without side effects (for deployment)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def sign_bits(self, weight: Tensor) -> Tensor:
+        """The binary weight's signs as booleans (True = +1), for flip ratios: those of `export`
+        unless the method's weights are real in some stage and binarize elsewhere."""
+        return self.export(weight) > 0
+
+    def quantization_error(self, weight: Tensor) -> Tensor | None:
+        """The method's own quantisation error of this layer's weights, or None where the method
+        defines none (the trainer logs it per epoch where every binary layer has one)."""
+        return None
+
 
 class InputQuantizer(Quantizer):
     kind = "input"

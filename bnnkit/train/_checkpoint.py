@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .. import create_model
-from ..compat import CheckpointError
+from ..errors import CheckpointError
+from ..methods import get_method
 
 FORMAT = "bnnkit-checkpoint"
 
@@ -121,8 +122,7 @@ def is_bnnkit(ckpt: dict[str, Any]) -> bool:
 
 
 def describe(spec: dict[str, Any]) -> str:
-    stage = f" stage {spec['settings'].get('stage')}" if spec["method"] == "biper" else ""
-    return f"{spec['method']}{stage} {spec['model']} ({spec['dataset']})"
+    return f"{get_method(spec['method'])(spec['family'], **spec['settings']).describe()} {spec['model']} ({spec['dataset']})"
 
 
 def check_matches(ckpt: dict[str, Any], path: str, *, method: str | None = None, model: str | None = None,

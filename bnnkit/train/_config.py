@@ -1,9 +1,12 @@
 """Training configuration: the authors' flag names, their per-script defaults, recipes and overrides.
 
 A configuration is a flat dict whose keys are the authors' argparse names (batch_size is `-b`,
-batch_size_test is `-bt`, ...) plus a few bnnkit additions (subset, checkpoint_every, amp, ...).
-It is resolved in this order: per-script defaults (REFERENCE.md §8) <- recipe YAML <- command line.
-A two-stage BiPer recipe holds shared keys plus `stage1:` and `stage2:` sections.
+batch_size_test is `-bt`, ...) plus a few bnnkit additions (subset, checkpoint_every, amp, ...)
+and the options each method declares (bnnkit.methods.Option: BiPer's freq and tau, SiMaN's sort).
+It is resolved in this order: the trainer's defaults <- the method's per-script defaults
+(REFERENCE.md §8) <- recipe YAML <- command line. A multi-stage recipe holds shared keys plus a
+`stages:` list, each stage a mapping of its own overrides with an optional `name` (default
+stageN) and `start_from` (the previous stage's `best` (default) or `last`, or a path).
 """
 from __future__ import annotations
 
@@ -15,11 +18,14 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, UnknownNameError
+from ..methods import DEFAULT_METHOD, Method, all_aliases, all_options, get_method, list_methods
+from ..models import list_models
 
 
-# key -> (type, default, help). Defaults that depend on method and dataset are filled by script_defaults().
-KEYS: dict[str, tuple[Any, Any, str]] = {
-    "method": (str, "siman", "binarization method (siman, biper, ste, xnor)"),
+# The trainer's keys: key -> (type, default, help). Methods add their own (method_keys()); defaults
+# that depend on method and dataset are filled by script_defaults().
+TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
+    "method": (str, DEFAULT_METHOD, "binarization method (bnnkit.list_methods())"),
     "model": (str, None, "model name (-a)"),
     "dataset": (str, "cifar10", "cifar10, cifar100, tinyimagenet or imagenet"),
     "data_path": (str, None, "dataset root (a folder, or CIFAR's .tar.gz)"),
@@ -33,14 +39,7 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "weight_decay": (float, None, "L2 weight decay of the decayed parameter group"),
     "momentum": (float, 0.9, "SGD momentum"),
     "optimizer": (str, "sgd", "sgd or adam"),
-    "freq": (float, 30.0, "BiPer frequency f (stage 2 takes it from the stage-1 checkpoint)"),
-    "tau": (float, None, "BiPer regulariser weight (sets tau_min = tau_max)"),
-    "tau_min": (float, None, "BiPer tau schedule start"),
-    "tau_max": (float, None, "BiPer tau schedule end"),
-    "regularize": (bool, None, "add BiPer's regulariser (default: CIFAR only, as the authors)"),
-    "sort": (str, "topk", "SiMaN code: 'quick' = sort branch, anything else = median branch"),
-    "stage": (int, 1, "BiPer stage (1: sin weights, 2: sign(sin) weights)"),
-    "load_ckpt_stage1": (str, None, "stage-1 checkpoint that stage 2 starts from"),
+    "start_from": (str, None, "checkpoint this stage starts from (a later stage of a recipe: the previous stage's best)"),
     "use_dali": (bool, False, "DALI data pipeline (ImageNet, GPU)"),
     "backend": (str, "auto", "data backend: auto, torch, fast or dali"),
     "seed": (int, 0, "seed of model init, data order and augmentation"),
@@ -65,8 +64,22 @@ KEYS: dict[str, tuple[Any, Any, str]] = {
     "log_samples": (bool, False, "write the sample indices each process trains on per epoch (samples_rank*.json)"),
     "tensorboard": (bool, True, "write a TensorBoard log"),
 }
-SECTIONS = ("stage1", "stage2")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}
+STAGE_KEYS = ("name",)  # a stage's own keys besides settings
+
+
+def method_keys() -> dict[str, tuple[Any, Any, str]]:
+    """The options of every registered method as config keys (help texts joined where methods share a name)."""
+    out = {}
+    for name, owners in all_options().items():
+        first = owners[0][1]
+        text = "; ".join(dict.fromkeys(o.help for _, o in owners))
+        out[name] = (first.type, first.default, text)
+    return out
+
+
+def all_keys() -> dict[str, tuple[Any, Any, str]]:
+    return {**TRAINER_KEYS, **method_keys()}
 
 
 def family_of(dataset: str) -> str:
@@ -76,15 +89,11 @@ def family_of(dataset: str) -> str:
 def script_defaults(method: str, dataset: str) -> dict[str, Any]:
     """The defaults of the authors' script for this method and dataset (REFERENCE.md §8)."""
     fam = family_of(dataset)
+    cls = get_method(method)
     d: dict[str, Any] = {"epochs": 400, "batch_size": 256, "batch_size_test": 128,
-                         "weight_decay": 5e-4 if fam == "cifar" else 1e-4,
-                         "model": "resnet20_1w1a"}
-    if method == "biper":
-        d["model"] = "resnet18_1w1a"
-        if fam == "cifar":
-            d.update(epochs=600, tau=0.001)
-        else:
-            d.update(epochs=200, batch_size=512, batch_size_test=256, tau_min=0.85, tau_max=0.99)
+                         "weight_decay": 5e-4 if fam == "cifar" else 1e-4, "model": "resnet20_1w1a"}
+    d.update({o.name: o.default for o in cls.options})
+    d.update(cls.script_defaults(fam))
     return d
 
 
@@ -127,18 +136,27 @@ def load_recipe(name: str) -> dict[str, Any]:
     return data
 
 
+def canonical(key: str) -> str:
+    """A config key from a recipe or flag name: the authors' aliases (load_ckpt_stage1) mapped to ours."""
+    return all_aliases().get(key, key)
+
+
 def check_keys(data: dict[str, Any], where: str) -> None:
-    for key, value in data.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: section {key!r} must be a mapping")
-            check_keys(value, f"{where}:{key}")
-        elif key not in KEYS:
-            raise ConfigError(f"{where}: unknown setting {key!r}; valid settings: {', '.join(KEYS)}")
+    keys = all_keys()
+    for key, value in list(data.items()):
+        if key == "stages":
+            if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{where}: 'stages' must be a non-empty list of mappings (one per stage)")
+            for i, stage in enumerate(value):
+                check_keys(stage, f"{where}:stages[{i}]")
+        elif key in STAGE_KEYS and where.rsplit(":", 1)[-1].startswith("stages["):
+            continue
+        elif canonical(key) not in keys:
+            raise ConfigError(f"{where}: unknown setting {key!r}; valid settings: {', '.join(keys)}")
 
 
 def coerce(key: str, value: Any) -> Any:
-    kind = KEYS[key][0]
+    kind = all_keys()[key][0]
     if value is None or kind is Any:
         return value
     if kind is bool and isinstance(value, str):
@@ -155,8 +173,13 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be a {kind.__name__}, not {value!r}") from None
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """--set KEY=VALUE (VALUE parsed as YAML; KEY may be stage1.KEY / stage2.KEY)."""
+def stage_names(raw: dict[str, Any]) -> list[str]:
+    return [str(s.get("name") or f"stage{i + 1}") for i, s in enumerate(raw.get("stages") or [])]
+
+
+def parse_set(items: list[str], names: list[str] = ()) -> dict[str, Any]:
+    """--set KEY=VALUE (VALUE parsed as YAML; KEY may be STAGE.KEY for a stage named STAGE of a
+    multi-stage recipe: stage1.KEY, stage2.KEY, or the stage's own name)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -165,56 +188,80 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         value = yaml.safe_load(raw)
         if "." in key:
             section, sub = key.split(".", 1)
-            if section not in SECTIONS:
-                raise ConfigError(f"--set {key}: sections are {', '.join(SECTIONS)}")
-            out.setdefault(section, {})[sub] = value
+            if section not in names:
+                raise ConfigError(f"--set {key}: this recipe's stages are {', '.join(names) or 'none (it has one stage)'}")
+            out.setdefault("stages", {}).setdefault(section, {})[sub] = value
         else:
             out[key] = value
-    check_keys(out, "--set")
+    check_keys({k: v for k, v in out.items() if k != "stages"}, "--set")
+    for section, values in out.get("stages", {}).items():
+        check_keys(values, f"--set {section}")
     return out
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`; a mapping under `stages` (stage name -> overrides, as parse_set
+    and the command line give) updates the named stages of `base`'s list."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if key in SECTIONS and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        if key == "stages" and isinstance(value, dict) and isinstance(out.get("stages"), list):
+            names = stage_names(out)
+            for name, values in value.items():
+                out["stages"][names.index(name)].update(copy.deepcopy(values))
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
 def stages_of(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """One explicit (not yet defaulted) config per stage: [cfg] or [stage1 cfg, stage2 cfg]."""
-    shared = {k: v for k, v in raw.items() if k not in SECTIONS}
-    if not any(s in raw for s in SECTIONS):
+    """One explicit (not yet defaulted) config per stage: the shared keys with each stage's own on top."""
+    shared = {k: v for k, v in raw.items() if k != "stages"}
+    if not raw.get("stages"):
         return [shared]
-    if not all(s in raw for s in SECTIONS):
-        raise ConfigError("a two-stage recipe needs both 'stage1:' and 'stage2:' sections")
-    return [merge(shared, {**raw["stage1"], "stage": 1}), merge(shared, {**raw["stage2"], "stage": 2})]
+    return [merge(shared, {k: v for k, v in stage.items() if k != "name"}) for stage in raw["stages"]]
 
 
 def resolve(explicit: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults into one stage's explicit settings and check them for contradictions."""
-    explicit = {k: coerce(k, v) for k, v in explicit.items()}
-    method = explicit.get("method") or KEYS["method"][1]
-    dataset = explicit.get("dataset") or KEYS["dataset"][1]
+    keys = all_keys()
+    unknown = [k for k in explicit if canonical(k) not in keys]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; valid settings: {', '.join(keys)}")
+    method = explicit.get("method") or DEFAULT_METHOD
+    dataset = explicit.get("dataset") or TRAINER_KEYS["dataset"][1]
+    if method not in list_methods():
+        raise UnknownNameError(f"unknown method {method!r}; valid methods: {', '.join(list_methods())}")
     if dataset not in NUM_CLASSES:
         raise UnknownNameError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(NUM_CLASSES)}")
-    cfg = {k: v[1] for k, v in KEYS.items()}
+    cls = get_method(method)
+    _check_method_keys(cls, explicit)
+    explicit = {canonical(k): coerce(canonical(k), v) for k, v in explicit.items()}
+    cfg = {k: v[1] for k, v in TRAINER_KEYS.items()}
     cfg.update(script_defaults(method, dataset))
     cfg.update(explicit)
     cfg["method"], cfg["dataset"] = method, dataset
     cfg["explicit"] = sorted(explicit)
     validate(cfg)
+    cls.validate_config(cfg)
     return cfg
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    from .. import list_methods, list_models
+def _check_method_keys(cls: type[Method], explicit: dict[str, Any]) -> None:
+    """An option of another method, or an authors' alias of another method, is an error naming its owners."""
+    own = {o.name for o in cls.options}
+    for key, owners in all_options().items():
+        if key in explicit and key not in own:
+            names = " or ".join(dict.fromkeys(c.display() for c, _ in owners))
+            raise ConfigError(f"--{key} is a {names} setting; method {cls.name!r} has none: drop it or use "
+                              f"--method {owners[0][0].name}")
+    for alias, key in all_aliases().items():
+        if alias in explicit and alias not in cls.aliases:
+            raise ConfigError(f"--{alias} is the authors' name of --{key} in another method; method "
+                              f"{cls.name!r} does not take it: use --{key}")
 
-    if cfg["method"] not in list_methods():
-        raise UnknownNameError(f"unknown method {cfg['method']!r}; valid methods: {', '.join(list_methods())}")
+
+def validate(cfg: dict[str, Any]) -> None:
+    """The trainer's own checks (each method adds its own: Method.validate_config)."""
     if cfg["model"] not in list_models():
         raise UnknownNameError(f"unknown model {cfg['model']!r}; valid models: {', '.join(list_models())}")
     if cfg["lr_type"] not in ("cos", "step", "linear"):
@@ -223,18 +270,6 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("--lr_type step needs --lr_decay_step (comma-separated epochs)")
     if cfg["optimizer"] not in ("sgd", "adam"):
         raise ConfigError(f"--optimizer {cfg['optimizer']!r}: choose sgd or adam")
-    if cfg["stage"] not in (1, 2):
-        raise ConfigError(f"--stage {cfg['stage']}: BiPer stages are 1 and 2")
-    if cfg["stage"] == 2 and cfg["method"] != "biper":
-        raise ConfigError(f"--stage 2 is BiPer's second stage; method {cfg['method']!r} has one stage")
-    if cfg["load_ckpt_stage1"] and cfg["stage"] != 2:
-        raise ConfigError("--load_ckpt_stage1 starts BiPer stage 2: add --stage 2 (or drop the flag)")
-    if cfg["method"] != "biper":
-        extra = [k for k in ("freq", "tau", "tau_min", "tau_max") if k in cfg["explicit"]]
-        if extra:
-            raise ConfigError(f"--{extra[0]} is a BiPer setting; method {cfg['method']!r} has none: drop it or use --method biper")
-    if cfg["tau"] is not None and ("tau_min" in cfg["explicit"] or "tau_max" in cfg["explicit"]) and "tau" in cfg["explicit"]:
-        raise ConfigError("--tau sets tau_min = tau_max (CIFAR); give either --tau or --tau_min/--tau_max, not both")
     if cfg["use_dali"]:
         if "backend" in cfg["explicit"] and cfg["backend"] != "dali":
             raise ConfigError(f"--use_dali contradicts --backend {cfg['backend']}: give one of them")
@@ -250,8 +285,10 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"--{key} must be at least 1, not {cfg[key]}")
     if cfg["checkpoint_every"] < 0:
         raise ConfigError("--checkpoint_every must be >= 0 (0 turns it off)")
-    if cfg["stage"] == 2 and cfg["epochs"] < 2:
-        raise ConfigError("BiPer stage 2 runs epochs 1..E-1 (the authors' offset): give --epochs 2 or more")
+
+
+def method_class(cfg: dict[str, Any]) -> type[Method]:
+    return get_method(cfg["method"])
 
 
 def run_dir_of(cfg: dict[str, Any]) -> str:

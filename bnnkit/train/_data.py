@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..methods import get_method
 from ._config import ConfigError
 from ._distributed import Dist
 
@@ -23,10 +24,10 @@ def load_data(cfg: dict[str, Any], d: Dist, *, train: bool = True) -> tuple[Any,
                   download=cfg["download"])
     train_loader = None
     if train:
-        lighting = cfg["method"] == "biper" and cfg["dataset"] == "imagenet" and cfg["backend"] != "dali"
+        extra = get_method(cfg["method"]).augmentation(cfg["dataset"], cfg["backend"])
         train_loader = build_loader(cfg["dataset"], cfg["data_path"], "train",
                                     per_process(cfg["batch_size"], d.world_size, "-b/--batch_size"),
-                                    train=cfg["augment"], subset=cfg["subset"], lighting=lighting, **common)
+                                    train=cfg["augment"], subset=cfg["subset"], **extra, **common)
     val_loader = build_loader(cfg["dataset"], cfg["data_path"], "val",
                               per_process(cfg["batch_size_test"], d.world_size, "-bt/--batch_size_test"),
                               train=False, subset=cfg["val_subset"], **common)

@@ -76,7 +76,9 @@ def evaluate(model: nn.Module, criterion: nn.Module, loader: Any, *, method: Met
         target = target.to(device, non_blocking=True)
         with autocast(device, amp):
             output = model(images)
-            loss = criterion(output.float(), target) + method.regularizer(model)
+            loss = criterion(output.float(), target)
+            if method.regularizer_in_validation:
+                loss = loss + method.regularizer(model)
         c1, c5 = correct_topk(output, target)
         n = target.shape[0]
         meters.add(loss.item() * n, float(c1), float(c5), n)

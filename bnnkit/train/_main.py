@@ -1,4 +1,4 @@
-"""main: one training stage (the authors' epoch loop, REFERENCE.md §3.1), and two-stage BiPer runs."""
+"""main: one training stage (the authors' epoch loop, REFERENCE.md §3.1), and multi-stage runs (BiPer's two stages)."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from .. import configure, create_model
-from ..compat import CheckpointError
-from ..methods import method_of
+from ..models import model_entry
+from ..compat import load_reference
+from ..errors import CheckpointError
+from ..methods import get_method, method_of
 from . import _checkpoint as ck
-from ._config import ConfigError, plain, resolve, run_dir_of, stages_of
+from ._config import ConfigError, plain, resolve, run_dir_of, stage_names, stages_of
 from ._data import load_data
 from ._distributed import Dist, any_flag, setup, teardown
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
@@ -37,25 +39,13 @@ def seed_everything(seed: int) -> None:
 
 
 def method_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    if cfg["method"] == "siman":
-        return {"sort": "quick" if cfg["sort"] == "quick" else "median"}
-    if cfg["method"] == "biper":
-        out = {"freq": cfg["freq"], "stage": cfg["stage"]}
-        if cfg["regularize"] is not None:
-            out["regularize"] = cfg["regularize"]
-        return out
-    return {}
+    """create_model's method settings from a resolved config (the method's options)."""
+    return get_method(cfg["method"]).model_settings(cfg)
 
 
 def schedule_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
-    """BiPer's tau_min/tau_max: CIFAR's --tau sets both (constant tau)."""
-    if cfg["method"] != "biper":
-        return {}
-    if cfg["tau_min"] is not None and cfg["tau_max"] is not None and "tau" not in cfg["explicit"]:
-        return {"tau_min": cfg["tau_min"], "tau_max": cfg["tau_max"]}
-    if cfg["tau"] is not None:
-        return {"tau_min": cfg["tau"], "tau_max": cfg["tau"]}
-    return {}
+    """The hyper-parameters of the method's schedule from a resolved config (BiPer's tau_min/tau_max)."""
+    return get_method(cfg["method"]).schedule_hparams(cfg)
 
 
 def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
@@ -66,6 +56,7 @@ def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
 
 def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Module, dict[str, Any] | None]:
     """The model to train and, when resuming, the checkpoint it continues."""
+    cls = get_method(cfg["method"])
     if cfg["resume"]:
         path = _resume_path(cfg, run_dir)
         if not os.path.exists(path):
@@ -74,37 +65,51 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
         ckpt = ck.read_checkpoint(path)
         if not ck.is_bnnkit(ckpt):
             raise CheckpointError(f"--resume {path}: not a bnnkit training checkpoint (an authors' file?): "
-                                  f"evaluate it with `bnnkit eval`, or start stage 2 from it with --load_ckpt_stage1")
+                                  f"evaluate it with `bnnkit eval`, or start a stage from it with --start_from")
         ck.check_matches(ckpt, path, method=cfg["method"], model=cfg["model"], dataset=cfg["dataset"])
-        if ckpt["spec"]["settings"].get("stage", 1) != cfg["stage"]:
-            raise CheckpointError(f"--resume {path} is a stage-{ckpt['spec']['settings'].get('stage')} checkpoint, "
-                                  f"this run is stage {cfg['stage']}: pass the matching --stage")
+        fixed = [o for o in cls.options if not (o.hparam or o.scheduled or o.inherited)]
+        for o in fixed:
+            had, want = ckpt["spec"]["settings"].get(o.name), method_settings(cfg).get(o.name)
+            if want is not None and had is not None and had != want:
+                raise CheckpointError(f"--resume {path} is a checkpoint with {o.name} {had}, this run has {o.name} "
+                                      f"{want}: pass the matching --{o.name}")
         log.info(f"resuming {ck.describe(ckpt['spec'])} from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']})")
         return ck.model_from_checkpoint(ckpt, path), ckpt
-    if cfg["stage"] == 2:
-        path = cfg["load_ckpt_stage1"]
-        if not path:
-            raise ConfigError("BiPer stage 2 starts from a stage-1 checkpoint: pass --load_ckpt_stage1 PATH "
-                              "(or run the two-stage recipe, which does it for you)")
-        src = ck.read_checkpoint(path)
-        if ck.is_bnnkit(src):
-            ck.check_matches(src, path, method="biper", model=cfg["model"], dataset=cfg["dataset"])
-            freq = src["spec"]["settings"]["freq"]
-            if "freq" in cfg["explicit"] and float(cfg["freq"]) != float(freq):
-                raise ConfigError(f"--freq {cfg['freq']} contradicts the stage-1 checkpoint's frequency {freq}: "
-                                  f"drop --freq (stage 2 uses the checkpoint's)")
-            model = ck.model_from_checkpoint(src, path, stage=2)
-        else:  # the authors' stage-1 model_best.pth.tar: its frequency is not in the file
-            if "freq" not in cfg["explicit"]:
-                raise ConfigError(f"{path} is an authors' checkpoint, which does not record its frequency: pass --freq")
-            from ..compat import load_reference
-            model = load_reference(src, "biper", cfg["model"], dataset=cfg["dataset"], freq=cfg["freq"], stage=2)
-        cfg["freq"] = model.bnnkit_spec["settings"]["freq"]
-        method_of(model).on_stage_start(model)
-        log.info(f"stage 2 starts from {path} with freq {cfg['freq']}")
-        return model, None
-    model = create_model(cfg["model"], method=cfg["method"], dataset=cfg["dataset"], **method_settings(cfg))
+    settings = method_settings(cfg)
+    if not cfg["start_from"]:
+        if cls(family_of_cfg(cfg), **settings).starts_from_checkpoint():
+            hint = "".join(f" (the authors' --{a})" for a, k in cls.aliases.items() if k == "start_from")
+            raise ConfigError(f"{cls(family_of_cfg(cfg), **settings).describe()} starts from an earlier stage's "
+                              f"checkpoint: pass --start_from PATH{hint} (or run the multi-stage recipe, which does it for you)")
+        return create_model(cfg["model"], method=cfg["method"], dataset=cfg["dataset"], **settings), None
+    path = cfg["start_from"]
+    src = ck.read_checkpoint(path)
+    inherited = [o for o in cls.options if o.inherited]
+    if ck.is_bnnkit(src):
+        ck.check_matches(src, path, method=cfg["method"], model=cfg["model"], dataset=cfg["dataset"])
+        for o in inherited:
+            had = src["spec"]["settings"].get(o.name)
+            if o.name in cfg["explicit"] and had is not None and o.setting(cfg[o.name]) != had:
+                raise ConfigError(f"--{o.name} {cfg[o.name]} contradicts the checkpoint's {o.label or o.name} {had}: "
+                                  f"drop --{o.name} (a stage that starts from a checkpoint takes it from there)")
+        overrides = {k: v for k, v in settings.items()
+                     if k in cfg["explicit"] and k not in {o.name for o in inherited}}
+        model = ck.model_from_checkpoint(src, path, **overrides)
+    else:  # an authors' checkpoint records none of its settings
+        missing = [o.name for o in inherited if o.name not in cfg["explicit"]]
+        if missing:
+            raise ConfigError(f"{path} is an authors' checkpoint, which does not record its {missing[0]}: pass --{missing[0]}")
+        model = load_reference(src, cfg["method"], cfg["model"], dataset=cfg["dataset"], **settings)
+    for o in inherited:
+        cfg[o.name] = model.bnnkit_spec["settings"][o.name]
+    method_of(model).on_stage_start(model)
+    log.info(f"{method_of(model).describe()} starts from {path}"
+             + "".join(f" with {o.name} {cfg[o.name]}" for o in inherited))
     return model, None
+
+
+def family_of_cfg(cfg: dict[str, Any]) -> str:
+    return model_entry(cfg["model"], cfg["dataset"]).family
 
 
 def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
@@ -158,7 +163,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
     criterion = nn.CrossEntropyLoss()
     epochs = cfg["epochs"]
-    start_epoch = 0 if cfg["stage"] == 2 else -1  # BiPer stage 2 starts at epoch 1 (quirk Q14)
+    start_epoch = method.lr_start_epoch()  # BiPer's stage 2 starts at epoch 1 (quirk Q14)
     lrs = lr_per_epoch(cfg["lr"], epochs, warm_up=cfg["warm_up"], start_epoch=start_epoch, lr_type=cfg["lr_type"],
                        lr_decay_step=cfg["lr_decay_step"], authors_torch=cfg["authors_torch"])
     hp = schedule_hparams(cfg)
@@ -239,9 +244,10 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         new_bits = sign_bits(bare)
         row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
                "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-               "percent": sched.get("percent"), "tau": sched.get("tau"), "flip_ratio": flip_ratio(flip_ref, new_bits)}
-        if cfg["method"] == "biper":
-            qe = quantization_error(bare)
+               **{k: v for k, v in sched.items() if isinstance(v, (int, float))},
+               "flip_ratio": flip_ratio(flip_ref, new_bits)}
+        qe = quantization_error(bare)
+        if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
             row.update(qe=qe["qe"], b=qe["b"])
         is_best = val["top1"] > best["top1"]
         if is_best:
@@ -303,26 +309,34 @@ def main(raw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _run_stages(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each stage in its own folder under the run's (one stage: the run's folder itself); a later
+    stage starts from the previous stage's best.pt (or last.pt, or a path: its `start_from`). A
+    finished stage is not rerun when the run is resumed."""
     stages = stages_of(raw)
     if len(stages) == 1:
         return [train_stage(resolve(stages[0]))]
-    cfg1, cfg2 = resolve(stages[0]), resolve(stages[1])
-    if cfg1["method"] != "biper":
-        raise ConfigError("stage1:/stage2: sections are BiPer's two stages; other methods train in one stage")
-    if "load_ckpt_stage1" in cfg2["explicit"]:
-        raise ConfigError("a two-stage run starts stage 2 from its own stage 1: drop --load_ckpt_stage1 "
-                          "(or run the stage-2 recipe alone with it)")
-    top = run_dir_of(cfg1)
-    if holds_run(top) and not cfg1["resume"]:
+    cfgs = [resolve(s) for s in stages]
+    names = stage_names(raw)
+    own = [dict(s) for s in raw["stages"]]
+    if any("start_from" in c["explicit"] and not any(k in o for k in ("start_from", *get_method(c["method"]).aliases))
+           for c, o in zip(cfgs, own)):
+        raise ConfigError("a multi-stage run starts each later stage from its previous stage: drop --start_from / "
+                          "--load_ckpt_stage1 (or run one stage's recipe alone with it, or set a stage's start_from)")
+    top = run_dir_of(cfgs[0])
+    if holds_run(top) and not cfgs[0]["resume"]:
         raise RunExistsError(f"results folder {top} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
-    dir1, dir2 = os.path.join(top, "stage1"), os.path.join(top, "stage2")
     out = []
-    last1 = os.path.join(dir1, "last.pt")
-    cfg1["resume"] = bool(cfg1["resume"]) and os.path.exists(last1)  # resume stage 1 only if it has a checkpoint
-    if not (cfg1["resume"] and ck.read_checkpoint(last1).get("finished")):
-        out.append(train_stage(cfg1, dir1))
-    cfg2["load_ckpt_stage1"] = os.path.join(dir1, "best.pt")
-    cfg2["resume"] = bool(cfg2["resume"]) and os.path.exists(os.path.join(dir2, "last.pt"))
-    out.append(train_stage(cfg2, dir2))
+    for i, (cfg, name) in enumerate(zip(cfgs, names)):
+        run_dir = os.path.join(top, name)
+        if i > 0:
+            start = cfg["start_from"] or "best"
+            if start in ("best", "last"):
+                start = os.path.join(top, names[i - 1], f"{start}.pt")
+            cfg["start_from"] = start
+        last = os.path.join(run_dir, "last.pt")
+        cfg["resume"] = bool(cfg["resume"]) and os.path.exists(last)  # resume a stage only if it has a checkpoint
+        if cfg["resume"] and ck.read_checkpoint(last).get("finished") and i < len(cfgs) - 1:
+            continue
+        out.append(train_stage(cfg, run_dir))
     return out

@@ -43,33 +43,30 @@ class Meters:
 
 
 @torch.no_grad()
-def quantization_error(model: nn.Module, freq: float | None = None) -> dict[str, Any]:
-    """BiPer's QE (REFERENCE.md §5): per binary conv l, mean|sin(f W_l) - sign(sin(f W_l))| and mean|W_l|;
-    totals are the unweighted sums over layers. f is each layer's own frequency unless given."""
+def quantization_error(model: nn.Module, freq: float | None = None) -> dict[str, Any] | None:
+    """Per binary conv l, the method's quantisation error and mean|W_l| (BiPer's QE and b,
+    REFERENCE.md §5); totals are the unweighted sums over layers. With `freq`, BiPer's definition
+    mean|sin(f W_l) - sign(sin(f W_l))| at that frequency for any method's weights. None where a
+    layer's method defines no QE and no frequency is given."""
     layers = []
     for name, conv in binary_convs(model):
-        f = freq if freq is not None else getattr(conv.weight_quantizer, "freq", None)
-        if f is None:
-            raise ValueError(f"layer {name} has no frequency: QE is defined for BiPer models (or pass a frequency)")
         w = conv.weight.float()
-        s = torch.sin(f * w)
-        layers.append({"layer": name, "qe": float((s - torch.sign(s)).abs().mean()), "b": float(w.abs().mean())})
+        if freq is not None:
+            s = torch.sin(freq * w)
+            qe = (s - torch.sign(s)).abs().mean()
+        else:
+            qe = conv.weight_quantizer.quantization_error(conv.weight)
+            if qe is None:
+                return None
+        layers.append({"layer": name, "qe": float(qe), "b": float(w.abs().mean())})
     return {"layers": layers, "qe": sum(l["qe"] for l in layers), "b": sum(l["b"] for l in layers)}
 
 
 @torch.no_grad()
 def sign_bits(model: nn.Module) -> dict[str, Tensor]:
-    """The binary weights' sign bits (True = +1) per binary conv. BiPer stage 1, whose forward uses the
-    real sin(f W), gives the bits it would binarize to: sign(sin(f W))."""
-    bits = {}
-    for name, conv in binary_convs(model):
-        q = conv.weight_quantizer
-        if getattr(q, "stage", None) == 1 and hasattr(q, "freq"):
-            w = torch.sin(q.freq * conv.weight)
-        else:
-            w = conv.binary_weight()
-        bits[name] = (w > 0).cpu()
-    return bits
+    """The binary weights' sign bits (True = +1) per binary conv, as each weight quantizer gives
+    them (BiPer stage 1, whose forward uses the real sin(f W), gives the bits it would binarize to)."""
+    return {name: conv.weight_quantizer.sign_bits(conv.weight).cpu() for name, conv in binary_convs(model)}
 
 
 def flip_ratio(before: dict[str, Tensor] | None, after: dict[str, Tensor]) -> float | None:

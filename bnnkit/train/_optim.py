@@ -1,4 +1,4 @@
-"""The authors' optimiser: parameter groups by name (REFERENCE.md §3.2) and the per-epoch learning rate (§3.3).
+"""The authors' optimiser: parameter groups by name (each method's param_group_rule, REFERENCE.md §3.2) and the per-epoch learning rate (§3.3).
 
 The learning rate is an explicit function of the epoch that reproduces how the authors' scripts
 step torch.optim.lr_scheduler (warm-up overriding the group lr, the scheduler stepped only from
@@ -14,17 +14,7 @@ import torch
 from torch import nn
 
 from ..compat import reference_names
-
-
-def _group_rule(method: str, family: str, model_name: str):
-    """(decayed(authors_name) -> bool, decayed group first?) for the authors' script of this method and family."""
-    if method == "siman":
-        if family == "cifar" and "vgg" in model_name:
-            return (lambda n: "0" in n or "conv" not in n), True
-        return (lambda n: not ("layer" in n and "conv" in n)), True
-    if method == "biper" and family == "imagenet":
-        return (lambda n: "fc" in n or "conv" in n), True
-    return None, True  # BiPer CIFAR (and methods without a published recipe): one group, all decayed
+from ..methods import get_method
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
@@ -35,7 +25,7 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[
     (bnnkit.compat.reference_names). Parameters without a gradient (B, beta) sit in a group as in the
     authors' code and are skipped by the optimiser step. Each group records its parameter names."""
     spec = model.bnnkit_spec
-    decayed, _ = _group_rule(spec["method"], spec["family"], spec["model"])
+    decayed = get_method(spec["method"]).param_group_rule(spec["family"], spec["model"])
     theirs = reference_names(model)
     named = list(model.named_parameters())
     if decayed is None:
