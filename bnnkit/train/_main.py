@@ -244,11 +244,11 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         new_bits = sign_bits(bare)
         row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
                "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-               **{k: v for k, v in sched.items() if isinstance(v, (int, float))},
-               "flip_ratio": flip_ratio(flip_ref, new_bits)}
+               **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
         qe = quantization_error(bare)
         if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
             row.update(qe=qe["qe"], b=qe["b"])
+        row["flip_ratio"] = flip_ratio(flip_ref, new_bits)
         is_best = val["top1"] > best["top1"]
         if is_best:
             best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}

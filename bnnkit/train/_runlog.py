@@ -13,8 +13,9 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
-           "percent", "tau", "qe", "b", "flip_ratio", "best_top1", "epoch_time_s"]
+# metrics.csv's first columns; the method's scheduled settings (SiMaN's percent, BiPer's tau), its QE
+# and the rest follow in the order the trainer's row gives them, fixed by the file's header.
+COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5"]
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "log.txt", "metrics.csv")
 
 
@@ -73,13 +74,18 @@ class RunLog:
             return
         path = os.path.join(self.folder, "metrics.csv")
         new = not os.path.exists(path)
+        if new:
+            columns = list(row)
+        else:
+            with open(path, newline="") as fh:
+                columns = next(csv.reader(fh), None) or list(row)
         with open(path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(fh, columns, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
         if self.tb is not None:
-            for k in COLUMNS[1:]:
+            for k in columns[1:]:
                 if isinstance(row.get(k), (int, float)):
                     self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
