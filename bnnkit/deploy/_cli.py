@@ -77,6 +77,10 @@ def load_model(path: str, *, method: str | None = None, model: str | None = None
                               "(and --dataset, and the settings its method needs, e.g. BiPer's --freq F)")
     from ..methods import get_method
     cls = get_method(method)
+    for key, value in cls.export_settings.items():
+        if settings.get(key, value) != value:
+            raise DeployExportError(f"{cls.display()} has binary weights to export only with --{key} {value}, "
+                                    f"not --{key} {settings[key]}: export a checkpoint of that {key}")
     given = {**cls.export_settings, **settings}
     settings = cls.authors_settings(path, {o.name: given.get(o.name) for o in cls.options if o.rebuilds})
     return load_reference(obj, method, model, num_classes=num_classes, dataset=dataset, **settings)
