@@ -1,15 +1,16 @@
-# One venv under build/, made from the torch wheels on this disk; reused while pyproject.toml is unchanged.
+# One venv under build/, made from the torch wheels on this disk at the versions of constraints.txt;
+# reused while pyproject.toml, setup.py, constraints.txt and csrc/ are unchanged.
 PY ?= python3.11
 VENV := build/venv
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/data/cifar10-jpeg.tar.gz
 
-$(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard csrc/*)
+$(STAMP): pyproject.toml constraints.txt $(wildcard setup.py) $(wildcard csrc/*)
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-.PHONY: setup test test-dali quickstart
+.PHONY: setup test test-dali test-wheel quickstart
 setup: $(STAMP)
 
 # The whole suite except the tests that need the optional DALI extra (see test-dali).
@@ -18,8 +19,13 @@ test: $(STAMP)
 
 # Installs the DALI extra (~425 MB from PyPI) and runs the DALI tests alone.
 test-dali: $(STAMP)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,dali]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,dali]'
 	$(VENV)/bin/python -m pytest -q -m dali
 
 quickstart: $(STAMP)
 	DATA=$(DATA) bash scripts/quickstart.sh
+
+# A wheel and an sdist of bnnkit, the wheel installed into a clean venv (torch made visible from
+# build/venv by a path file instead of a second 5.6 GB copy), run from outside the source tree.
+test-wheel: $(STAMP)
+	bash scripts/test_wheel.sh

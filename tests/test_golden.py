@@ -1,6 +1,7 @@
 """The authors' own computations, recorded in ../shared/fixtures/reference, reproduced."""
 import copy
 import importlib.util
+import os
 import sys
 
 import pytest
@@ -12,6 +13,8 @@ from bnnkit.compat import load_reference, reference_names
 from tests._shared import GOLDEN_DIR
 
 CASES = sorted(GOLDEN_DIR.glob("*.pt"))
+# scripts/gpu_check.sh runs these on CUDA (BNNKIT_TEST_DEVICE=cuda), with the same tolerances
+DEVICE = torch.device(os.environ.get("BNNKIT_TEST_DEVICE", "cpu"))
 
 
 def _golden():
@@ -43,25 +46,26 @@ def test_golden_case(path):
     case = golden.load_case(path)
     meta = case["meta"]
 
-    model = load_reference(copy.deepcopy(case["state_dict"]), **meta).eval()
+    model = load_reference(copy.deepcopy(case["state_dict"]), **meta).eval().to(DEVICE)
     with torch.no_grad():
-        eval_logits = model(case["input"])
+        eval_logits = model(case["input"].to(DEVICE)).cpu()
 
-    model = load_reference(copy.deepcopy(case["state_dict"]), **meta).train()
-    train_logits = model(case["input"])
-    loss = F.cross_entropy(train_logits, case["target"]) + bnnkit.regularizer(model)
+    model = load_reference(copy.deepcopy(case["state_dict"]), **meta).train().to(DEVICE)
+    train_logits = model(case["input"].to(DEVICE))
+    loss = F.cross_entropy(train_logits, case["target"].to(DEVICE)) + bnnkit.regularizer(model)
     loss.backward()
 
     names = reference_names(model)
-    grads = {names[n]: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    after = {names[k]: v for k, v in model.state_dict().items()}
-    errors = golden.compare(case, eval_logits, train_logits.detach(), loss.detach(), grads, after)
+    grads = {names[n]: p.grad.cpu() for n, p in model.named_parameters() if p.grad is not None}
+    after = {names[k]: v.cpu() for k, v in model.state_dict().items()}
+    train_logits, loss = train_logits.detach().cpu(), loss.detach().cpu()
+    errors = golden.compare(case, eval_logits, train_logits, loss, grads, after)
     # BiPer stage 1's untrained ImageNet ResNet-18 in training mode is chaotic: 2 activations within
     # rounding of zero flip sign in layer1 and the flips grow to a different output by layer4. The
     # recorded values hold on the AVX-512 CPUs they were checked on; an AVX2-only CPU's oneDNN
     # rounds otherwise. There, and only when the eval logits match and this machine's own two
     # layouts already disagree beyond the tolerance, the train-side mismatch is an expected failure.
-    if (errors and not any(e.startswith("eval logits") for e in errors)
+    if (errors and not any(e.startswith("eval logits") for e in errors) and DEVICE.type == "cpu"
             and torch.backends.cpu.get_cpu_capability() != "AVX512"):
         spread = _layout_spread(case)
         if spread > golden.TOLERANCE["logits"]:

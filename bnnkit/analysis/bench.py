@@ -96,9 +96,12 @@ def binary_conv_rate(threads: int, repeats: int = 5) -> float | None:
     return words[0] / best
 
 
-def _timed(fn: Callable[[], None]) -> float:
+def _timed(fn: Callable[[], None], device: torch.device | None = None) -> float:
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
+    sync()  # CUDA runs asynchronously: time the work, not its launch
     return time.perf_counter() - t
 
 
@@ -134,14 +137,16 @@ def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool,
 
 
 def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, warmup: int,
-               channels_last: bool = False, amp: str | None = None) -> dict:
+               channels_last: bool = False, amp: str | None = None, device: str = "cpu") -> dict:
     from .. import create_model
 
     torch.manual_seed(0)
+    dev = torch.device(device)
     binary = create_model(name, method, **settings)
     fp = float_twin(binary)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
+    binary, fp = binary.to(dev), fp.to(dev)
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
     if channels_last:
         binary, fp, x = binary.to(memory_format=torch.channels_last), fp.to(memory_format=torch.channels_last), \
             x.contiguous(memory_format=torch.channels_last)
@@ -154,7 +159,7 @@ def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, 
     for _ in range(rounds):  # interleaved, so that machine noise hits both alike
         for net, kind in steps.items():
             for what, fn in kind.items():
-                times.setdefault((net, what), []).append(_timed(fn))
+                times.setdefault((net, what), []).append(_timed(fn, dev))
     med = {k: statistics.median(v) for k, v in times.items()}
     macs = summarize(binary).binary_macs + summarize(binary).real_macs
     return {"model": name, "method": case_label(method, settings),
@@ -256,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=None, choices=list(dict.fromkeys([*method_names, *cases_by_label])),
                         help="methods (every case of each) or single cases (e.g. biper2: BiPer's stage 2); default: all")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the native CPU kernels are not used)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--channels_last", action="store_true")
@@ -274,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for flag in settings_flags.values():
         flag.check(parser, getattr(args, flag.name))
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device {args.device!r}: choose cpu, or cuda on a machine with a GPU")
     from ..nn.functional import kernels_in_use, set_kernels
 
     wanted = "compiled" if args.compile else args.kernels
@@ -301,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, method, settings in cases:
         settings = {**settings, **{f.name: getattr(args, f.name) for f in settings_flags.values()
                                    if f.method == method and getattr(args, f.name) != f.default}}
-        r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp)
+        r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp,
+                       args.device)
         print(format_row(r, peak), flush=True)
         missed = missed_targets(r)
         if args.profile == "always" or (args.profile == "misses" and missed):
