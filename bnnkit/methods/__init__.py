@@ -252,4 +252,4 @@ def method_of(model: nn.Module) -> Method:
 
 
 # Importing the method files registers them.
-from . import biper, irnet, recu, siman, ste, xnor  # noqa: E402,F401
+from . import biper, irnet, rbnn, recu, siman, ste, xnor  # noqa: E402,F401
