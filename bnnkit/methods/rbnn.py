@@ -128,13 +128,13 @@ class RbnnWeight(WeightQuantizer):
 
     def _blend(self, weight: Tensor) -> Tensor:
         _, w2 = _standardize(weight)
-        x = w2.view(w2.shape[0], self.a, self.b)
+        x = w2.reshape(w2.shape[0], self.a, self.b)  # a copy for channels-last weights
         if self.training and self.epoch > -1:
             if self.epoch % self.rotation_update == 0:
                 self.update_rotation(x.detach())
             self.epoch = -1
         with torch.no_grad():
-            rotated = (self.R1.t() @ x @ self.R2).view_as(w2)
+            rotated = (self.R1.t() @ x @ self.R2).view(w2.shape)
         return w2 + torch.abs(torch.sin(self.rotate)) * (rotated - w2)
 
     def forward(self, weight: Tensor) -> Tensor:
@@ -144,7 +144,7 @@ class RbnnWeight(WeightQuantizer):
     @torch.no_grad()
     def export(self, weight: Tensor) -> Tensor:
         _, w2 = _standardize(weight)
-        rotated = (self.R1.t() @ w2.view(w2.shape[0], self.a, self.b) @ self.R2).view_as(w2)
+        rotated = (self.R1.t() @ w2.reshape(w2.shape[0], self.a, self.b) @ self.R2).view(w2.shape)
         return torch.sign(w2 + torch.abs(torch.sin(self.rotate)) * (rotated - w2))
 
 
