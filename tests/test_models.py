@@ -1,6 +1,7 @@
 """Every registered model with every method that builds it: counts, forward, backward, values."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,13 @@ TEST_SETTINGS = {"siman": {"percent": 5.0}, "biper": {"stage": 2}, "recu": {"tau
 def unused_parameters(model) -> set[str]:
     """Parameters of modules the authors define but never call (IR-Net's and RBNN's ImageNet bn3)."""
     return {f"{m}.{n}" for m in getattr(model, "unused_modules", ()) for n, _ in model.get_submodule(m).named_parameters()}
+
+
+@pytest.fixture(autouse=True)
+def _seed_numpy():
+    """RBNN draws its initial rotations from numpy's generator, as the authors' scipy ortho_group
+    does: seed it with torch's, so that every test builds the same models in any order."""
+    np.random.seed(0)
 
 
 def _buildable():
@@ -142,6 +150,13 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
         if method == "xnor":  # ±(mean |w|) per output channel
             scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
             assert torch.allclose(wb.abs(), torch.where(w == 0, 0.0, scale.expand_as(wb))), conv_name
+        elif method == "irnet":  # ±2^n per output channel (Libra-PB's scale; 1 for ordinary weights)
+            scale = wb.abs().amax(dim=(1, 2, 3), keepdim=True)
+            assert (torch.log2(scale) == torch.log2(scale).round()).all(), conv_name
+            assert ((wb.abs() == scale) | (wb == 0)).all(), conv_name
+        elif method == "rbnn":  # ±1, and 0 where W2 + |sin(rotate)| (R1' X R2 - W2) rounds to exactly 0
+            assert set(wb.unique().tolist()) <= {-1.0, 0.0, 1.0}, conv_name
+            assert torch.equal(wb, conv.binary_weight()), conv_name
         else:  # ±1, and 0 only where the latent weight is exactly 0 (sign(0) = 0, as published)
             assert ((wb == 1) | (wb == -1) | ((wb == 0) & (w == 0))).all(), conv_name
     unused = unused_parameters(model)

@@ -1,6 +1,7 @@
 """The packed training forward (bnnkit.nn._packed_train): the float path's bits, forward and backward."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,13 @@ from bnnkit.nn.layers import BinaryConv2d, binary_convs
 from bnnkit.methods import METHODS
 
 from .test_models import BUILDABLE, DATASET, TEST_SETTINGS, _small
+
+
+@pytest.fixture(autouse=True)
+def _seed_numpy():
+    """RBNN draws its initial rotations from numpy's generator, as the authors' scipy ortho_group
+    does: seed it with torch's, so that every test builds the same models in any order."""
+    np.random.seed(0)
 
 
 def _with_packed(enabled: bool, fn):
