@@ -22,14 +22,18 @@ CIFAR = ["resnet20_1w1a", "resnet18_1w1a", "resnet18A_1w1a", "resnet18B_1w1a", "
 CASES = ([(m, meth, "cifar10") for m in CIFAR for meth in ("siman", "biper")]
          + [("resnet20_1w32a", "biper", "cifar10"), ("resnet20_1w1a", "xnor", "cifar10"), ("resnet20_1w1a", "ste", "cifar10")]
          + [(m, meth, "imagenet") for m in ("resnet18_1w1a", "resnet34_1w1a") for meth in ("siman", "biper")]
-         + [("mobilenet_1w1a", "biper", "imagenet")])
+         + [("mobilenet_1w1a", "biper", "imagenet")]
+         # ReCU's alpha, IR-Net's power-of-two scale and LogSoftmax heads, RBNN's rotated weights
+         + [(m, meth, "cifar10") for m in ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a") for meth in ("recu", "irnet", "rbnn")]
+         + [("resnet20_bireal_1w1a", "rbnn", "cifar10"), ("resnet18A_1w1a", "rbnn", "cifar10"), ("resnet20_1w32a", "irnet", "cifar10")]
+         + [("resnet18_1w1a", meth, "imagenet") for meth in ("recu", "irnet", "rbnn")] + [("resnet18_1w32a", "irnet", "imagenet")])
+SETTINGS = {"biper": {"stage": 2}, "recu": {"tau": 0.9}}  # binary BiPer weights; a ReCU clamp that clips
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def build(name, method, dataset, seed=0):
     torch.manual_seed(seed)
-    kw = {"stage": 2} if method == "biper" else {}
-    return randomize(bnnkit.create_model(name, method=method, dataset=dataset, **kw), seed)
+    return randomize(bnnkit.create_model(name, method=method, dataset=dataset, **SETTINGS.get(method, {})), seed)
 
 
 _EXPORTED = {}
@@ -220,6 +224,33 @@ def test_weights_exactly_zero_are_exact(tmp_path):
     assert (ref_plus - ref).abs().max() > 1e3 * (out - ref).abs().max()
 
 
+def test_irnet_power_of_two_scales_fold_exactly(tmp_path):
+    """IR-Net's weights are sign(W_s) * 2^round(log2 mean|W_s|): 1 for ordinary filters, but a
+    filter with one dominant tap has mean|W_s| ~ 2/sqrt(k) and scale 1/8. The scale folds into the
+    conv's prescale, and a power of two times an integer is exact: the runtime gives the model's bits."""
+    model = build("resnet20_1w1a", "irnet", "cifar10")
+    conv = model.layer2[1].conv1
+    with torch.no_grad():
+        conv.weight[3].mul_(1e-4)
+        conv.weight[3, 0, 1, 1] = 1.0
+        conv.weight[5].mul_(1e-4)
+        conv.weight[5, 7, 0, 2] = -2.0
+    scales = conv.binary_weight().abs().amax(dim=(1, 2, 3))
+    assert scales[3] == scales[5] == 0.125 and int((scales == 1).sum()) == scales.numel() - 2
+    _, net = export_load(model, tmp_path / "ir.bnn", (1, 3, 32, 32))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        rel, out, ref = compare(model, net, x.contiguous(memory_format=layout))
+        assert torch.equal(out, ref), rel
+
+
+def test_real_inputs_that_are_not_signs_are_refused(tmp_path):
+    """RBNN's --a32 convs take standardised real inputs: the runtime's 1-bit inputs would not be them."""
+    model = randomize(bnnkit.create_model("resnet20_1w1a", method="rbnn", a32=True))
+    with pytest.raises(deploy.DeployExportError, match="does not give sign"):
+        deploy.export(model, tmp_path / "a32.bnn", example_input_shape=(1, 3, 32, 32))
+
+
 def test_imagenet_resnet18_file_size(exported):
     sizes = {}
     for method in ("siman", "biper"):
@@ -284,14 +315,14 @@ def calibrate(model, images, seed=0):
 
 
 # Every published CIFAR model and method (about 90 s on two cores, most of it the float reference).
-CIFAR_CASES = [(m, meth) for m in CIFAR for meth in ("siman", "biper")] + [("resnet20_1w32a", "biper")]
+CIFAR_CASES = ([(m, meth) for m in CIFAR for meth in ("siman", "biper")] + [("resnet20_1w32a", "biper")]
+               + [("resnet20_1w1a", meth) for meth in ("recu", "irnet", "rbnn")])
 
 
 def agreement_on_1000(name, method, images, path):
     """Logits of the runtime and of the eval-mode model on the 1,000 images."""
     torch.manual_seed(0)
-    kw = {"stage": 2} if method == "biper" else {}
-    model = calibrate(bnnkit.create_model(name, method=method, dataset="cifar10", **kw), images[::5])
+    model = calibrate(bnnkit.create_model(name, method=method, dataset="cifar10", **SETTINGS.get(method, {})), images[::5])
     _, net = export_load(model, path, (1, 3, 32, 32))
     refs, outs = [], []
     for chunk in images.split(250):

@@ -1,6 +1,7 @@
 """Every registered model with every method that builds it: counts, forward, backward, values."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,20 +12,60 @@ from bnnkit.nn.layers import binary_convs
 from bnnkit.methods import METHODS
 from bnnkit.models import _MODELS
 
-# REFERENCE.md §2.8: (model, family) -> {method: (all parameters, trainable parameters)}
+# REFERENCE.md §2.8: (model, family) -> {method: (all parameters, trainable parameters)}.
+# ReCU, IR-Net, RBNN (METHODS.md §1.2, §2.2, §3.2 and the authors' model files): every parameter
+# trains, so all = trainable. ReCU = BiPer's trainable count (BiPer's CIFAR convs add the unused
+# beta, ReCU's do not). IR-Net has no alpha: BiPer's count minus one alpha per binary output
+# channel, plus the real 1x1 shortcut convs + BNs of its CIFAR ResNet-18 (173,824) and the unused
+# bn3 BatchNorm1d(1000) of its ImageNet ResNets (2,000). RBNN = alpha + rotate per binary output
+# channel on SiMaN's CIFAR ResNet-18s (binary shortcuts, no B), BiPer's VGG and ImageNet ResNets
+# (+ bn3), and a ResNet-20 of 269,850 weights (IR-Net's count).
 PARAMETER_COUNTS = {
-    ("resnet20_1w1a", "cifar"): {"siman": (538_458, 271_194), "biper": (271_194, 270_522)},
-    ("resnet20_1w32a", "cifar"): {"biper": (270_522, 270_522)},
-    ("resnet18_1w1a", "cifar"): {"siman": (22_337_226, 11_179_722), "biper": (11_008_842, 11_005_002)},
-    ("resnet18A_1w1a", "cifar"): {"siman": (1_466_442, 736_330), "biper": (725_418, 724_394)},
-    ("resnet18B_1w1a", "cifar"): {"siman": (5_589_866, 2_800_490), "biper": (2_758_058, 2_756_138)},
-    ("resnet18C_1w1a", "cifar"): {"siman": (5_853_322, 2_932_874), "biper": (2_888_522, 2_886_474)},
-    ("vgg_small_1w1a", "cifar"): {"siman": (9_234_698, 4_663_562), "biper": (4_663_434, 4_661_770)},
-    ("resnet18_1w1a", "imagenet"): {"siman": (22_683_688, 11_698_216), "biper": (11_694_376, 11_694_376)},
-    ("resnet34_1w1a", "imagenet"): {"siman": (42_900_008, 21_813_800), "biper": (21_806_248, 21_806_248)},
+    ("resnet20_1w1a", "cifar"): {"siman": (538_458, 271_194), "biper": (271_194, 270_522), "recu": (270_522, 270_522),
+                                 "irnet": (269_850, 269_850), "rbnn": (271_194, 271_194)},
+    ("resnet20_bireal_1w1a", "cifar"): {"rbnn": (271_194, 271_194)},
+    ("resnet20_1w32a", "cifar"): {"biper": (270_522, 270_522), "irnet": (269_850, 269_850)},
+    ("resnet18_1w1a", "cifar"): {"siman": (22_337_226, 11_179_722), "biper": (11_008_842, 11_005_002),
+                                 "recu": (11_005_002, 11_005_002), "irnet": (11_174_986, 11_174_986),
+                                 "rbnn": (11_184_458, 11_184_458)},
+    ("resnet18A_1w1a", "cifar"): {"siman": (1_466_442, 736_330), "biper": (725_418, 724_394),
+                                  "recu": (724_394, 724_394), "rbnn": (737_578, 737_578)},
+    ("resnet18B_1w1a", "cifar"): {"siman": (5_589_866, 2_800_490), "biper": (2_758_058, 2_756_138),
+                                  "recu": (2_756_138, 2_756_138), "rbnn": (2_802_858, 2_802_858)},
+    ("resnet18C_1w1a", "cifar"): {"siman": (5_853_322, 2_932_874), "biper": (2_888_522, 2_886_474),
+                                  "recu": (2_886_474, 2_886_474), "rbnn": (2_935_370, 2_935_370)},
+    ("vgg_small_1w1a", "cifar"): {"siman": (9_234_698, 4_663_562), "biper": (4_663_434, 4_661_770),
+                                  "recu": (4_661_770, 4_661_770), "irnet": (4_660_106, 4_660_106),
+                                  "rbnn": (4_663_434, 4_663_434)},
+    ("resnet18_1w1a", "imagenet"): {"siman": (22_683_688, 11_698_216), "biper": (11_694_376, 11_694_376),
+                                    "recu": (11_694_376, 11_694_376), "irnet": (11_692_536, 11_692_536),
+                                    "rbnn": (11_700_216, 11_700_216)},
+    ("resnet34_1w1a", "imagenet"): {"siman": (42_900_008, 21_813_800), "biper": (21_806_248, 21_806_248),
+                                    "recu": (21_806_248, 21_806_248), "irnet": (21_800_696, 21_800_696),
+                                    "rbnn": (21_815_800, 21_815_800)},
+    ("resnet18_1w32a", "imagenet"): {"irnet": (11_692_536, 11_692_536)},
+    ("resnet34_1w32a", "imagenet"): {"irnet": (21_800_696, 21_800_696)},
     ("mobilenet_1w1a", "imagenet"): {"biper": (8_768_296, 8_768_296)},
 }
 DATASET = {"cifar": "cifar10", "imagenet": "imagenet"}
+PUBLISHED = ("siman", "biper", "recu", "irnet", "rbnn")
+# ReCU builds BiPer's variants (BiPer forked its code), so also the two models only BiPer published
+BIPER_ONLY = {("resnet20_1w32a", "cifar"), ("mobilenet_1w1a", "imagenet")}
+# Settings that exercise each method's whole forward: SiMaN's clipping, BiPer's binary stage, ReCU's
+# clamp (tau = 1 clamps nothing), RBNN's rotation update in the first training forward.
+TEST_SETTINGS = {"siman": {"percent": 5.0}, "biper": {"stage": 2}, "recu": {"tau": 0.9}, "rbnn": {"epoch": 0}}
+
+
+def unused_parameters(model) -> set[str]:
+    """Parameters of modules the authors define but never call (IR-Net's and RBNN's ImageNet bn3)."""
+    return {f"{m}.{n}" for m in getattr(model, "unused_modules", ()) for n, _ in model.get_submodule(m).named_parameters()}
+
+
+@pytest.fixture(autouse=True)
+def _seed_numpy():
+    """RBNN draws its initial rotations from numpy's generator, as the authors' scipy ortho_group
+    does: seed it with torch's, so that every test builds the same models in any order."""
+    np.random.seed(0)
 
 
 def _buildable():
@@ -39,7 +80,7 @@ BUILDABLE = list(_buildable())
 
 
 def test_every_published_model_has_its_counts_checked():
-    published = {(n, f, m) for n, f, m in BUILDABLE if m in ("siman", "biper")}
+    published = {(n, f, m) for n, f, m in BUILDABLE if m in PUBLISHED and not (m == "recu" and (n, f) in BIPER_ONLY)}
     assert published == {(n, f, m) for (n, f), ms in PARAMETER_COUNTS.items() for m in ms}
 
 
@@ -78,7 +119,7 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
     every trainable parameter gets a finite gradient; and no numpy round-trip, host
     synchronisation or .cuda() call happens inside forward or backward."""
     torch.manual_seed(0)
-    settings = {"stage": 2} if method == "biper" else {"percent": 5.0} if method == "siman" else {}
+    settings = TEST_SETTINGS.get(method, {})
     model = _small(bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10, **settings))
     convs = dict(binary_convs(model))
     seen = {}
@@ -109,10 +150,18 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
         if method == "xnor":  # ±(mean |w|) per output channel
             scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
             assert torch.allclose(wb.abs(), torch.where(w == 0, 0.0, scale.expand_as(wb))), conv_name
+        elif method == "irnet":  # ±2^n per output channel (Libra-PB's scale; 1 for ordinary weights)
+            scale = wb.abs().amax(dim=(1, 2, 3), keepdim=True)
+            assert (torch.log2(scale) == torch.log2(scale).round()).all(), conv_name
+            assert ((wb.abs() == scale) | (wb == 0)).all(), conv_name
+        elif method == "rbnn":  # ±1, and 0 where W2 + |sin(rotate)| (R1' X R2 - W2) rounds to exactly 0
+            assert set(wb.unique().tolist()) <= {-1.0, 0.0, 1.0}, conv_name
+            assert torch.equal(wb, conv.binary_weight()), conv_name
         else:  # ±1, and 0 only where the latent weight is exactly 0 (sign(0) = 0, as published)
             assert ((wb == 1) | (wb == -1) | ((wb == 0) & (w == 0))).all(), conv_name
+    unused = unused_parameters(model)
     for pname, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and pname not in unused:
             assert p.grad is not None, f"{pname} received no gradient"
             assert torch.isfinite(p.grad).all(), pname
 
@@ -140,7 +189,7 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     layouts; it is used wherever the weights are exactly ±1 and the inputs sign() values, and
     applies the BatchNorm and residual add of conv_bn in its epilogue."""
     torch.manual_seed(0)
-    settings = {"stage": 2} if method == "biper" else {"percent": 5.0} if method == "siman" else {}
+    settings = TEST_SETTINGS.get(method, {})
     model = _small(bnnkit.create_model(name, method, dataset=DATASET[family], num_classes=10, **settings))
     model.train()
     model(torch.randn(8, 3, 32, 32))  # running statistics that are not the initial 0 and 1
@@ -433,7 +482,7 @@ def test_native_max_pool_picks_and_rounds_as_pytorch(act):
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(bnnkit.UnknownNameError, match="valid models: .*resnet20_1w1a"):
         bnnkit.create_model("resnet21_1w1a")
-    with pytest.raises(bnnkit.UnknownNameError, match="valid methods: biper, siman, ste, xnor"):
+    with pytest.raises(bnnkit.UnknownNameError, match="valid methods: biper, irnet, rbnn, recu, siman, ste, xnor"):
         bnnkit.create_model("resnet20_1w1a", method="sman")
     with pytest.raises(bnnkit.UnknownNameError, match="only for architecture"):
         bnnkit.create_model("mobilenet_1w1a", method="siman")

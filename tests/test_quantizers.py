@@ -8,11 +8,11 @@ from bnnkit.nn.quantizers import QUANTIZERS
 EPS = 1e-5
 
 
-def standardize_grad(x, g, centred):
+def standardize_grad(x, g, centred, eps=EPS):
     """dL/dx of y = (x - mu)/s (centred) or y = x/s, s = sqrt(var_unbiased + eps), per row of x [N, n]."""
     n = x.shape[1]
     mu = x.mean(1, keepdim=True)
-    s = torch.sqrt(((x - mu) ** 2).sum(1, keepdim=True) / (n - 1) + EPS)
+    s = torch.sqrt(((x - mu) ** 2).sum(1, keepdim=True) / (n - 1) + eps)
     xs = x - mu if centred else x
     first = (g - g.mean(1, keepdim=True)) if centred else g
     return first / s - (x - mu) * (g * xs).sum(1, keepdim=True) / ((n - 1) * s ** 3)
@@ -74,6 +74,84 @@ def ref_xnor(w, g):
     return a * sign, a * (w.abs() <= 1).float() * g + sign / n * (sign * g).flatten(1).sum(1).view(-1, 1, 1, 1)
 
 
+def _rows(x, eps=0.0):
+    """x [N, ...] as rows [N, n], and (x - mu) / sqrt(var_unbiased + eps) per row."""
+    flat = x.flatten(1)
+    c = flat - flat.mean(1, keepdim=True)
+    return flat, c / torch.sqrt((c ** 2).sum(1, keepdim=True) / (flat.shape[1] - 1) + eps)
+
+
+def ref_recu_weight(tau):
+    def ref(w, g):  # W1 = 2 sqrt 2 * standardised row; clamp at Q = -mean|W1| ln(2 - 2 tau); identity STE
+        flat, z = _rows(w, EPS)
+        w1 = 2 * 2 ** 0.5 * z
+        q = -w1.abs().mean() * torch.log(torch.tensor(2 - 2 * tau))
+        inside = (w1.abs() <= q).float()
+        grad = 2 * 2 ** 0.5 * standardize_grad(flat, g.flatten(1) * inside, True)
+        return torch.sign(w1.clamp(-q, q)).view_as(w), grad.view_as(w)
+    return ref
+
+
+def ede(x, k, t):
+    return k * t * (1 - torch.tanh(t * x) ** 2)
+
+
+def ref_irnet_weight(k, t):
+    def ref(w, g):  # Libra-PB: standardised rows (no eps), times 2^round(log2 mean|W_s|); EDE backward
+        flat, ws = _rows(w)
+        scale = 2.0 ** torch.round(torch.log2(ws.abs().mean(1, keepdim=True)))
+        grad = standardize_grad(flat, g.flatten(1) * scale * ede(ws, k, t), True, eps=0.0)
+        return (torch.sign(ws) * scale).view_as(w), grad.view_as(w)
+    return ref
+
+
+def ref_irnet_input(k, t):
+    return lambda x, g: (torch.sign(x), g * ede(x, k, t))
+
+
+def triangle(x, k, t):
+    return (k * (2 ** 0.5 * t - t * t * x.abs())).clamp_min(0)  # k (2 sqrt(t^2/2) - |t^2 x|), t > 0
+
+
+class _Rbnn:
+    """RBNN's weight quantizer with random angles (at pi/2 the latent weights get no gradient), and
+    its reference, which reads the rotations the quantizer drew."""
+
+    def __init__(self, k, t):
+        self.k, self.t = k, t
+
+    def make(self):
+        torch.manual_seed(3)
+        self.q = QUANTIZERS.get("rbnn_weight")(torch.randn(6, 4, 3, 3), k=self.k, t=self.t)
+        with torch.no_grad():
+            self.q.rotate.copy_(torch.rand(6, 1, 1, 1) * 3.0)
+        return self.q
+
+    def ref(self, w, g):
+        q = self.q
+        flat, w2 = _rows(w)
+        rotated = (q.R1.t() @ w2.view(6, q.a, q.b) @ q.R2).reshape(6, -1)
+        blend = torch.sin(q.rotate.detach()).abs().view(6, 1)
+        w3 = w2 + blend * (rotated - w2)
+        grad = standardize_grad(flat, g.flatten(1) * triangle(w3, self.k, self.t) * (1 - blend), True, eps=0.0)
+        return torch.sign(w3).view_as(w), grad.view_as(w)
+
+
+def ref_rbnn_input(t):
+    def ref(x, g):  # per-sample standardisation (no eps); triangle with k = 1, t' = max(t, 1)
+        flat, y = _rows(x)
+        grad = standardize_grad(flat, g.flatten(1) * triangle(y, 1.0, max(t, 1.0)), True, eps=0.0)
+        return torch.sign(y).view_as(x), grad.view_as(x)
+    return ref
+
+
+def ref_rbnn_standardize(x, g):
+    flat, y = _rows(x)
+    return y.view_as(x), standardize_grad(flat, g.flatten(1), True, eps=0.0).view_as(x)
+
+
+_RBNN = [_Rbnn(3.0, 0.3), _Rbnn(1.0, 2.0)]
+
 # name -> list of (constructor, reference(x, g) -> (forward value, gradient))
 CASES = {
     "approx_sign": [(lambda: QUANTIZERS.get("approx_sign")(), ref_approx_sign)],
@@ -85,6 +163,17 @@ CASES = {
     "biper_weight": [(lambda: QUANTIZERS.get("biper_weight")(6, freq=20.0, stage=1), ref_biper_weight(1)),
                      (lambda: QUANTIZERS.get("biper_weight")(6, freq=20.0, stage=2), ref_biper_weight(2))],
     "xnor_weight": [(lambda: QUANTIZERS.get("xnor_weight")(), ref_xnor)],
+    "recu_weight": [(lambda: QUANTIZERS.get("recu_weight")(tau=0.9), ref_recu_weight(0.9)),
+                    (lambda: QUANTIZERS.get("recu_weight")(tau=0.6), ref_recu_weight(0.6))],
+    "recu_input": [(lambda: QUANTIZERS.get("recu_input")(), ref_biper_input)],
+    "irnet_weight": [(lambda: QUANTIZERS.get("irnet_weight")(k=2.0, t=0.5), ref_irnet_weight(2.0, 0.5)),
+                     (lambda: QUANTIZERS.get("irnet_weight")(k=1.0, t=3.0), ref_irnet_weight(1.0, 3.0))],
+    "irnet_input": [(lambda: QUANTIZERS.get("irnet_input")(k=2.0, t=0.5), ref_irnet_input(2.0, 0.5)),
+                    (lambda: QUANTIZERS.get("irnet_input")(k=1.0, t=3.0), ref_irnet_input(1.0, 3.0))],
+    "rbnn_weight": [(r.make, r.ref) for r in _RBNN],
+    "rbnn_input": [(lambda: QUANTIZERS.get("rbnn_input")(t=0.3), ref_rbnn_input(0.3)),
+                   (lambda: QUANTIZERS.get("rbnn_input")(t=2.0), ref_rbnn_input(2.0))],
+    "rbnn_standardize": [(lambda: QUANTIZERS.get("rbnn_standardize")(), ref_rbnn_standardize)],
 }
 
 

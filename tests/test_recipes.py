@@ -66,9 +66,44 @@ def test_biper_imagenet_rows(model):
         assert "rows 10 and 11" in (ROOT / f"imagenet/biper_{model}.yaml").read_text()
 
 
+@pytest.mark.parametrize("name, want", [
+    *[(f"cifar10/recu_{m}.yaml", ("recu", f"{m}_1w1a", "cifar10", 600, 0.1, 256, 128, 5e-4, 0.9, "cos", True, 0, False))
+      for m in ("resnet18", "resnet20", "vgg_small")],
+    *[(f"imagenet/recu_{m}.yaml", ("recu", f"{m}_1w1a", "imagenet", 200, 0.1, 512, 256, 1e-4, 0.9, "cos", True, 0, False))
+      for m in ("resnet18", "resnet34")],
+])
+def test_recu_rows(name, want):  # METHODS.md §1.3
+    c = cfg(name)
+    assert pick(c) == want and (c["tau_min"], c["tau_max"]) == (0.85, 0.99)
+
+
+@pytest.mark.parametrize("name, want, t_min", [  # METHODS.md §2.3: the trainers' defaults
+    ("cifar10/irnet_resnet20.yaml", ("irnet", "resnet20_1w1a", "cifar10", 400, 0.1, 128, 128, 1e-4, 0.9, "cos", False, 0, False), 1e-3),
+    ("cifar10/irnet_resnet20_1w32a.yaml", ("irnet", "resnet20_1w32a", "cifar10", 400, 0.1, 128, 128, 1e-4, 0.9, "cos", False, 0, False), 0.1),
+    ("cifar10/irnet_vgg_small.yaml", ("irnet", "vgg_small_1w1a", "cifar10", 300, 0.007, 128, 128, 1e-4, 0.9, "cos", False, 0, False), 0.1),
+])
+def test_irnet_rows(name, want, t_min):
+    c = cfg(name)
+    assert pick(c) == want and (c["T_min"], c["T_max"]) == (t_min, 10.0)
+
+
+@pytest.mark.parametrize("name, want", [  # METHODS.md §3.3
+    *[(f"cifar10/rbnn_{f}.yaml", ("rbnn", m, "cifar10", 1000, 0.1, 256, 128, 1e-4, 0.9, "cos", True, 1234, False))
+      for f, m in (("resnet20_bireal", "resnet20_bireal_1w1a"), ("resnet20", "resnet20_1w1a"), ("resnet18", "resnet18_1w1a"),
+                   ("vgg_small", "vgg_small_1w1a"))],
+    *[(f"imagenet/rbnn_{m}.yaml", ("rbnn", f"{m}_1w1a", "imagenet", 150, 0.1, 512, 256, 1e-4, 0.9, "cos", False, 1234, True))
+      for m in ("resnet18", "resnet34")],
+])
+def test_rbnn_rows(name, want):
+    c = cfg(name)
+    assert pick(c) == want and (c["Tmin"], c["Tmax"], c["rotation_update"], c["a32"]) == (0.01, 10.0, 1, False)
+
+
 def test_every_recipe_resolves_and_is_listed():
     names = list_recipes()
-    assert len(names) == 5 + 3 * 3 + 2 * 3  # SiMaN rows; BiPer stage 1, stage 2 and both, per row
+    # SiMaN rows; BiPer stage 1, stage 2 and both, per row; ReCU, IR-Net (the rows whose trainer is
+    # published: ResNet-20 1/1 and 1/32, VGG-Small) and RBNN rows
+    assert len(names) == 5 + 3 * 3 + 2 * 3 + 5 + 3 + 6
     for name in names:
         for stage in stages_of(load_recipe(str(ROOT / f"{name}.yaml"))):
             resolve(stage)

@@ -105,6 +105,9 @@ def _binary_conv(b: _Builder, name: str, x: fx.Node, conv: nn.Conv2d, bn: nn.Mod
     scale, bias = epilogue_affine(bn, O)
     binary_input = bool(getattr(conv, "binary_input", True))
     quant = getattr(conv, "input_quantizer", None)
+    if binary_input and quant is not None and not getattr(quant, "sign_valued", True):
+        raise DeployExportError(f"{name}: its input quantizer ({type(quant).__name__}) does not give sign(x - t) "
+                                "values, so the runtime's 1-bit inputs would not reproduce it")
     attrs = {"in_channels": conv.in_channels, "out_channels": O, "kernel": _pair(conv.kernel_size),
              "stride": _pair(conv.stride), "padding": _pair(conv.padding), "dilation": _pair(conv.dilation),
              "groups": conv.groups, "center": bool(getattr(quant, "centered", False)) if binary_input else False}

@@ -41,6 +41,7 @@ FUNCTIONS = {
     "F.max_pool2d": F.max_pool2d,
     "F.adaptive_avg_pool2d": F.adaptive_avg_pool2d,
     "F.adaptive_max_pool2d": F.adaptive_max_pool2d,
+    "F.log_softmax": F.log_softmax,  # IR-Net's heads (a file naming it needs a runtime that lists it)
     "F.dropout": lambda x, *a, **k: x,
 }
 

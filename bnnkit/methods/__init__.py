@@ -65,7 +65,8 @@ class Method:
     name: ClassVar[str]
     title: ClassVar[str] = ""  # as papers write it, for messages
     year: ClassVar[int] = 0  # of publication: tables list methods in the order the field made them
-    # Which published variant of each model to build: 'siman' or 'biper' (activations, shortcuts, init).
+    # Which published variant of each model to build: 'siman', 'biper', 'irnet' or 'rbnn' (activations,
+    # blocks, shortcuts, heads, init; bnnkit.models).
     architecture: ClassVar[str] = "biper"
     # Settings with their defaults; create_model(**settings) and configure() accept these names.
     defaults: ClassVar[dict[str, Any]] = {}
@@ -160,6 +161,10 @@ class Method:
         return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
                             method=self, binary_input=binary_input)
 
+    def prepare(self, model: nn.Module) -> None:
+        """Called by create_model once the model is built: choices that depend on where a binary
+        conv sits in the model (IR-Net's trainers schedule only some convs)."""
+
     # --- training-time behaviour ----------------------------------------------------------
     def regularizer(self, model: nn.Module) -> Tensor:
         """Added to the task loss in training (and, where the authors did so, in validation)."""
@@ -247,4 +252,4 @@ def method_of(model: nn.Module) -> Method:
 
 
 # Importing the method files registers them.
-from . import biper, siman, ste, xnor  # noqa: E402,F401
+from . import biper, irnet, rbnn, recu, siman, ste, xnor  # noqa: E402,F401

@@ -3,8 +3,9 @@
     model = bnnkit.create_model("resnet20_1w1a", method="siman", num_classes=10, percent=7.5)
 
 A builder receives the configured `Method` and the number of classes and builds the published
-variant the method's `architecture` names ('siman' or 'biper': activations, shortcuts and init
-differ, REFERENCE.md §2.7). The same name can exist for CIFAR and for ImageNet (resnet18_1w1a):
+variant the method's `architecture` names ('siman', 'biper', 'irnet', 'rbnn': activations, blocks,
+shortcuts, heads and init differ, REFERENCE.md §2.7, METHODS.md §1.2, §2.2, §3.2; ReCU's models
+are BiPer's, which forked them). The same name can exist for CIFAR and for ImageNet (resnet18_1w1a):
 `dataset` picks the family.
 """
 from __future__ import annotations
@@ -81,6 +82,7 @@ def create_model(name: str, method: str = "siman", dataset: str | None = None,
     num_classes = num_classes or DEFAULT_CLASSES[dataset]
     configured = method_cls(entry.family, **settings)
     model = entry.builder(configured, num_classes)
+    configured.prepare(model)
     model.bnnkit_spec = {"model": name, "method": method, "dataset": dataset, "family": entry.family,
                          "num_classes": num_classes, "settings": dict(configured.settings)}
     return model

@@ -1,4 +1,6 @@
-"""VGG-small for CIFAR (REFERENCE.md §2.3)."""
+"""VGG-small for CIFAR (REFERENCE.md §2.3). ReCU's, IR-Net's and RBNN's VGG_SMALL_1W1A are BiPer's
+(Hardtanh, the same init, a plain classifier: no LogSoftmax, METHODS.md §2.2 notwithstanding, as
+the golden cases record)."""
 from __future__ import annotations
 
 import math
@@ -38,7 +40,7 @@ class VGGSmall(nn.Module):
         return self.fc(x.flatten(1))
 
 
-@register_model("cifar")
+@register_model("cifar", architectures=("siman", "biper", "irnet", "rbnn"))
 def vgg_small_1w1a(method: Method, num_classes: int) -> nn.Module:
     model = VGGSmall(method, num_classes)
     for m in model.modules():  # the same init in both publications
