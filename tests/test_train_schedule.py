@@ -24,7 +24,7 @@ def applied(recipe: str, stage: int | None = None) -> tuple[dict, list, list]:
     start = method.lr_start_epoch()  # BiPer's stage 2 counts from epoch 1 (Q14)
     assert start == (0 if cfg.get("stage") == 2 else -1)
     lrs = lr_per_epoch(cfg["lr"], cfg["epochs"], warm_up=cfg["warm_up"], start_epoch=start, lr_type=cfg["lr_type"],
-                       authors_torch=cfg["authors_torch"])
+                       authors_torch=cfg["authors_torch"], scheduler_last_epoch=method.scheduler_last_epoch(cfg["warm_up"]))
     sched = [method.schedule(e, cfg["epochs"], **schedule_hparams(cfg)) for e in range(cfg["epochs"])]
     return cfg, lrs, sched
 
@@ -106,3 +106,38 @@ def test_no_warm_up_cosine():
 def test_step_schedule():
     lrs = lr_per_epoch(0.1, 10, lr_type="step", lr_decay_step=[3, 6])
     assert lrs == pytest.approx([0.1] * 3 + [0.01] * 3 + [0.001] * 4)
+
+
+def test_rbnn_cifar_cosine_runs_four_epochs_behind():
+    """RBNN builds CosineAnnealingLR at last_epoch = -1 - 4 under --warm_up, in PyTorch 1.1 (closed form):
+    lr_e = lr (1 + cos(pi (e - 8) / (E - 4))) / 2 after the warm-up, back at lr at epoch 8, not 0 at the end."""
+    cfg, lrs, _ = applied("recipes/cifar10/rbnn_resnet20.yaml")
+    assert (cfg["epochs"], cfg["warm_up"], cfg["authors_torch"]) == (1000, True, "1.1")
+    T = 1000 - 4
+    for e in range(1000):
+        want = 0.1 * (e + 1) / 5 if e < 5 else 0.1 * (1 + math.cos(math.pi * (e - 8) / T)) / 2
+        assert lrs[e] == pytest.approx(want, rel=1e-12, abs=1e-18)
+    assert lrs[8] == pytest.approx(0.1, rel=1e-15)
+    assert lrs[999] == pytest.approx(0.1 * (1 + math.cos(math.pi * 991 / 996)) / 2) and lrs[999] > 6e-6  # not 0
+    # without warm-up (the ImageNet recipes) the scheduler is built at -1 and the closed form is the plain cosine
+    _, lrs_in, _ = applied("recipes/imagenet/rbnn_resnet18.yaml")
+    for e in range(150):
+        assert lrs_in[e] == pytest.approx(0.1 * (1 + math.cos(math.pi * e / 150)) / 2, rel=1e-12, abs=1e-18)
+
+
+def test_scheduler_built_early_matches_the_installed_torch():
+    """The chainable stepping of a scheduler built at last_epoch = -5 (RBNN's construction) equals the
+    installed PyTorch's, which keeps the group lr at its initial step (authors_torch 2.x)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [p], "initial_lr": 0.1}], lr=0.1)
+    sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=60 - 4, eta_min=0, last_epoch=-5)
+    ours = lr_per_epoch(0.1, 60, warm_up=True, authors_torch="2.x", scheduler_last_epoch=-5)
+    for e in range(60):
+        if e < 5:
+            for g in opt.param_groups:
+                g["lr"] = 0.1 * (e + 1) / 5
+        assert opt.param_groups[0]["lr"] == pytest.approx(ours[e], rel=1e-9)
+        if e >= 4:
+            opt.step()
+            sch.step()
+    assert ours != lr_per_epoch(0.1, 60, warm_up=True, authors_torch="2.x")

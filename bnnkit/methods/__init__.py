@@ -188,6 +188,11 @@ class Method:
         their script starts counting at epoch 1 (BiPer's stage 2, quirk Q14)."""
         return -1
 
+    def scheduler_last_epoch(self, warm_up: bool) -> int:
+        """The `last_epoch` the authors build CosineAnnealingLR at; their loop still starts at
+        lr_start_epoch() + 1. Usually the same epoch (RBNN's scripts subtract the warm-up's 4)."""
+        return self.lr_start_epoch()
+
     def describe(self) -> str:
         """The method as logs and messages name it: 'siman', 'biper stage 2'."""
         return self.name

@@ -223,11 +223,19 @@ class Rbnn(Method):
     @classmethod
     def script_defaults(cls, family: str) -> dict[str, Any]:
         """cifar/utils/options.py and imagenet/utils/options.py."""
-        common = {"lr": 0.1, "weight_decay": 1e-4, "Tmin": 1e-2, "Tmax": 10.0, "rotation_update": 1}
+        # README: PyTorch 1.1.0, whose CosineAnnealingLR is the closed form (see scheduler_last_epoch)
+        common = {"lr": 0.1, "weight_decay": 1e-4, "Tmin": 1e-2, "Tmax": 10.0, "rotation_update": 1,
+                  "authors_torch": "1.1"}
         if family == "cifar":
             return {**common, "model": "resnet20_bireal_1w1a", "epochs": 1000, "batch_size": 256,
                     "batch_size_test": 128}
         return {**common, "model": "resnet18_1w1a", "epochs": 150, "batch_size": 512, "batch_size_test": 256}
+
+    def scheduler_last_epoch(self, warm_up: bool) -> int:
+        """cifar/ and imagenet/main.py build CosineAnnealingLR at last_epoch = start_epoch - 4 with
+        --warm_up: under their PyTorch 1.1's closed form the cosine then runs 4 epochs behind the
+        loop, lr_e = lr (1 + cos(pi (e - 8) / (E - 4))) / 2 from epoch 5 on, never reaching 0."""
+        return self.lr_start_epoch() - 4 * int(warm_up)
 
     def make_scale(self, conv: BinaryConv2d) -> nn.Parameter:
         # mean |W| of the parent's default init, before the model re-initialises the weights

@@ -60,7 +60,7 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "download": (bool, False, "download CIFAR into data_path if it is missing (needs the internet)"),
     "cache_dir": (str, None, "where archives are unpacked and decoded images cached"),
     "augment": (bool, True, "training augmentation and shuffling (False: validation transform, fixed order)"),
-    "authors_torch": (str, "1.11", "PyTorch version whose CosineAnnealingLR stepping to reproduce: 1.11 or 2.x"),
+    "authors_torch": (str, "1.11", "PyTorch version whose CosineAnnealingLR stepping to reproduce: 1.1 (closed form), 1.11 or 2.x"),
     "log_samples": (bool, False, "write the sample indices each process trains on per epoch (samples_rank*.json)"),
     "tensorboard": (bool, True, "write a TensorBoard log"),
 }
@@ -278,8 +278,8 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"--amp {cfg['amp']!r}: choose bf16 or fp16")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device {cfg['device']!r}: choose auto, cpu or cuda")
-    if cfg["authors_torch"] not in ("1.11", "2.x"):
-        raise ConfigError(f"--authors_torch {cfg['authors_torch']!r}: choose 1.11 or 2.x")
+    if cfg["authors_torch"] not in ("1.1", "1.11", "2.x"):
+        raise ConfigError(f"--authors_torch {cfg['authors_torch']!r}: choose 1.1, 1.11 or 2.x")
     for key in ("epochs", "batch_size", "batch_size_test"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key} must be at least 1, not {cfg[key]}")

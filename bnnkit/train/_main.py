@@ -165,7 +165,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     epochs = cfg["epochs"]
     start_epoch = method.lr_start_epoch()  # BiPer's stage 2 starts at epoch 1 (quirk Q14)
     lrs = lr_per_epoch(cfg["lr"], epochs, warm_up=cfg["warm_up"], start_epoch=start_epoch, lr_type=cfg["lr_type"],
-                       lr_decay_step=cfg["lr_decay_step"], authors_torch=cfg["authors_torch"])
+                       lr_decay_step=cfg["lr_decay_step"], authors_torch=cfg["authors_torch"],
+                       scheduler_last_epoch=method.scheduler_last_epoch(cfg["warm_up"]))
     hp = schedule_hparams(cfg)
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None

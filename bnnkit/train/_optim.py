@@ -50,28 +50,37 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
 
 
 def lr_per_epoch(lr: float, epochs: int, *, warm_up: bool = False, start_epoch: int = -1, lr_type: str = "cos",
-                 lr_decay_step: list[int] | None = None, authors_torch: str = "1.11") -> list[float | None]:
+                 lr_decay_step: list[int] | None = None, authors_torch: str = "1.11",
+                 scheduler_last_epoch: int | None = None) -> list[float | None]:
     """The lr the authors' loop trains epoch e with, for e in 0..epochs-1 (None before start_epoch + 1).
 
     Simulates their loop (REFERENCE.md §3.1 steps 1 and 5) with the scheduler's own recurrence:
-      cos    CosineAnnealingLR(T_max = E - 4w, eta_min 0, last_epoch = start_epoch), chainable form:
-             lr <- lr (1 + cos(pi n / T)) / (1 + cos(pi (n - 1) / T)) at step n. Built at last_epoch >= 0
-             (BiPer stage 2), its initial step applies that recurrence in 1.11 and keeps the lr in 2.x.
+      cos    CosineAnnealingLR(T_max = E - 4w, eta_min 0, last_epoch = scheduler_last_epoch, by default
+             start_epoch; RBNN builds it 4w epochs earlier). 1.11 and 2.x: the chainable form
+             lr <- lr (1 + cos(pi n / T)) / (1 + cos(pi (n - 1) / T)) at step n; its initial step applies
+             that recurrence in 1.11 and keeps the group lr in 2.x (which matters when it is built at
+             last_epoch != -1, e.g. BiPer's stage 2). 1.1 (ReCU's and RBNN's PyTorch): the closed form
+             lr (1 + cos(pi n / T)) / 2 at every step, whatever the group lr was.
       step   MultiStepLR(lr_decay_step, gamma 0.1), built fresh.
       linear LambdaLR with factor 1 - (n - 4w)/(E - 4w) of the scheduler's step count n.
     """
     w = 1 if warm_up else 0
     total = epochs - 4 * w
     cur = lr
-    if lr_type == "cos":
+    if lr_type == "cos" and authors_torch == "1.1":
         def step(cur: float, n: int) -> float:
-            if n == 0:
-                return lr
+            return lr * (1 + math.cos(math.pi * n / total)) / 2
+        n = (start_epoch if scheduler_last_epoch is None else scheduler_last_epoch) + 1
+        cur = step(cur, n)
+    elif lr_type == "cos":
+        def step(cur: float, n: int) -> float:
+            if n == 0 and authors_torch == "1.11":  # 1.11 keeps the group lr at 0; 2.x only at its initial step
+                return cur
             if (n - 1 - total) % (2 * total) == 0:
                 return cur + lr * (1 - math.cos(math.pi / total)) / 2
             return (1 + math.cos(math.pi * n / total)) / (1 + math.cos(math.pi * (n - 1) / total)) * cur
-        n = start_epoch + 1
-        if not (start_epoch >= 0 and authors_torch != "1.11"):
+        n = (start_epoch if scheduler_last_epoch is None else scheduler_last_epoch) + 1
+        if authors_torch == "1.11":  # its initial step applies the recurrence; 2.x's keeps the group lr
             cur = step(cur, n)
     elif lr_type == "step":
         milestones = sorted(lr_decay_step or [])
