@@ -141,3 +141,24 @@ def test_scheduler_built_early_matches_the_installed_torch():
             opt.step()
             sch.step()
     assert ours != lr_per_epoch(0.1, 60, warm_up=True, authors_torch="2.x")
+
+
+def closed_form_lr(method: str, lr: float, e: int, E: int, warm_up: bool) -> float:
+    """METHODS.md §1.3, §2.3, §3.3: warm-up lr (e+1)/5 for e < 5, then the cosine over E - 4w epochs;
+    RBNN's counter runs 4 epochs behind under warm-up (its scheduler is built at start_epoch - 4)."""
+    if not warm_up:
+        return lr * (1 + math.cos(math.pi * e / E)) / 2
+    if e < 5:
+        return lr * (e + 1) / 5
+    lag = 4 if method == "rbnn" else 0
+    return lr * (1 + math.cos(math.pi * (e - 4 - lag) / (E - 4))) / 2
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p) for m in ("recu", "irnet", "rbnn")
+                                          for p in __import__("pathlib").Path("recipes").glob(f"*/{m}_*.yaml")))
+def test_new_methods_lr_per_epoch_equals_the_closed_form(recipe):
+    cfg, lrs, _ = applied(recipe)
+    assert cfg["lr_type"] == "cos"
+    for e in range(cfg["epochs"]):
+        want = closed_form_lr(cfg["method"], cfg["lr"], e, cfg["epochs"], cfg["warm_up"])
+        assert lrs[e] == pytest.approx(want, rel=1e-9, abs=1e-15), (recipe, e)
