@@ -230,3 +230,22 @@ def test_allocator_benchmark_compares_a_tuned_and_an_untuned_process():
     assert "untuned / tuned step time:" in lines[3]
     bad = subprocess.run([sys.executable, str(script), "--steps", "2"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "--steps must be at least 3" in bad.stderr
+
+
+def test_bench_times_an_epochs_first_step_apart_from_the_step(capsys):
+    """RBNN fits its rotations in an epoch's first training batch: the bench's step leaves that out
+    (t ratio) and times the epoch's first step, with the update, on its own line."""
+    import bnnkit.analysis.bench as bench
+
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", method="rbnn")
+    steps = bench.make_steps(model, torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), True)
+    conv = next(m for m in model.modules() if hasattr(m, "weight_quantizer"))
+    r1 = conv.weight_quantizer.R1.clone()
+    steps["train"]()
+    assert torch.equal(conv.weight_quantizer.R1, r1)
+    steps["epoch_first"]()
+    assert not torch.equal(conv.weight_quantizer.R1, r1) and conv.weight_quantizer.epoch == -1
+    assert bench_main(["--models", "resnet20_1w1a", "--methods", "rbnn", "--batch", "4", "--rounds", "1",
+                       "--warmup", "0", "--matmul_size", "256", "--profile", "never"]) == 0
+    assert "ms once per epoch" in capsys.readouterr().out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _allocator
-from ..methods import method_of
+from ..methods import configure, method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
 
@@ -133,7 +133,18 @@ def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool,
 
     # The first eval forward after a step also rebuilds the packed weights (bnnkit._packed_eval);
     # an evaluation pass over a test set pays that once, so the next batch's time is the throughput.
-    return {"train": train_step, "train_fwd": train_forward, "eval_first": evaluate, "eval": evaluate}
+    steps = {"train": train_step, "train_fwd": train_forward, "eval_first": evaluate, "eval": evaluate}
+    if method is not None:
+        hparams = {o.name: o.default for o in type(method).options if o.hparam and o.default is not None}
+
+        def epoch_first_step() -> None:
+            # an epoch's first step after the trainer applies the schedule: it also does what the
+            # method does once per epoch (RBNN's rotation update), which `train` leaves out
+            configure(model, **method.schedule(0, 100, **hparams))
+            train_step()
+
+        steps["epoch_first"] = epoch_first_step
+    return steps
 
 
 def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, warmup: int,
@@ -312,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp,
                        args.device)
         print(format_row(r, peak), flush=True)
+        if ("binary", "epoch_first") in r.get("median_s", {}):
+            first, step = r["median_s"][("binary", "epoch_first")], r["median_s"][("binary", "train")]
+            print(f"   an epoch's first step {1e3 * first:.1f} ms, the step {1e3 * step:.1f} ms: "
+                  f"{1e3 * (first - step):+.1f} ms once per epoch (the method's per-epoch work, outside t ratio)",
+                  flush=True)
         missed = missed_targets(r)
         if args.profile == "always" or (args.profile == "misses" and missed):
             for line in missed.values():
