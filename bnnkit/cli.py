@@ -251,6 +251,12 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+@subcommand("plot", "overlay training runs (loss, accuracy, lr, scheduled settings, flips, QE), mean and band over seeds")
+def cmd_plot(argv: list[str]) -> int:
+    from .analysis.plots import main as plot_main
+    return plot_main(argv)
+
+
 @subcommand("export", "export a trained binary network, bit-packed, for the CPU runtime (model.bnn)")
 def cmd_export(argv: list[str]) -> int:
     from .deploy import cli_export

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 # The trainer's own columns (bnnkit.train writes them; the rest of metrics.csv are the method's
-# scheduled settings). qe and b are BiPer's quantisation error and mean |W| where a method has a QE.
+# scheduled settings). qe and b: the quantisation error and mean |W| of a method that defines a QE.
 TRAINER_COLUMNS = {"epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                    "qe", "b", "flip_ratio", "best_top1", "epoch_time_s"}
 FIGURE_DIR = "figures"
