@@ -257,6 +257,12 @@ def cmd_plot(argv: list[str]) -> int:
     return plot_main(argv)
 
 
+@subcommand("inspect", "per binary layer of a checkpoint: weights against decision points, undecided and +1 fractions, QE")
+def cmd_inspect(argv: list[str]) -> int:
+    from .analysis.inspection import main as inspect_main
+    return inspect_main(argv)
+
+
 @subcommand("export", "export a trained binary network, bit-packed, for the CPU runtime (model.bnn)")
 def cmd_export(argv: list[str]) -> int:
     from .deploy import cli_export

@@ -188,7 +188,7 @@ def _with_breaks(xs: list[float], ys: list[float], sd: list[float],
     return xs, ys, sd
 
 
-def _save(fig: Any, path: str) -> None:
+def save_png(fig: Any, path: str) -> None:
     """PNG written beside its final name, then renamed: a reader never sees half a file."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -242,7 +242,7 @@ def draw(groups: list[tuple[str, list[Run]]], out_dir: str) -> list[str]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{p.name}.png")
-        _save(fig, path)
+        save_png(fig, path)
         written.append(path)
     return written
 
