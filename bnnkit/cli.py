@@ -263,6 +263,12 @@ def cmd_inspect(argv: list[str]) -> int:
     return inspect_main(argv)
 
 
+@subcommand("compare", "train a grid of methods x models x settings x seeds (resumable), then one table and report")
+def cmd_compare(argv: list[str]) -> int:
+    from .analysis.compare import main as compare_main
+    return compare_main(argv)
+
+
 @subcommand("export", "export a trained binary network, bit-packed, for the CPU runtime (model.bnn)")
 def cmd_export(argv: list[str]) -> int:
     from .deploy import cli_export
