@@ -340,7 +340,7 @@ def write_report(path: str, body: list[list[str]], figures: list[str]) -> None:
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>bnnkit compare</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;
-padding:4px 8px;text-align:right}}figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head>
+padding:4px 8px;text-align:right}}td:nth-child(-n+3){{text-align:left}}figure{{display:inline-block;margin:8px}}img{{max-width:640px}}</style></head>
 <body><h1>bnnkit compare</h1><table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>
 {''.join(imgs)}</body></html>
 """
