@@ -165,6 +165,15 @@ def _has_checkpoint(folder: str) -> bool:
     return any(f == "last.pt" for _, _, files in os.walk(folder) for f in files)
 
 
+def _drop_unstarted_stages(folder: str) -> None:
+    """Remove the stage folders a kill left before their first checkpoint: the trainer resumes a
+    stage from its last.pt and refuses a folder that holds a run without one."""
+    for name in os.listdir(folder):
+        sub = os.path.join(folder, name)
+        if os.path.isdir(sub) and os.path.isfile(os.path.join(sub, "config.yaml")) and not _has_checkpoint(sub):
+            shutil.rmtree(sub)
+
+
 def run_job(job: Job, train: dict[str, Any], log_dir: str, env: dict[str, str]) -> None:
     """Train one run to the end (resuming what an earlier compare left), then write its done.json."""
     pid_file = os.path.join(job.folder, ".compare.pid")
@@ -173,6 +182,8 @@ def run_job(job: Job, train: dict[str, Any], log_dir: str, env: dict[str, str]) 
     resume = os.path.isdir(job.folder) and _has_checkpoint(job.folder)
     if os.path.isdir(job.folder) and not resume:  # killed before its first checkpoint: start it again
         shutil.rmtree(job.folder)
+    elif resume:
+        _drop_unstarted_stages(job.folder)
     cmd = [sys.executable, "-m", "bnnkit", "train", *([job.recipe] if job.recipe else []), "--method", job.method,
            "--model", job.model, "--seed", str(job.seed), *_flags({**train, **job.setting}),
            "--results_dir", os.path.dirname(job.folder), "--save", job.name, *(["--resume"] if resume else [])]

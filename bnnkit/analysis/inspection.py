@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..methods import method_of
 from ..nn import _packed_eval
-from ..nn.layers import BinaryConv2d, binary_convs
+from ..nn.layers import binary_convs
 from ..train import load_any, quantization_error
 
 DELTA = 0.05  # "near" a decision point: within this many standard deviations of the layer's v
