@@ -119,3 +119,14 @@ def test_a_stage_killed_before_its_first_checkpoint_is_started_again(tmp_path):
     _drop_unstarted_stages(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1"]
     assert (tmp_path / "stage1" / "last.pt").exists()
+
+
+def test_the_shipped_specs_load():
+    from bnnkit.analysis.compare import load_spec
+    from bnnkit.methods import list_methods
+
+    jobs, train, _ = load_spec(str(ROOT / "recipes" / "compare" / "biper_qe_vs_freq.yaml"))
+    assert [j.setting["freq"] for j in jobs[::3]] == [5, 10, 20, 30, 40] and {j.seed for j in jobs} == {0, 1, 2}
+    assert train["epochs"] == 30 and train["lr_type"] == "cos"
+    jobs, _, _ = load_spec(str(ROOT / "recipes" / "compare" / "cifar10_all_methods.yaml"))
+    assert sorted({j.method for j in jobs}) == sorted(list_methods()) and len(jobs) == 2 * len(list_methods())
