@@ -251,6 +251,24 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+@subcommand("plot", "overlay training runs (loss, accuracy, lr, scheduled settings, flips, QE), mean and band over seeds")
+def cmd_plot(argv: list[str]) -> int:
+    from .analysis.plots import main as plot_main
+    return plot_main(argv)
+
+
+@subcommand("inspect", "per binary layer of a checkpoint: weights against decision points, undecided and +1 fractions, QE")
+def cmd_inspect(argv: list[str]) -> int:
+    from .analysis.inspection import main as inspect_main
+    return inspect_main(argv)
+
+
+@subcommand("compare", "train a grid of methods x models x settings x seeds (resumable), then one table and report")
+def cmd_compare(argv: list[str]) -> int:
+    from .analysis.compare import main as compare_main
+    return compare_main(argv)
+
+
 @subcommand("export", "export a trained binary network, bit-packed, for the CPU runtime (model.bnn)")
 def cmd_export(argv: list[str]) -> int:
     from .deploy import cli_export

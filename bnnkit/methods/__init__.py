@@ -197,6 +197,17 @@ class Method:
         """The method as logs and messages name it: 'siman', 'biper stage 2'."""
         return self.name
 
+    # --- analysis ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def decision_points(self, layer: BinaryConv2d) -> tuple[Tensor, Tensor]:
+        """Where this layer's binary weights change sign, for `bnnkit inspect`: (v, points) with v
+        [O, k] the value each weight's bit is decided on (the latent weight, unless the method
+        binarizes a transform of it) and points [P] (the same for every output channel) or [O, P]
+        (per channel) the values of v at which a bit flips. A weight near a point is "undecided"
+        (ReCU's dead weights). Default, sign(W): v = W, points = [0]."""
+        w = layer.weight.detach().float()
+        return w.reshape(w.shape[0], -1), torch.zeros(1, device=w.device)
+
 
 def get_method(name: str) -> type[Method]:
     return METHODS.get(name)

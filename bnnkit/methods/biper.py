@@ -245,6 +245,14 @@ class Biper(Method):
     def starts_from_checkpoint(self) -> bool:
         return self.settings["stage"] == 2
 
+    @torch.no_grad()
+    def decision_points(self, layer: BinaryConv2d) -> tuple[Tensor, Tensor]:
+        """sign(sin(f W)) flips at every multiple of pi/f: those within the layer's weight range."""
+        w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
+        step = math.pi / layer.weight_quantizer.freq
+        lo, hi = math.floor(float(w.min()) / step), math.ceil(float(w.max()) / step)
+        return w, torch.arange(lo, hi + 1, device=w.device, dtype=w.dtype) * step
+
     def lr_start_epoch(self) -> int:
         return 0 if self.settings["stage"] == 2 else -1  # main_stage2.py counts epochs from 1 (Q14)
 

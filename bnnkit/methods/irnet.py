@@ -183,6 +183,12 @@ class Irnet(Method):
                 if isinstance(q, _Scheduled):
                     q.follows_schedule = follows
 
+    @torch.no_grad()
+    def decision_points(self, layer: BinaryConv2d) -> tuple[Tensor, Tensor]:
+        """sign(standardised W) is sign(W - mean_r): each row flips at its own mean."""
+        w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
+        return w, w.mean(dim=1, keepdim=True)
+
     def schedule(self, epoch: int, epochs: int, *, T_min: float = 1e-3, T_max: float = 10.0,
                  **hparams: Any) -> dict[str, Any]:
         """t = 10^(log10 T_min + (log10 T_max - log10 T_min) e / E) in float64, stored as float32;

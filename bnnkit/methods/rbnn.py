@@ -142,10 +142,15 @@ class RbnnWeight(WeightQuantizer):
         return TriangleSign.apply(w3, w3, self.k, self.t)
 
     @torch.no_grad()
-    def export(self, weight: Tensor) -> Tensor:
+    def presign(self, weight: Tensor) -> Tensor:
+        """W3 of step 3 with the stored rotation, without updating it: what the sign decides on."""
         _, w2 = _standardize(weight)
         rotated = (self.R1.t() @ w2.reshape(w2.shape[0], self.a, self.b) @ self.R2).view(w2.shape)
-        return torch.sign(w2 + torch.abs(torch.sin(self.rotate)) * (rotated - w2))
+        return w2 + torch.abs(torch.sin(self.rotate)) * (rotated - w2)
+
+    @torch.no_grad()
+    def export(self, weight: Tensor) -> Tensor:
+        return torch.sign(self.presign(weight))
 
 
 @QUANTIZERS.register()
@@ -247,6 +252,13 @@ class Rbnn(Method):
 
     def make_input_quantizer(self, conv: BinaryConv2d) -> InputQuantizer:
         return RbnnStandardizeInput() if self.settings["a32"] else RbnnInput(self.settings["t"])
+
+    @torch.no_grad()
+    def decision_points(self, layer: BinaryConv2d) -> tuple[Tensor, Tensor]:
+        """The bit is sign(W3), W3 the standardised weight blended with its rotation: v = W3 (not the
+        latent weight, whose sign alone does not decide the bit), flipping at 0."""
+        w3 = layer.weight_quantizer.presign(layer.weight.detach().float())
+        return w3.reshape(w3.shape[0], -1), torch.zeros(1, device=w3.device)
 
     def schedule(self, epoch: int, epochs: int, *, Tmin: float = 1e-2, Tmax: float = 10.0,
                  **hparams: Any) -> dict[str, Any]:

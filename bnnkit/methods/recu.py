@@ -135,6 +135,12 @@ class Recu(Method):
     def make_input_quantizer(self, conv: BinaryConv2d) -> RecuInput:
         return RecuInput()
 
+    @torch.no_grad()
+    def decision_points(self, layer: BinaryConv2d) -> tuple[Tensor, Tensor]:
+        """sign(clamp(standardised W)) is sign(W - mean_r): each row flips at its own mean."""
+        w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
+        return w, w.mean(dim=1, keepdim=True)
+
     def schedule(self, epoch: int, epochs: int, *, tau_min: float = 0.85, tau_max: float = 0.99,
                  **hparams: Any) -> dict[str, Any]:
         """tau(e) = A e^(e/E) + B with A = (tau_max - tau_min) / (e - 1), B = tau_min - A, in float32

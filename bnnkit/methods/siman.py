@@ -139,6 +139,16 @@ class Siman(Method):
     def make_input_quantizer(self, conv: BinaryConv2d) -> SimanInput:
         return SimanInput()
 
+    @torch.no_grad()
+    def decision_points(self, layer: BinaryConv2d) -> tuple[Tensor, Tensor]:
+        """The bit is +1 where |S| = |W - mean_r| / std_r exceeds its row's lower median m_r: in W's
+        units, the two points mean_r -+ m_r std_r of each row (std_r with the binarizer's 1e-5)."""
+        w = layer.weight.detach().float().reshape(layer.weight.shape[0], -1)
+        mean = w.mean(dim=1, keepdim=True)
+        std = torch.sqrt(w.var(dim=1, keepdim=True) + 1e-5)
+        m = ((w - mean) / std).abs().median(dim=1, keepdim=True).values
+        return w, torch.cat([mean - m * std, mean + m * std], dim=1)
+
     def schedule(self, epoch: int, epochs: int, **hparams: Any) -> dict[str, Any]:
         # float32 as the authors store it: torch.tensor(15 * (1 - e / E)) then .item()
         return {"percent": float(torch.tensor(15.0 * (1 - epoch / epochs), dtype=torch.float32))}

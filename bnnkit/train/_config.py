@@ -105,7 +105,9 @@ def recipe_dirs() -> list[Path]:
 def list_recipes() -> list[str]:
     names = set()
     for root in recipe_dirs():
-        names |= {str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")}
+        # compare/ holds `bnnkit compare` specs, not training recipes
+        names |= {str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
+                  if p.relative_to(root).parts[0] != "compare"}
     return sorted(names)
 
 

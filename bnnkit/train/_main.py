@@ -16,6 +16,7 @@ from .. import configure, create_model
 from ..models import model_entry
 from ..compat import load_reference
 from ..errors import CheckpointError
+from ..figures import update_run_figures
 from ..methods import get_method, method_of
 from . import _checkpoint as ck
 from ._config import ConfigError, plain, resolve, run_dir_of, stage_names, stages_of
@@ -260,6 +261,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             if is_best:
                 ck.atomic_copy(last, best_path)
             log.epoch_row(row)
+            update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
         d.barrier()
         flip_ref = new_bits
         eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
@@ -269,6 +271,12 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                  + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
                  + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
     return _summary(cfg, run_dir, best, log)
+
+
+def _whole_run(cfg: dict[str, Any], run_dir: str) -> str | None:
+    """The multi-stage run this stage's folder belongs to (its parent, the configured run folder), or None."""
+    top = run_dir_of(cfg)
+    return top if os.path.abspath(os.path.dirname(run_dir)) == os.path.abspath(top) else None
 
 
 def _bare_state(model: nn.Module) -> dict[str, torch.Tensor]:
