@@ -130,3 +130,27 @@ def test_the_shipped_specs_load():
     assert train["epochs"] == 30 and train["lr_type"] == "cos"
     jobs, _, _ = load_spec(str(ROOT / "recipes" / "compare" / "cifar10_all_methods.yaml"))
     assert sorted({j.method for j in jobs}) == sorted(list_methods()) and len(jobs) == 2 * len(list_methods())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc to see a zombie (Linux)")
+def test_a_killed_trainer_left_a_zombie_or_a_reused_pid_does_not_count_as_running(tmp_path):
+    # A SIGKILLed compare leaves its trainer to the container's init, which may never reap it: the
+    # zombie keeps its pid, and a signal 0 alone would call the folder busy for ever (as CI saw).
+    from bnnkit.analysis.compare import _alive, _process_identity
+    pid_file = tmp_path / ".compare.pid"
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file.write_text(_process_identity(proc.pid))
+        assert _alive(str(pid_file))
+        pid_file.write_text(f"{proc.pid} 1")  # the same pid, another process's start time
+        assert not _alive(str(pid_file))
+        pid_file.write_text(_process_identity(proc.pid))
+        proc.kill()
+        deadline = time.time() + 10
+        while _process_identity(proc.pid) is not None:  # not reaped yet: a zombie
+            assert time.time() < deadline
+            time.sleep(0.01)
+        assert os.path.exists(f"/proc/{proc.pid}") and not _alive(str(pid_file))
+    finally:
+        proc.kill()
+        proc.wait()

@@ -151,14 +151,36 @@ def _flags(values: dict[str, Any]) -> list[str]:
     return out
 
 
+def _process_identity(pid: int) -> str | None:
+    """pid and start time, from /proc where there is one; None for a process that is gone or a
+    zombie (a killed trainer whose parent died stays one where the container's init reaps nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc (macOS): a signal 0 says whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return str(pid)
+    state, start_time = fields[0], fields[19]
+    return None if state in ("Z", "X") else f"{pid} {start_time}"
+
+
 def _alive(pid_file: str) -> bool:
+    """Whether the trainer that pid_file names still runs: the same pid and start time, so a pid
+    the system has since given to another process does not count."""
     try:
         with open(pid_file) as fh:
-            pid = int(fh.read().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
+            recorded = fh.read().strip()
+        pid = int(recorded.split()[0])
+    except (OSError, ValueError, IndexError):
         return False
-    return True
+    identity = _process_identity(pid)
+    # without /proc on either side only the pid can be compared
+    return identity is not None and (identity == recorded or " " not in recorded or " " not in identity)
 
 
 def _has_checkpoint(folder: str) -> bool:
@@ -195,7 +217,7 @@ def run_job(job: Job, train: dict[str, Any], log_dir: str, env: dict[str, str]) 
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         with open(pid_file, "w") as fh:
-            fh.write(str(proc.pid))
+            fh.write(_process_identity(proc.pid) or str(proc.pid))
         code = proc.wait()
     os.remove(pid_file)
     if code != 0:
