@@ -1,6 +1,8 @@
 """ReActNet beyond its golden cases (METHODS.md §4): the authors' checkpoints of both steps, the
 architecture's doubling blocks and shortcuts, the weight-decay groups and learning rates of
 train.py, and how step 2 starts from step 1."""
+import warnings
+
 import pytest
 import torch
 
@@ -72,3 +74,101 @@ def test_reactnet_a_blocks_double_by_concatenation_and_pool_their_shortcuts():
         want = block.prelu2(o + block.move22.bias) + block.move23.bias
     assert out.shape == (1, 128, 4, 4)
     assert torch.allclose(out, want, atol=1e-5)
+
+
+# --- the training procedure (METHODS.md §4.7, §4.8) ---------------------------------------------
+
+from bnnkit.methods import get_method  # noqa: E402
+from bnnkit.train import build_optimizer, lr_per_epoch, param_groups, resolve  # noqa: E402
+from tests.test_golden_methods import METHODS_DIR  # noqa: E402
+
+
+@pytest.mark.parametrize("epochs,lr", [(128, 1.25e-3), (256, 5e-4), (5, 2.5e-3)])
+def test_lr_per_epoch_is_the_authors_lambdalr_stepped_before_each_epoch(epochs, lr):
+    """Q2: the authors' loop calls scheduler.step() at the top of every epoch, so epoch e trains with
+    lr (1 - (e + 1)/E), the last one with 0: run their loop with torch's own LambdaLR."""
+    cfg = resolve({"method": "reactnet", "dataset": "imagenet", "epochs": epochs, "lr": lr})
+    assert (cfg["optimizer"], cfg["lr_type"]) == ("adam", "linear")
+    method = get_method("reactnet")
+    ours = lr_per_epoch(cfg["lr"], epochs, lr_type=cfg["lr_type"], steps_first=method.lr_steps_first,
+                        start_epoch=method("imagenet", step=2).lr_start_epoch())
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / epochs)
+    theirs = []
+    for _ in range(epochs):
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": what their loop does
+            warnings.simplefilter("ignore")
+            sched.step()
+        theirs.append(opt.param_groups[0]["lr"])
+    assert ours == theirs
+    assert ours[0] == lr * (1 - 1 / epochs) and ours[-1] == 0.0
+
+
+def test_adam_as_the_authors_build_it():
+    cfg = resolve({"method": "reactnet", "dataset": "imagenet", "weight_decay": 1e-5, "lr": 1.25e-3})
+    model = bnnkit.create_model("birealnet18", "reactnet", dataset="imagenet")
+    opt = build_optimizer(model, cfg)
+    assert type(opt) is torch.optim.Adam
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 1e-5]  # [rest], [decayed], in that order
+    d = opt.defaults
+    assert (d["betas"], d["eps"], d["amsgrad"]) == ((0.9, 0.999), 1e-8, False)
+
+
+@pytest.mark.parametrize("model_name,step,tensors,elements", [
+    ("reactnet", 1, 110, 28_285_792), ("reactnet", 2, 79, None), ("birealnet18", 1, 68, None), ("birealnet18", 2, 68, None)])
+def test_weight_decay_groups_are_train_pys(model_name, step, tensors, elements):
+    """Q7: decayed = ndim 4 or 'conv' in the name: the stem, the binary convs (not ReActNet-A's flat
+    step-2 weights), every LearnableBias and Bi-Real's downsample conv; BN, PReLU and fc are not."""
+    model = bnnkit.create_model(model_name, "reactnet", dataset="imagenet", step=step)
+    rest, decayed = param_groups(model, 1e-5, 1e-3)
+    assert (rest["weight_decay"], decayed["weight_decay"]) == (0.0, 1e-5)
+    assert len(decayed["params"]) == tensors
+    if elements is not None:
+        assert sum(p.numel() for p in decayed["params"]) == elements
+    biases = [n for n in decayed["names"] if n.endswith(".bias") and ".move" in n]
+    assert len(biases) == (78 if model_name == "reactnet" else 48)
+    assert not any(".bn" in n or "prelu" in n or n.startswith("fc.") for n in decayed["names"])
+
+
+@pytest.mark.parametrize("path", sorted(METHODS_DIR.glob("reactnet_*.pt")), ids=lambda p: p.stem)
+def test_the_decay_rule_is_ndim_4_or_conv_over_the_authors_names_and_shapes(path):
+    """The rule, written over names, against train.py's own test on the authors' recorded keys and shapes."""
+    case = torch.load(path, weights_only=True)
+    rule = get_method("reactnet").param_group_rule("imagenet", case["meta"]["model"])
+    params = [(k, s) for k, s, kind in case["spec"] if not kind.startswith("bn_running") and kind != "bn_num_batches_tracked"]
+    for key, shape in params:
+        assert rule(key) == (len(shape) == 4 or "conv" in "module." + key), key
+
+
+def _step1_then_step2(model_name, **hparams):
+    from bnnkit.train import model_from_checkpoint
+    torch.manual_seed(0)
+    step1 = bnnkit.create_model(model_name, "reactnet", dataset="imagenet", num_classes=10, step=1)
+    with torch.no_grad():
+        for p in step1.parameters():
+            p.add_(torch.rand_like(p))
+    ckpt = {"spec": step1.bnnkit_spec, "state_dict": step1.state_dict()}
+    step2 = model_from_checkpoint(ckpt, "step1.pt", step=2)
+    bnnkit.methods.method_of(step2).on_stage_start(step2, source_settings=step1.bnnkit_spec["settings"], **hparams)
+    return step1, step2
+
+
+def test_reactnet_a_step2_restarts_its_binary_weights_as_the_authors_strict_false_leaves_them():
+    """Q1: everything but the 31 binary-conv weights comes from step 1; those start at U[0, 0.001)."""
+    step1, step2 = _step1_then_step2("reactnet")
+    convs = {f"{n}.weight" for n, _ in binary_convs(step2)}
+    assert len(convs) == 31
+    s1, s2 = step1.state_dict(), step2.state_dict()
+    for k in s1:
+        if k in convs:
+            assert float(s2[k].min()) >= 0 and float(s2[k].max()) < 0.001 and not torch.equal(s1[k], s2[k]), k
+        else:
+            assert torch.equal(s1[k], s2[k]), k
+
+
+@pytest.mark.parametrize("model_name,hparams", [("reactnet", {"carry_weights": True}), ("birealnet18", {})])
+def test_step2_carries_every_weight_over_where_the_keys_match_or_when_asked(model_name, hparams):
+    step1, step2 = _step1_then_step2(model_name, **hparams)
+    for (k, a), b in zip(step1.state_dict().items(), step2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert all(c.weight_quantizer.name == "reactnet_hard_binary_weight" for _, c in binary_convs(step2))

@@ -28,6 +28,7 @@ from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
 from ._runlog import RunLog, holds_run
 from ._syncbn import convert_sync_bn
+from ._teacher import build_teacher, describe_teacher
 
 
 class RunExistsError(ConfigError):
@@ -175,11 +176,15 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     optimizer = build_optimizer(bare, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
     criterion = nn.CrossEntropyLoss()
+    teacher = build_teacher(cfg, bare.bnnkit_spec["num_classes"], d.device)
+    if teacher is not None:
+        log.info(f"loss {cfg['loss']}: distilling from {describe_teacher(cfg)}, in eval mode without gradients")
     epochs = cfg["epochs"]
     start_epoch = method.lr_start_epoch()  # BiPer's stage 2 starts at epoch 1 (quirk Q14)
     lrs = lr_per_epoch(cfg["lr"], epochs, warm_up=cfg["warm_up"], start_epoch=start_epoch, lr_type=cfg["lr_type"],
                        lr_decay_step=cfg["lr_decay_step"], authors_torch=cfg["authors_torch"],
-                       scheduler_last_epoch=method.scheduler_last_epoch(cfg["warm_up"]))
+                       scheduler_last_epoch=method.scheduler_last_epoch(cfg["warm_up"]),
+                       steps_first=method.lr_steps_first)
     hp = schedule_hparams(cfg)
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
@@ -192,7 +197,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             first = ckpt["epoch"] + 1
         else:
             first, start_batch = ckpt["epoch"], ckpt["batch"]
-            meters = Meters(ckpt["meters"]) if d.main else Meters()
+            meters = Meters(ckpt["meters"]) if d.main else Meters(kd=teacher is not None)
             flip_ref = ckpt.get("flip_ref") or None
         ck.set_rng_state(ckpt["rng"])
         if first >= epochs:
@@ -244,7 +249,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
                                      device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
                                      scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
-                                     on_batch_end=on_batch_end)
+                                     on_batch_end=on_batch_end, teacher=teacher, loss_mode=cfg["loss"])
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"{exc}; stopped, and kept the last good checkpoint "
                                      f"{last if os.path.exists(last) else '(none yet)'}: lower --lr or check the data") from None
@@ -257,7 +262,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                 torch.distributed.broadcast(t.data, 0)
         new_bits = sign_bits(bare)
         row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
-               "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+               "train_top5": train["top5"], **({"train_kd": train["kd"]} if "kd" in train else {}), "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
         qe = quantization_error(bare)
         if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
@@ -277,7 +282,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         d.barrier()
         flip_ref = new_bits
         eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
-        log.info(f"epoch {epoch}: train loss {train['loss']:.4f} top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
+        log.info(f"epoch {epoch}: train loss {train['loss']:.4f}" + (f" (kd {train['kd']:.4f})" if "kd" in train else "")
+                 + f" top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
                  f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
                  + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
                  + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
