@@ -198,8 +198,9 @@ class ReActNet(Method):
 
     @classmethod
     def augmentation(cls, dataset: str, backend: str) -> dict[str, Any]:
-        # train.py's ImageNet pipeline adds Lighting(0.1) to the uint8 image (Q6)
-        return {"lighting": dataset == "imagenet" and backend != "dali"}
+        # train.py's ImageNet pipeline adds Lighting(0.1) to the uint8 image before the flip (Q6): the
+        # same PCA, units and truncation as BiPer's, which bnnkit's torch and DALI loaders both apply
+        return {"lighting": dataset == "imagenet"}
 
     @classmethod
     def authors_settings(cls, path: str, given: dict[str, Any]) -> dict[str, Any]:
