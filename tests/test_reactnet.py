@@ -172,3 +172,45 @@ def test_step2_carries_every_weight_over_where_the_keys_match_or_when_asked(mode
     for (k, a), b in zip(step1.state_dict().items(), step2.state_dict().values()):
         assert torch.equal(a, b), k
     assert all(c.weight_quantizer.name == "reactnet_hard_binary_weight" for _, c in binary_convs(step2))
+
+
+# --- export -------------------------------------------------------------------------------------
+
+def _randomized(name, step=2, classes=10):
+    torch.manual_seed(0)
+    model = bnnkit.create_model(name, "reactnet", num_classes=classes, step=step)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".move" in n or n.startswith("move"):
+                p.normal_(0, 0.2)  # RSign thresholds and RPReLU shifts away from 0
+            elif "prelu" in n:
+                p.uniform_(-0.5, 0.5)
+    model.train()
+    model(torch.randn(8, 3, 64, 64))  # BatchNorm statistics that are not the initial ones
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["birealnet20", "birealnet18", "reactnet"])
+def test_step2_models_export_to_the_packed_runtime_with_the_same_logits(name, tmp_path):
+    """RSign's shift, RPReLU, the doubling concat and the pooled shortcuts run in the .bnn graph; the
+    per-channel mean |W| is each conv's prescale: the runtime's logits are the model's, bit for bit."""
+    from bnnkit import deploy
+    model = _randomized(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a latent weight exactly 0 is handled exactly
+        info = deploy.export(model, tmp_path / "m.bnn", example_input_shape=(1, 3, 64, 64))
+    assert info["binary_convs"] == len(binary_convs(model))
+    net = deploy.load(tmp_path / "m.bnn")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        with torch.no_grad():
+            want = model(xl)
+        assert torch.equal(net(xl), want)
+
+
+def test_a_step1_model_is_not_exported(tmp_path):
+    from bnnkit import deploy
+    from bnnkit.errors import DeployExportError
+    with pytest.raises(DeployExportError, match="step 2"):
+        deploy.export(_randomized("birealnet20", step=1), tmp_path / "m.bnn", example_input_shape=(1, 3, 32, 32))

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.functional import approx_sign
@@ -248,8 +249,23 @@ class ReActNet(Method):
 
 
 class _ReactConv(BinaryConv2d):
-    """A BinaryConv2d that knows, before its quantizer is made, whether the authors flatten its weight."""
+    """A BinaryConv2d that knows, before its quantizer is made, whether the authors flatten its weight.
+
+    Without autograd a step-2 conv computes conv(sign(x), sign(W)) * a_o: exact integers, then one
+    rounding per output, as the packed runtime does (`bnnkit export`: a_o is the conv's prescale), so
+    the exported file gives the model's eval logits bit for bit. The authors' conv(x, a_o sign(W))
+    sums the same products in another rounding order (relative differences ~1e-7); training keeps
+    their form."""
 
     def __init__(self, *args: Any, flat_reference: bool = False, **kwargs: Any) -> None:
         self.__dict__["flat_reference"] = flat_reference  # read by make_weight_quantizer inside super().__init__
         super().__init__(*args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or not isinstance(self.weight_quantizer, HardBinaryWeight):
+            return super().forward(x)
+        w = self.weight
+        scale = w.abs().mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+        y = F.conv2d(self.input_quantizer(x) if self.binary_input else x, torch.sign(w), None,
+                     self.stride, self.padding, self.dilation, self.groups)
+        return y * scale.reshape(1, -1, 1, 1)
