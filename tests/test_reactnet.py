@@ -214,3 +214,59 @@ def test_a_step1_model_is_not_exported(tmp_path):
     from bnnkit.errors import DeployExportError
     with pytest.raises(DeployExportError, match="step 2"):
         deploy.export(_randomized("birealnet20", step=1), tmp_path / "m.bnn", example_input_shape=(1, 3, 32, 32))
+
+
+# --- both steps end to end ----------------------------------------------------------------------
+
+def test_two_steps_with_a_teacher_then_eval_and_export(tmp_path):
+    """The CIFAR recipe on 128 images with a small random torchvision teacher and the authors' loss
+    (kd only): both steps run, the distillation loss is logged, the lr follows Q2, step 2 starts
+    from step 1's last checkpoint with every Bi-Real weight (its one epoch has lr 0, so its
+    parameters are still step 1's), eval reproduces the log and the export the model's logits."""
+    import csv
+    import json
+
+    import torchvision
+
+    from bnnkit import deploy
+    from bnnkit.train import model_from_checkpoint, read_checkpoint
+    from tests._train_fixtures import CIFAR, cli
+
+    torch.manual_seed(0)
+    teacher = torchvision.models.get_model("resnet18", weights=None, num_classes=10)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    tiny = ["--data_path", CIFAR, "--subset", "128", "--val_subset", "128", "-b", "64", "-bt", "128", "--workers", "1",
+            "--threads", "1", "--print_freq", "1", "--set", "tensorboard=false"]
+    code, out, err = cli("train", "recipes/cifar10/reactnet_birealnet20.yaml", *tiny, "--results_dir", tmp_path,
+                         "--epochs", "2", "--set", "step2.epochs=1", "--loss", "kd", "--teacher", "resnet18",
+                         "--teacher_weights", tmp_path / "teacher.pth")
+    assert code == 0, err
+    run = tmp_path / "reactnet_birealnet20"
+
+    def rows(path):
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    s1, s2 = rows(run / "step1" / "metrics.csv"), rows(run / "step2" / "metrics.csv")
+    assert [int(r["epoch"]) for r in s1] == [0, 1] and [int(r["epoch"]) for r in s2] == [0]
+    assert [float(r["lr"]) for r in s1] == [1e-3 * (1 - 1 / 2), 0.0] and float(s2[0]["lr"]) == 0.0
+    for r in s1 + s2:  # the loss is the distillation loss alone
+        assert float(r["train_kd"]) > 0 and float(r["train_loss"]) == pytest.approx(float(r["train_kd"]), rel=1e-6)
+    log2 = (run / "step2" / "log.txt").read_text()
+    assert "distilling from resnet18" in log2 and f"reactnet step 2 starts from {run / 'step1' / 'last.pt'}" in log2
+
+    c1, c2 = read_checkpoint(str(run / "step1" / "last.pt")), read_checkpoint(str(run / "step2" / "last.pt"))
+    assert (c1["spec"]["settings"]["step"], c2["spec"]["settings"]["step"]) == (1, 2)
+    m1, m2 = model_from_checkpoint(c1), model_from_checkpoint(c2)
+    for (n, a), b in zip(m1.named_parameters(), m2.parameters()):
+        assert torch.equal(a, b), n
+
+    code, out, err = cli("eval", run / "step2" / "best.pt", "--data_path", CIFAR, "--val_subset", "128", "--json")
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(float(s2[0]["val_top1"]))
+
+    assert deploy.cli_export([str(run / "step2" / "last.pt"), "-o", str(tmp_path / "r.bnn")]) == 0
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = m2.eval()(x)
+    assert torch.equal(deploy.load(tmp_path / "r.bnn")(x), want)

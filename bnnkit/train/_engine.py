@@ -53,7 +53,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             if teacher is not None:
                 teacher.eval()
                 with torch.no_grad():
-                    kd = distribution_loss(output.float(), teacher(images).float())
+                    soft = teacher(images).float()
+                kd = distribution_loss(output.float(), soft)
             loss = criterion(output.float(), target) if loss_mode != "kd" else None
             if kd is not None and loss_mode != "ce":
                 loss = kd if loss is None else loss + kd
