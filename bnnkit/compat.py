@@ -30,6 +30,8 @@ def reference_names(model: nn.Module) -> dict[str, str]:
             q = getattr(module, quantizer_name)
             for ours, theirs in getattr(q, "reference_state", {}).items():
                 renames[f"{name}.{quantizer_name}.{ours}"] = f"{name}.{theirs}"
+            for ours, theirs in getattr(q, "reference_conv_state", {}).items():
+                renames[f"{name}.{ours}"] = f"{name}.{theirs}"
     return {key: renames.get(key, key) for key in model.state_dict()}
 
 

@@ -1,5 +1,6 @@
-"""ReCU, IR-Net and RBNN against their authors' own computations (../shared/fixtures/methods),
-run exactly as tests/test_golden.py runs SiMaN's and BiPer's cases (METHODS.md §1.4, §2.4, §3.4)."""
+"""ReCU, IR-Net, RBNN and ReActNet against their authors' own computations (../shared/fixtures/methods),
+run exactly as tests/test_golden.py runs SiMaN's and BiPer's cases (METHODS.md §1.4, §2.4, §3.4, §4;
+ReActNet's cases carry its step and the authors' model constructor arguments in meta)."""
 import copy
 
 import pytest
@@ -12,13 +13,14 @@ from tests._shared import SHARED
 from tests.test_golden import _golden
 
 METHODS_DIR = SHARED / "fixtures" / "methods"
-CASES = sorted(p for m in ("recu", "irnet", "rbnn") for p in METHODS_DIR.glob(f"{m}_*.pt"))
+CASES = sorted(p for m in ("recu", "irnet", "rbnn", "reactnet") for p in METHODS_DIR.glob(f"{m}_*.pt"))
 
 
 def test_the_public_cases_are_present():
     names = {p.stem for p in CASES}
     assert {f"{m}_{c}" for m in ("recu", "irnet", "rbnn")
             for c in ("resnet20_cifar10", "vgg_small_cifar10", "resnet18_imagenet")} <= names
+    assert {f"reactnet_{m}_step{s}" for m in ("a", "birealnet18") for s in (1, 2)} <= {n.rsplit("_", 1)[0] for n in names}
 
 
 def _trainer_state(model, meta: dict, training: bool):

@@ -11,6 +11,7 @@ import torch
 
 import bnnkit
 from bnnkit.methods import list_methods, method_of
+from bnnkit.models import model_entry
 from bnnkit.nn.layers import binary_convs
 from bnnkit.train import read_checkpoint
 from tests._train_fixtures import CIFAR, TINY, cli
@@ -93,7 +94,9 @@ def test_inspect_against_the_checkpoints_own_tensors(checkpoints, which, tmp_pat
 def test_every_methods_decision_points_separate_its_bits(method):
     """Within a layer, weights with the same number of decision points below their v have the same bit."""
     torch.manual_seed(0)
-    model = bnnkit.create_model("resnet20_1w1a", method).train()
+    arch = bnnkit.methods.get_method(method).architecture  # ReActNet builds its own models
+    name = next(n for n in ("resnet20_1w1a", *bnnkit.list_models("cifar")) if arch in model_entry(n).architectures)
+    model = bnnkit.create_model(name, method).train()
     model(torch.randn(2, 3, 32, 32))  # one training forward: SiMaN's code then follows the weights
     m = method_of(model)
     for name, conv in binary_convs(model):

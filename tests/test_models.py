@@ -46,14 +46,21 @@ PARAMETER_COUNTS = {
     ("resnet18_1w32a", "imagenet"): {"irnet": (11_692_536, 11_692_536)},
     ("resnet34_1w32a", "imagenet"): {"irnet": (21_800_696, 21_800_696)},
     ("mobilenet_1w1a", "imagenet"): {"biper": (8_768_296, 8_768_296)},
+    # METHODS.md §4.6 (the same in both steps: test_reactnet_counts_in_both_steps)
+    ("reactnet", "imagenet"): {"reactnet": (29_343_592, 29_343_592)},
+    ("birealnet18", "imagenet"): {"reactnet": (11_704_424, 11_704_424)},
+    ("birealnet34", "imagenet"): {"reactnet": (21_827_432, 21_827_432)},
 }
 DATASET = {"cifar": "cifar10", "imagenet": "imagenet"}
-PUBLISHED = ("siman", "biper", "recu", "irnet", "rbnn")
+PUBLISHED = ("siman", "biper", "recu", "irnet", "rbnn", "reactnet")
+UNPUBLISHED = {("birealnet20", "cifar")}  # ReActNet's blocks at ResNet-20's size, for quick CIFAR runs
 # ReCU builds BiPer's variants (BiPer forked its code), so also the two models only BiPer published
 BIPER_ONLY = {("resnet20_1w32a", "cifar"), ("mobilenet_1w1a", "imagenet")}
 # Settings that exercise each method's whole forward: SiMaN's clipping, BiPer's binary stage, ReCU's
 # clamp (tau = 1 clamps nothing), RBNN's rotation update in the first training forward.
-TEST_SETTINGS = {"siman": {"percent": 5.0}, "biper": {"stage": 2}, "recu": {"tau": 0.9}, "rbnn": {"epoch": 0}}
+TEST_SETTINGS = {"siman": {"percent": 5.0}, "biper": {"stage": 2}, "recu": {"tau": 0.9}, "rbnn": {"epoch": 0},
+                 "reactnet": {"step": 2}}
+SCALED = ("xnor", "reactnet")  # binary weights ±(mean |w|) per output channel: the float path, not packed
 
 
 def unused_parameters(model) -> set[str]:
@@ -80,7 +87,8 @@ BUILDABLE = list(_buildable())
 
 
 def test_every_published_model_has_its_counts_checked():
-    published = {(n, f, m) for n, f, m in BUILDABLE if m in PUBLISHED and not (m == "recu" and (n, f) in BIPER_ONLY)}
+    published = {(n, f, m) for n, f, m in BUILDABLE if m in PUBLISHED and not (m == "recu" and (n, f) in BIPER_ONLY)
+                 and (n, f) not in UNPUBLISHED}
     assert published == {(n, f, m) for (n, f), ms in PARAMETER_COUNTS.items() for m in ms}
 
 
@@ -90,6 +98,30 @@ def test_parameter_counts_equal_the_spec(name, family, method):
     all_params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert (all_params, trainable) == PARAMETER_COUNTS[(name, family)][method]
+
+
+@pytest.mark.parametrize("name,binary,tensors,entries", [("reactnet", 28_253_184, 202, 298),
+                                                         ("birealnet18", 10_985_472, 126, 186),
+                                                         ("birealnet34", 21_086_208, 238, 346)])
+def test_reactnet_counts_in_both_steps(name, binary, tensors, entries):
+    """METHODS.md §4.6: parameters, binary-conv latent weights, parameter tensors and state entries,
+    equal in both steps; step 2's latent weights start at U[0, 0.001)."""
+    total = PARAMETER_COUNTS[(name, "imagenet")]["reactnet"][0]
+    for step in (1, 2):
+        model = bnnkit.create_model(name, "reactnet", dataset="imagenet", step=step)
+        convs = binary_convs(model)
+        assert sum(p.numel() for p in model.parameters()) == total
+        assert sum(c.weight.numel() for _, c in convs) == binary
+        assert (len(list(model.parameters())), len(model.state_dict())) == (tensors, entries)
+        if step == 2:
+            assert all(0 <= float(c.weight.detach().min()) and float(c.weight.detach().max()) < 0.001 for _, c in convs)
+
+
+@pytest.mark.parametrize("name,side", [("reactnet", 96), ("birealnet18", 64), ("birealnet20", 32)])
+def test_reactnet_models_take_any_side_divisible_by_32(name, side):
+    model = bnnkit.create_model(name, "reactnet", num_classes=7, step=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, side, side)).shape == (1, 7)
 
 
 def _input(batch=2):
@@ -147,7 +179,7 @@ def test_forward_backward_binary_values_and_no_host_sync(name, family, method, m
         if conv.binary_input:
             assert set(out["x"].unique().tolist()) <= {-1.0, 0.0, 1.0}, conv_name
         wb, w = out["w"], conv.weight.detach()
-        if method == "xnor":  # ±(mean |w|) per output channel
+        if method in SCALED:  # ±(mean |w|) per output channel
             scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
             assert torch.allclose(wb.abs(), torch.where(w == 0, 0.0, scale.expand_as(wb))), conv_name
         elif method == "irnet":  # ±2^n per output channel (Libra-PB's scale; 1 for ordinary weights)
@@ -204,8 +236,8 @@ def test_packed_eval_gives_the_float_eval_bits(name, family, method):
     # XNOR's weights are ±mean|w|, and a random weight can be exactly 0 (sign 0): those stay float
     eligible = [n for n, c in binary_convs(model) if c.binary_input and bool((c.binary_weight().abs() == 1).all())]
     sign_input = [n for n, c in binary_convs(model) if c.binary_input]
-    assert packed == eligible and (method == "xnor" or len(eligible) >= len(sign_input) - 1)
-    assert method == "xnor" or len(folded) >= len(eligible) // 2
+    assert packed == eligible and (method in SCALED or len(eligible) >= len(sign_input) - 1)
+    assert method in SCALED or len(folded) >= len(eligible) // 2
 
 
 @pytest.mark.parametrize("method,settings", [("siman", {}), ("biper", {"stage": 2})])
@@ -482,7 +514,7 @@ def test_native_max_pool_picks_and_rounds_as_pytorch(act):
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(bnnkit.UnknownNameError, match="valid models: .*resnet20_1w1a"):
         bnnkit.create_model("resnet21_1w1a")
-    with pytest.raises(bnnkit.UnknownNameError, match="valid methods: biper, irnet, rbnn, recu, siman, ste, xnor"):
+    with pytest.raises(bnnkit.UnknownNameError, match="valid methods: biper, irnet, rbnn, reactnet, recu, siman, ste, xnor"):
         bnnkit.create_model("resnet20_1w1a", method="sman")
     with pytest.raises(bnnkit.UnknownNameError, match="only for architecture"):
         bnnkit.create_model("mobilenet_1w1a", method="siman")

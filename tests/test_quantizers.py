@@ -74,6 +74,16 @@ def ref_xnor(w, g):
     return a * sign, a * (w.abs() <= 1).float() * g + sign / n * (sign * g).flatten(1).sum(1).view(-1, 1, 1, 1)
 
 
+def ref_identity(w, g):
+    return w, g
+
+
+def ref_hard_binary(w, g):
+    # ReActNet's HardBinaryConv: a_o sign(w) forward; clipped STE without a_o, strict |w| < 1, backward
+    a = w.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    return a * torch.sign(w), g * (w.abs() < 1).float()
+
+
 def _rows(x, eps=0.0):
     """x [N, ...] as rows [N, n], and (x - mu) / sqrt(var_unbiased + eps) per row."""
     flat = x.flatten(1)
@@ -174,6 +184,10 @@ CASES = {
     "rbnn_input": [(lambda: QUANTIZERS.get("rbnn_input")(t=0.3), ref_rbnn_input(0.3)),
                    (lambda: QUANTIZERS.get("rbnn_input")(t=2.0), ref_rbnn_input(2.0))],
     "rbnn_standardize": [(lambda: QUANTIZERS.get("rbnn_standardize")(), ref_rbnn_standardize)],
+    "reactnet_sign": [(lambda: QUANTIZERS.get("reactnet_sign")(), ref_approx_sign)],
+    "reactnet_real_weight": [(lambda: QUANTIZERS.get("reactnet_real_weight")(), ref_identity)],
+    "reactnet_hard_binary_weight": [(lambda: QUANTIZERS.get("reactnet_hard_binary_weight")(), ref_hard_binary),
+                                    (lambda: QUANTIZERS.get("reactnet_hard_binary_weight")(flat=True), ref_hard_binary)],
 }
 
 
@@ -241,3 +255,22 @@ def test_biper_penalty_is_the_authors_formula_with_its_gradient():
     assert torch.allclose(w.grad, plain.grad, rtol=1e-5, atol=1e-9)
     w64 = (torch.randn(3, 2, 3, 3, dtype=torch.float64) * 0.1).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: q.penalty(t), (w64,))
+
+
+def test_reactnet_sign_gradient_at_the_checked_points():
+    """METHODS.md §4.1: x = -1.5, -1, -0.5, 0, 0.5, 1, 1.5 give gradient 0, 0, 1, 2, 1, 0, 0."""
+    x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    y = QUANTIZERS.get("reactnet_sign")()(x)
+    y.sum().backward()
+    assert y.tolist() == [-1, -1, -1, 0, 1, 1, 1]
+    assert x.grad.tolist() == [0, 0, 1, 2, 1, 0, 0]
+
+
+def test_hard_binary_weight_has_no_gradient_at_one_and_none_through_the_scale():
+    w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 0.5, -2.0, 0.0, 0.25]).view(1, 6, 1, 1))
+    q = QUANTIZERS.get("reactnet_hard_binary_weight")()
+    y = q(w)
+    a = w.detach().abs().mean()
+    assert torch.equal(y.detach(), a * torch.sign(w.detach()))
+    (y * torch.arange(1.0, 7.0).view(1, 6, 1, 1)).sum().backward()
+    assert w.grad.flatten().tolist() == [0.0, 0.0, 3.0, 0.0, 5.0, 6.0]

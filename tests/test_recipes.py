@@ -99,11 +99,34 @@ def test_rbnn_rows(name, want):
     assert pick(c) == want and (c["Tmin"], c["Tmax"], c["rotation_update"], c["a32"]) == (0.01, 10.0, 1, False)
 
 
+@pytest.mark.parametrize("name, model, batch, lr, epochs", [  # METHODS.md §4.10
+    ("imagenet/reactnet_a.yaml", "reactnet", 256, 1.25e-3, 128),
+    ("imagenet/reactnet_a_256ep.yaml", "reactnet", 256, 5e-4, 256),
+    ("imagenet/reactnet_birealnet18.yaml", "birealnet18", 512, 2.5e-3, 128),
+    ("imagenet/reactnet_birealnet18_256ep.yaml", "birealnet18", 512, 1e-3, 256),
+])
+def test_reactnet_rows(name, model, batch, lr, epochs):
+    s1, s2 = cfg(name, 1), cfg(name, 2)
+    for c, step, wd in ((s1, 1, 1e-5), (s2, 2, 0.0)):
+        assert pick(c) == ("reactnet", model, "imagenet", epochs, lr, batch, batch, wd, 0.9, "linear", False, 0, False)
+        assert (c["step"], c["optimizer"], c["loss"], c["teacher"], c["carry_weights"]) == (step, "adam", "kd", "resnet34", False)
+    stages = load_recipe(str(ROOT / name))["stages"]
+    assert stages[1]["start_from"] == "last"  # the last epoch's checkpoint, not the best (Q14)
+
+
+def test_reactnet_cifar_recipe_says_it_is_not_published():
+    s1, s2 = cfg("cifar10/reactnet_birealnet20.yaml", 1), cfg("cifar10/reactnet_birealnet20.yaml", 2)
+    assert (s1["model"], s1["step"], s2["step"], s1["optimizer"], s1["lr_type"]) == ("birealnet20", 1, 2, "adam", "linear")
+    assert (s1["weight_decay"], s2["weight_decay"]) == (1e-5, 0.0)
+    assert "NOT A PUBLISHED ROW" in (ROOT / "cifar10/reactnet_birealnet20.yaml").read_text()
+
+
 def test_every_recipe_resolves_and_is_listed():
     names = list_recipes()
     # SiMaN rows; BiPer stage 1, stage 2 and both, per row; ReCU, IR-Net (the rows whose trainer is
-    # published: ResNet-20 1/1 and 1/32, VGG-Small) and RBNN rows
-    assert len(names) == 5 + 3 * 3 + 2 * 3 + 5 + 3 + 6
+    # published: ResNet-20 1/1 and 1/32, VGG-Small) and RBNN rows; ReActNet's four two-step rows and
+    # its CIFAR recipe
+    assert len(names) == 5 + 3 * 3 + 2 * 3 + 5 + 3 + 6 + 4 + 1
     for name in names:
         for stage in stages_of(load_recipe(str(ROOT / f"{name}.yaml"))):
             resolve(stage)

@@ -85,6 +85,11 @@ class Method:
     bench_settings: ClassVar[dict[str, tuple[float, float, str]]] = {}
     # Whether validation adds the regulariser to its loss, as the authors' validate() does (Q9).
     regularizer_in_validation: ClassVar[bool] = False
+    # Whether the authors step their LR scheduler at the start of each epoch, before its first batch
+    # (ReActNet's LambdaLR, so epoch e trains with the factor of step e + 1), not at its end.
+    lr_steps_first: ClassVar[bool] = False
+    # Whether the decayed parameter group comes first in the optimiser (param_group_rule's groups).
+    decayed_group_first: ClassVar[bool] = True
 
     @classmethod
     def display(cls) -> str:
@@ -180,8 +185,11 @@ class Method:
         needs `start_from` (a recipe's previous stage gives it)."""
         return False
 
-    def on_stage_start(self, model: nn.Module) -> None:
-        """Called once when a training stage starts from an earlier stage's weights."""
+    def on_stage_start(self, model: nn.Module, source_settings: dict[str, Any] | None = None,
+                       **hparams: Any) -> None:
+        """Called once when a training stage starts from an earlier stage's weights, with the settings
+        that stage was built with (None for an authors' checkpoint) and this stage's schedule
+        hyper-parameters (its hparam options)."""
 
     def lr_start_epoch(self) -> int:
         """The `last_epoch` the authors build their LR scheduler at: -1 (a fresh run), or 0 where
@@ -268,4 +276,4 @@ def method_of(model: nn.Module) -> Method:
 
 
 # Importing the method files registers them.
-from . import biper, irnet, rbnn, recu, siman, ste, xnor  # noqa: E402,F401
+from . import biper, irnet, rbnn, reactnet, recu, siman, ste, xnor  # noqa: E402,F401

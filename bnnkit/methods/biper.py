@@ -259,7 +259,7 @@ class Biper(Method):
     def describe(self) -> str:
         return f"{self.name} stage {self.settings['stage']}"
 
-    def on_stage_start(self, model: nn.Module) -> None:
+    def on_stage_start(self, model: nn.Module, source_settings: dict[str, Any] | None = None, **hparams: Any) -> None:
         # The authors set beta = mean|W| before stage 2 (CIFAR); forward never reads it.
         with torch.no_grad():
             for _, conv in binary_convs(model):

@@ -88,4 +88,4 @@ def create_model(name: str, method: str = "siman", dataset: str | None = None,
     return model
 
 
-from . import cifar_resnet, imagenet_resnet, mobilenet, vgg  # noqa: E402,F401  (registers the models)
+from . import cifar_resnet, imagenet_resnet, mobilenet, reactnet, vgg  # noqa: E402,F401  (registers the models)

@@ -25,7 +25,8 @@ class Quantizer(nn.Module):
     itself under other names: `reference_state` maps our local state names to theirs and
     `reference_settings` maps their state names to our setting attributes (bnnkit.compat);
     `reference_reshaped` names the conv's own keys (relative to the conv, e.g. 'weight') that the
-    authors stored in another shape of the same size.
+    authors stored in another shape of the same size; `reference_conv_state` maps the conv's own
+    state names to the authors' where they differ (ReActNet-A's step-2 `weight` is their `weights`).
     """
 
     name: ClassVar[str]
@@ -34,6 +35,7 @@ class Quantizer(nn.Module):
     reference_state: ClassVar[dict[str, str]] = {}
     reference_settings: ClassVar[dict[str, str]] = {}
     reference_reshaped: ClassVar[tuple[str, ...]] = ()
+    reference_conv_state: ClassVar[dict[str, str]] = {}
 
     def configure(self, **values: Any) -> None:
         for key, value in values.items():

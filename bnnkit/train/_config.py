@@ -39,6 +39,10 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "weight_decay": (float, None, "L2 weight decay of the decayed parameter group"),
     "momentum": (float, 0.9, "SGD momentum"),
     "optimizer": (str, "sgd", "sgd or adam"),
+    "loss": (str, "ce", "training loss: ce (cross-entropy), kd (distillation from --teacher only) or ce+kd"),
+    "teacher": (str, None, "distillation teacher: a torchvision model name (resnet34) or a bnnkit checkpoint path"),
+    "teacher_weights": (str, None, "the torchvision teacher's weights file (default: torchvision's pretrained "
+                        "weights, from its cache or downloaded)"),
     "start_from": (str, None, "checkpoint this stage starts from (a later stage of a recipe: the previous stage's best)"),
     "use_dali": (bool, False, "DALI data pipeline (ImageNet, GPU)"),
     "backend": (str, "auto", "data backend: auto, torch, fast or dali"),
@@ -272,6 +276,12 @@ def validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("--lr_type step needs --lr_decay_step (comma-separated epochs)")
     if cfg["optimizer"] not in ("sgd", "adam"):
         raise ConfigError(f"--optimizer {cfg['optimizer']!r}: choose sgd or adam")
+    if cfg["loss"] not in ("ce", "kd", "ce+kd"):
+        raise ConfigError(f"--loss {cfg['loss']!r}: choose ce, kd or ce+kd")
+    if cfg["loss"] != "ce" and not cfg["teacher"]:
+        raise ConfigError(f"--loss {cfg['loss']} distills from a teacher: pass --teacher NAME or PATH (or --loss ce)")
+    if cfg["teacher_weights"] and not os.path.isfile(cfg["teacher_weights"]):
+        raise ConfigError(f"--teacher_weights {cfg['teacher_weights']}: there is no such file; check the path")
     if cfg["use_dali"]:
         if "backend" in cfg["explicit"] and cfg["backend"] != "dali":
             raise ConfigError(f"--use_dali contradicts --backend {cfg['backend']}: give one of them")

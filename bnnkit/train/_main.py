@@ -1,6 +1,7 @@
 """main: one training stage (the authors' epoch loop, REFERENCE.md §3.1), and multi-stage runs (BiPer's two stages)."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
 from ._runlog import RunLog, holds_run
 from ._syncbn import convert_sync_bn
+from ._teacher import build_teacher, describe_teacher
 
 
 class RunExistsError(ConfigError):
@@ -103,10 +105,21 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
         model = load_reference(src, cfg["method"], cfg["model"], dataset=cfg["dataset"], **settings)
     for o in inherited:
         cfg[o.name] = model.bnnkit_spec["settings"][o.name]
-    method_of(model).on_stage_start(model)
+    _stage_start(model, src["spec"]["settings"] if ck.is_bnnkit(src) else None, cfg)
     log.info(f"{method_of(model).describe()} starts from {path}"
              + "".join(f" with {o.name} {cfg[o.name]}" for o in inherited))
     return model, None
+
+
+def _stage_start(model: nn.Module, source_settings: dict[str, Any] | None, cfg: dict[str, Any]) -> None:
+    """The method's hand-over hook, given what it accepts of the start checkpoint's settings and
+    this stage's schedule hyper-parameters (ReActNet's carry_weights)."""
+    start = method_of(model).on_stage_start
+    extra = {"source_settings": source_settings, **schedule_hparams(cfg)}
+    params = inspect.signature(start).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        extra = {k: v for k, v in extra.items() if k in params}
+    start(model, **extra)
 
 
 def family_of_cfg(cfg: dict[str, Any]) -> str:
@@ -163,11 +176,15 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     optimizer = build_optimizer(bare, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg["amp"] == "fp16" else None
     criterion = nn.CrossEntropyLoss()
+    teacher = build_teacher(cfg, bare.bnnkit_spec["num_classes"], d.device)
+    if teacher is not None:
+        log.info(f"loss {cfg['loss']}: distilling from {describe_teacher(cfg)}, in eval mode without gradients")
     epochs = cfg["epochs"]
     start_epoch = method.lr_start_epoch()  # BiPer's stage 2 starts at epoch 1 (quirk Q14)
     lrs = lr_per_epoch(cfg["lr"], epochs, warm_up=cfg["warm_up"], start_epoch=start_epoch, lr_type=cfg["lr_type"],
                        lr_decay_step=cfg["lr_decay_step"], authors_torch=cfg["authors_torch"],
-                       scheduler_last_epoch=method.scheduler_last_epoch(cfg["warm_up"]))
+                       scheduler_last_epoch=method.scheduler_last_epoch(cfg["warm_up"]),
+                       steps_first=method.lr_steps_first)
     hp = schedule_hparams(cfg)
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
@@ -180,7 +197,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             first = ckpt["epoch"] + 1
         else:
             first, start_batch = ckpt["epoch"], ckpt["batch"]
-            meters = Meters(ckpt["meters"]) if d.main else Meters()
+            meters = Meters(ckpt["meters"]) if d.main else Meters(kd=teacher is not None)
             flip_ref = ckpt.get("flip_ref") or None
         ck.set_rng_state(ckpt["rng"])
         if first >= epochs:
@@ -232,7 +249,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
                                      device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
                                      scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
-                                     on_batch_end=on_batch_end)
+                                     on_batch_end=on_batch_end, teacher=teacher, loss_mode=cfg["loss"])
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"{exc}; stopped, and kept the last good checkpoint "
                                      f"{last if os.path.exists(last) else '(none yet)'}: lower --lr or check the data") from None
@@ -245,7 +262,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                 torch.distributed.broadcast(t.data, 0)
         new_bits = sign_bits(bare)
         row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
-               "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+               "train_top5": train["top5"], **({"train_kd": train["kd"]} if "kd" in train else {}), "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
         qe = quantization_error(bare)
         if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
@@ -265,7 +282,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         d.barrier()
         flip_ref = new_bits
         eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
-        log.info(f"epoch {epoch}: train loss {train['loss']:.4f} top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
+        log.info(f"epoch {epoch}: train loss {train['loss']:.4f}" + (f" (kd {train['kd']:.4f})" if "kd" in train else "")
+                 + f" top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
                  f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
                  + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
                  + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")

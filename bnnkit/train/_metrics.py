@@ -19,27 +19,34 @@ def correct_topk(output: Tensor, target: Tensor, ks: tuple[int, ...] = (1, 5)) -
 
 
 class Meters:
-    """Batch-size-weighted sums of loss and correct counts; `reduce()` sums them over processes."""
+    """Batch-size-weighted sums of loss and correct counts (and, when distilling, of the
+    distillation loss 'kd'); `reduce()` sums them over processes."""
 
-    def __init__(self, sums: dict[str, float] | None = None) -> None:
-        self.sums = dict(sums or {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0})
+    def __init__(self, sums: dict[str, float] | None = None, kd: bool = False) -> None:
+        self.sums = dict(sums or {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0, **({"kd": 0.0} if kd else {})})
 
-    def add(self, loss_sum: float, top1: float, top5: float, n: int) -> None:
+    def add(self, loss_sum: float, top1: float, top5: float, n: int, kd: float | None = None) -> None:
         self.sums["loss"] += loss_sum
         self.sums["top1"] += top1
         self.sums["top5"] += top5
         self.sums["n"] += n
+        if kd is not None:
+            self.sums["kd"] = self.sums.get("kd", 0.0) + kd
 
     def reduce(self, device: torch.device) -> "Meters":
         if not (dist.is_available() and dist.is_initialized()):
             return Meters(self.sums)
-        t = torch.tensor([self.sums[k] for k in ("loss", "top1", "top5", "n")], dtype=torch.float64, device=device)
+        keys = sorted(self.sums)
+        t = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64, device=device)
         dist.all_reduce(t)
-        return Meters(dict(zip(("loss", "top1", "top5", "n"), t.tolist())))
+        return Meters(dict(zip(keys, t.tolist())))
 
     def averages(self) -> dict[str, float]:
         n = max(self.sums["n"], 1.0)
-        return {"loss": self.sums["loss"] / n, "top1": 100.0 * self.sums["top1"] / n, "top5": 100.0 * self.sums["top5"] / n}
+        out = {"loss": self.sums["loss"] / n, "top1": 100.0 * self.sums["top1"] / n, "top5": 100.0 * self.sums["top5"] / n}
+        if "kd" in self.sums:
+            out["kd"] = self.sums["kd"] / n
+        return out
 
 
 @torch.no_grad()

@@ -31,13 +31,14 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[
     if decayed is None:
         return [{"params": [p for _, p in named], "names": [n for n, _ in named], "weight_decay": weight_decay,
                  "lr": lr, "initial_lr": lr}]
-    groups = [{"params": [], "names": [], "weight_decay": weight_decay, "lr": lr, "initial_lr": lr},
-              {"params": [], "names": [], "weight_decay": 0.0, "lr": lr, "initial_lr": lr}]
+    on = {"params": [], "names": [], "weight_decay": weight_decay, "lr": lr, "initial_lr": lr}
+    off = {"params": [], "names": [], "weight_decay": 0.0, "lr": lr, "initial_lr": lr}
     for name, p in named:
-        g = groups[0] if decayed(theirs.get(name, name)) else groups[1]
+        g = on if decayed(theirs.get(name, name)) else off
         g["params"].append(p)
         g["names"].append(name)
-    return groups
+    # the authors' order (ReActNet's train.py lists the undecayed group first)
+    return [on, off] if get_method(spec["method"]).decayed_group_first else [off, on]
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -51,7 +52,7 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
 
 def lr_per_epoch(lr: float, epochs: int, *, warm_up: bool = False, start_epoch: int = -1, lr_type: str = "cos",
                  lr_decay_step: list[int] | None = None, authors_torch: str = "1.11",
-                 scheduler_last_epoch: int | None = None) -> list[float | None]:
+                 scheduler_last_epoch: int | None = None, steps_first: bool = False) -> list[float | None]:
     """The lr the authors' loop trains epoch e with, for e in 0..epochs-1 (None before start_epoch + 1).
 
     Simulates their loop (REFERENCE.md §3.1 steps 1 and 5) with the scheduler's own recurrence:
@@ -63,6 +64,9 @@ def lr_per_epoch(lr: float, epochs: int, *, warm_up: bool = False, start_epoch: 
              lr (1 + cos(pi n / T)) / 2 at every step, whatever the group lr was.
       step   MultiStepLR(lr_decay_step, gamma 0.1), built fresh.
       linear LambdaLR with factor 1 - (n - 4w)/(E - 4w) of the scheduler's step count n.
+    `steps_first`: the loop steps the scheduler at the start of each epoch, before its first batch,
+    instead of at its end (ReActNet's train.py, quirk Q2: epoch e trains with step e + 1's value,
+    linear: lr (1 - (e + 1)/E), the last epoch with 0).
     """
     w = 1 if warm_up else 0
     total = epochs - 4 * w
@@ -95,10 +99,13 @@ def lr_per_epoch(lr: float, epochs: int, *, warm_up: bool = False, start_epoch: 
         cur = step(cur, n)
     out: list[float | None] = [None] * epochs
     for e in range(start_epoch + 1, epochs):
+        if steps_first and e >= 4 * w:
+            n += 1
+            cur = step(cur, n)
         if warm_up and e < 5:
             cur = lr * (e + 1) / 5
         out[e] = cur
-        if e >= 4 * w:
+        if not steps_first and e >= 4 * w:
             n += 1
             cur = step(cur, n)
     return out
