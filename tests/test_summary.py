@@ -45,3 +45,12 @@ def test_summary_command_prints_every_published_family(model, method, dataset):
     out = subprocess.run([sys.executable, "-c", "import sys; from bnnkit.analysis.summary import main; sys.exit(main(sys.argv[1:]))",
                           model, "--method", method, "--dataset", dataset], capture_output=True, text=True, check=True).stdout
     assert "deployed size" in out and "binary MACs (BOPs)" in out and model in out
+
+
+def test_reactnet_a_operations_equal_the_papers_table():
+    # ReActNet (ECCV 2020) Table: ReActNet-A has 4.82e9 BOPs, 0.12e8 FLOPs, 0.87e8 OPs (BOPs/64 + FLOPs),
+    # counted from the same 224x224 input; a wrong block width or a missed duplicated concat moves them.
+    s = summarize(bnnkit.create_model("reactnet", "reactnet", dataset="imagenet"))
+    assert round(s.binary_macs / 1e9, 2) == 4.82
+    assert round(s.real_macs / 1e8, 2) == 0.12
+    assert round(s.ops / 1e8, 2) == 0.87
