@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ from torch import nn
 from .. import configure, create_model
 from ..models import model_entry
 from ..compat import load_reference
-from ..errors import CheckpointError
+from ..errors import BnnkitError, CheckpointError
 from ..figures import update_run_figures
 from ..methods import get_method, method_of
 from . import _checkpoint as ck
@@ -142,6 +143,9 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
     log.replay(early)
     try:
         return _train(cfg, run_dir, d, train_loader, val_loader, log, model, ckpt)
+    except BnnkitError as exc:
+        log.to_file(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise
     finally:
         log.close()
 
@@ -222,6 +226,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
             if cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader):
                 sums = m.reduce(d.device).sums
+                _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
                 if d.main:
                     ck.atomic_save(state(epoch, i, sums, ref), last)
                 d.barrier()
@@ -234,8 +239,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                                      scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
                                      on_batch_end=on_batch_end)
         except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc}; stopped, and kept the last good checkpoint "
-                                     f"{last if os.path.exists(last) else '(none yet)'}: lower --lr or check the data") from None
+            raise NonFiniteLossError(f"{exc}; stopped, {_kept(last)}: lower --lr or check the data") from None
         train = meters.reduce(d.device).averages()
         start_batch, meters = 0, None
         val = evaluate(bare, criterion, val_loader, method=method, device=d.device, amp=cfg["amp"],
@@ -256,6 +260,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}
         row["best_top1"] = best["top1"]
         row["epoch_time_s"] = round(time.time() - t0, 3)
+        _check_finite(bare, val["loss"], f"epoch {epoch}", last)
         if d.main:
             ck.atomic_save(state(epoch, None, None, None), last)
             if is_best:
@@ -271,6 +276,24 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                  + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
                  + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
     return _summary(cfg, run_dir, best, log)
+
+
+def _kept(last: str) -> str:
+    return (f"the last finite checkpoint is {last}" if os.path.exists(last)
+            else "no checkpoint was written (none was finite yet)")
+
+
+def _check_finite(model: nn.Module, val_loss: float | None, where: str, last: str) -> None:
+    """A model with a NaN or infinite weight or buffer, or a non-finite validation loss, is never
+    written: the optimizer step after the last finite loss can still poison the weights, and huge
+    finite weights can still give NaN outputs (REFERENCE.md's runs never diverge; a user's may)."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteLossError(f"the model became non-finite at {where} ({len(bad)} tensors, e.g. {bad[0]}); "
+                                 f"stopped, {_kept(last)}: lower --lr or check the data")
+    if val_loss is not None and not math.isfinite(val_loss):
+        raise NonFiniteLossError(f"the validation loss became {val_loss} at {where}; stopped, {_kept(last)}: "
+                                 f"lower --lr or check the data")
 
 
 def _whole_run(cfg: dict[str, Any], run_dir: str) -> str | None:

@@ -59,6 +59,12 @@ class RunLog:
                 for msg in earlier.history:
                     h.handle(self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, msg, None, None))
 
+    def to_file(self, msg: str) -> None:
+        """Into log.txt only: the fatal error, which the command line prints to the console itself."""
+        for h in self.logger.handlers:
+            if isinstance(h, logging.FileHandler):
+                h.handle(self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, msg, None, None))
+
     def debug(self, msg: str, *args: Any) -> None:
         self.logger.debug(msg, *args)
 
