@@ -3,11 +3,14 @@ training at a time, a failed or stopped run can be started again or resumed."""
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import time
 
 import torch
 
 from bnnkit.train import read_checkpoint
-from tests._train_fixtures import CIFAR, cli
+from tests._train_fixtures import CIFAR, PYTHON, ROOT, cli, env
 
 # 64 images in one batch: one optimizer step an epoch.
 SMALL = ["--method", "siman", "--model", "resnet20_1w1a", "--data_path", CIFAR, "--subset", "64", "--val_subset", "64",
@@ -56,3 +59,50 @@ def test_eval_of_a_diverged_model_fails(tmp_path):
     code, out, err = cli("eval", tmp_path / "inf.pt", "--data_path", CIFAR, "--val_subset", "64")
     assert code == 1
     one_error(err, "non-finite")
+
+
+def _wait_for(path, text, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_one_training_per_folder_sigterm_checkpoints_and_sigkill_leaves_no_lock(tmp_path):
+    run = ["train", *SMALL, "-b", "16", "--epochs", "2", "--results_dir", tmp_path, "--save", "r"]
+    log = tmp_path / "r" / "log.txt"
+    slow = env(BNNKIT_TEST_BATCH_SLEEP="0.4")
+    first = subprocess.Popen([PYTHON, "-m", "bnnkit", *map(str, run)], cwd=ROOT, env=slow, stderr=subprocess.PIPE, text=True)
+    _wait_for(log, "epoch 0: lr", first)
+    t0 = time.time()
+    code, _, err = cli(*run)
+    assert code == 2 and time.time() - t0 < 30
+    one_error(err, "in use by another training")
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    one_error(err, "stopped by SIGTERM", "--resume")
+    mid = read_checkpoint(str(tmp_path / "r" / "last.pt"))
+    assert mid["epoch"] == 0 and mid["batch"] is not None
+    assert "stopped by SIGTERM" in log.read_text()
+    killed = subprocess.Popen([PYTHON, "-m", "bnnkit", *map(str, run), "--resume"], cwd=ROOT, env=slow,
+                              stderr=subprocess.PIPE, text=True)
+    _wait_for(log, "resuming", killed)
+    killed.kill()
+    killed.communicate()
+    code, _, err = cli(*run, "--resume")  # the dead process's lock went with it
+    assert code == 0, err
+    assert read_checkpoint(str(tmp_path / "r" / "last.pt"))["finished"]
+
+
+def test_folder_without_a_checkpoint_is_started_again(tmp_path):
+    for i, extra in enumerate(([], ["--resume"])):
+        code, _, err = cli("train", *SMALL, "--epochs", "1", "--lr", "1e30", "--results_dir", tmp_path, "--save", f"f{i}")
+        assert code == 1 and (tmp_path / f"f{i}" / "log.txt").exists()
+        code, _, err = cli("train", *SMALL, "--epochs", "1", "--results_dir", tmp_path, "--save", f"f{i}", *extra)
+        assert code == 0, err
+        assert "holds no checkpoint (the run stopped before its first one): starting it again" in err
+        assert read_checkpoint(str(tmp_path / f"f{i}" / "last.pt"))["finished"]

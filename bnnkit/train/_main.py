@@ -6,6 +6,7 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from typing import Any
 
@@ -26,12 +27,24 @@ from ._distributed import Dist, any_flag, setup, teardown
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
-from ._runlog import RunLog, holds_run
+from ._runlog import RunLock, RunLog, holds_remnants, holds_run
 from ._syncbn import convert_sync_bn
 
 
 class RunExistsError(ConfigError):
     """The results folder already holds another run."""
+
+
+class RunBusyError(ConfigError):
+    """Another training is writing into the results folder right now."""
+
+
+class StoppedError(BnnkitError):
+    """SIGTERM or SIGINT: the run wrote a checkpoint at a batch boundary and stops; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def seed_everything(seed: int) -> None:
@@ -128,13 +141,36 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     if cfg["amp"] == "fp16" and d.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
+    lock = RunLock(run_dir) if d.main else None
+    if any_flag(lock is not None and not lock.acquire(), d.device):
+        raise RunBusyError(f"results folder {run_dir} is in use by another training right now: "
+                           f"wait for it to end, or pass a new --save NAME (or --results_dir)")
+    try:
+        return _locked_stage(cfg, run_dir, d)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist) -> dict[str, Any]:
+    notes = []
     # every process looks before any writes (the all-reduce in any_flag is also a barrier)
     if any_flag(holds_run(run_dir) and not cfg["resume"], d.device):
         raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
+    if holds_remnants(run_dir) and not holds_run(run_dir) and cfg["resume"] in (True, "True", "true", ""):
+        cfg["resume"] = False  # a rerun and --resume agree: nothing to continue, so start again
+    if holds_remnants(run_dir) and not cfg["resume"]:
+        notes.append(f"{run_dir} holds no checkpoint (the run stopped before its first one): starting it again")
+        if d.main:
+            for name in ("metrics.csv", "config.yaml"):
+                if os.path.exists(os.path.join(run_dir, name)):
+                    os.unlink(os.path.join(run_dir, name))
     seed_everything(cfg["seed"])
     train_loader, val_loader = load_data(cfg, d)  # data and checkpoint errors come before any file is written
     early = RunLog(None, quiet=not d.main)
+    for n in notes:
+        early.info(n)
     try:
         model, ckpt = build_model(cfg, run_dir, early)
     finally:
@@ -193,6 +229,22 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     kill_at = os.environ.get("BNNKIT_DEBUG_KILL_AT")  # "epoch:batch": SIGKILL self there (crash-safety tests)
     started = time.time()
+    slow = float(os.environ.get("BNNKIT_TEST_BATCH_SLEEP") or 0)  # tests: room to signal a run mid-epoch
+    stop: list[int] = []  # the signal that asked to stop; acted on at the next batch boundary
+
+    def stopped(epoch: int, batch: int | None) -> StoppedError:
+        name = signal.Signals(stop[0]).name
+        where = f"epoch {epoch}" + ("" if batch is None else f", batch {batch}")
+        return StoppedError(f"stopped by {name} after {where}, checkpoint {last} written; continue with the same "
+                            f"command and --resume", stop[0])
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
 
     def state(epoch: int, batch: int | None, sums: dict[str, float] | None, ref: Any) -> dict[str, Any]:
         return {"format": ck.FORMAT, "version": 1, "spec": dict(bare_spec()), "state_dict": _bare_state(bare),
@@ -207,75 +259,86 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         spec = getattr(bare, "bnnkit_spec", None) or getattr(model, "bnnkit_spec")
         return {**spec, "settings": dict(spec["settings"])}
 
-    for epoch in range(first, epochs):
-        t0 = time.time()
-        lr = lrs[epoch]
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        sched = method.schedule(epoch, epochs, **hp)
-        if sched:
-            configure(bare, **sched)
-            model.bnnkit_spec["settings"].update(sched)
-        train_loader.set_epoch(epoch)
-        if cfg["log_samples"]:
-            _log_samples(run_dir, d, epoch, train_loader)
-        if flip_ref is None or start_batch == 0:
-            flip_ref = sign_bits(bare)
-        log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
+    try:
+        for epoch in range(first, epochs):
+            t0 = time.time()
+            lr = lrs[epoch]
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            sched = method.schedule(epoch, epochs, **hp)
+            if sched:
+                configure(bare, **sched)
+                model.bnnkit_spec["settings"].update(sched)
+            train_loader.set_epoch(epoch)
+            if cfg["log_samples"]:
+                _log_samples(run_dir, d, epoch, train_loader)
+            if flip_ref is None or start_batch == 0:
+                flip_ref = sign_bits(bare)
+            log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
 
-        def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
-            if cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader):
-                sums = m.reduce(d.device).sums
-                _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
-                if d.main:
-                    ck.atomic_save(state(epoch, i, sums, ref), last)
-                d.barrier()
-            if kill_at == f"{epoch}:{i}":
-                os.kill(os.getpid(), signal.SIGKILL)
+            def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
+                halt = any_flag(bool(stop), d.device) and i < len(train_loader)
+                if halt or (cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader)):
+                    sums = m.reduce(d.device).sums
+                    _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
+                    if d.main:
+                        ck.atomic_save(state(epoch, i, sums, ref), last)
+                    d.barrier()
+                if halt:
+                    raise stopped(epoch, i)
+                if slow:
+                    time.sleep(slow)
+                if kill_at == f"{epoch}:{i}":
+                    os.kill(os.getpid(), signal.SIGKILL)
 
-        try:
-            meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
-                                     device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
-                                     scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
-                                     on_batch_end=on_batch_end)
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc}; stopped, {_kept(last)}: lower --lr or check the data") from None
-        train = meters.reduce(d.device).averages()
-        start_batch, meters = 0, None
-        val = evaluate(bare, criterion, val_loader, method=method, device=d.device, amp=cfg["amp"],
-                       log=log if d.main else None, print_freq=cfg["print_freq"])
-        if d.enabled:  # SiMaN's eval forward rewrites weights (Q1) from each process's own shard: keep rank 0's
-            for t in list(bare.parameters()) + list(bare.buffers()):
-                torch.distributed.broadcast(t.data, 0)
-        new_bits = sign_bits(bare)
-        row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
-               "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-               **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
-        qe = quantization_error(bare)
-        if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
-            row.update(qe=qe["qe"], b=qe["b"])
-        row["flip_ratio"] = flip_ratio(flip_ref, new_bits)
-        is_best = val["top1"] > best["top1"]
-        if is_best:
-            best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}
-        row["best_top1"] = best["top1"]
-        row["epoch_time_s"] = round(time.time() - t0, 3)
-        _check_finite(bare, val["loss"], f"epoch {epoch}", last)
-        if d.main:
-            ck.atomic_save(state(epoch, None, None, None), last)
+            try:
+                meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
+                                         device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
+                                         scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
+                                         on_batch_end=on_batch_end)
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"{exc}; stopped, {_kept(last)}: lower --lr or check the data") from None
+            train = meters.reduce(d.device).averages()
+            start_batch, meters = 0, None
+            val = evaluate(bare, criterion, val_loader, method=method, device=d.device, amp=cfg["amp"],
+                           log=log if d.main else None, print_freq=cfg["print_freq"])
+            if d.enabled:  # SiMaN's eval forward rewrites weights (Q1) from each process's own shard: keep rank 0's
+                for t in list(bare.parameters()) + list(bare.buffers()):
+                    torch.distributed.broadcast(t.data, 0)
+            new_bits = sign_bits(bare)
+            row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
+                   "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                   **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
+            qe = quantization_error(bare)
+            if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
+                row.update(qe=qe["qe"], b=qe["b"])
+            row["flip_ratio"] = flip_ratio(flip_ref, new_bits)
+            is_best = val["top1"] > best["top1"]
             if is_best:
-                ck.atomic_copy(last, best_path)
-            log.epoch_row(row)
-            update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
-        d.barrier()
-        flip_ref = new_bits
-        eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
-        log.info(f"epoch {epoch}: train loss {train['loss']:.4f} top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
-                 f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
-                 + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
-                 + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
-                 + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
-    return _summary(cfg, run_dir, best, log)
+                best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}
+            row["best_top1"] = best["top1"]
+            row["epoch_time_s"] = round(time.time() - t0, 3)
+            _check_finite(bare, val["loss"], f"epoch {epoch}", last)
+            if d.main:
+                ck.atomic_save(state(epoch, None, None, None), last)
+                if is_best:
+                    ck.atomic_copy(last, best_path)
+                log.epoch_row(row)
+                update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
+            d.barrier()
+            if any_flag(bool(stop), d.device):
+                raise stopped(epoch, None)
+            flip_ref = new_bits
+            eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
+            log.info(f"epoch {epoch}: train loss {train['loss']:.4f} top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
+                     f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
+                     + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
+                     + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
+                     + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
+        return _summary(cfg, run_dir, best, log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _kept(last: str) -> str:
