@@ -64,9 +64,19 @@ def schedule_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
+    """--resume PATH, or the newer of the run's last.pt and best.pt: best.pt is written first, so a
+    kill in the writing window can leave it an epoch ahead of last.pt (or the only file)."""
     if isinstance(cfg["resume"], str) and cfg["resume"] not in ("", "True", "true"):
         return cfg["resume"]
-    return os.path.join(run_dir, "last.pt")
+    last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    if os.path.exists(best) and (not os.path.exists(last) or _position(best) > _position(last)):
+        return best
+    return last
+
+
+def _position(path: str) -> tuple[float, float]:
+    c = ck.read_checkpoint(path)
+    return (c.get("epoch", -1), math.inf if c.get("batch") is None else c["batch"])
 
 
 def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -166,6 +176,10 @@ def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist) -> dict[str, Any]:
             for name in ("metrics.csv", "config.yaml"):
                 if os.path.exists(os.path.join(run_dir, name)):
                     os.unlink(os.path.join(run_dir, name))
+    if d.main and os.path.isdir(run_dir):  # a killed write's leftovers (we hold the folder's lock)
+        for e in os.scandir(run_dir):
+            if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file():
+                os.unlink(e.path)
     seed_everything(cfg["seed"])
     train_loader, val_loader = load_data(cfg, d)  # data and checkpoint errors come before any file is written
     early = RunLog(None, quiet=not d.main)
@@ -223,6 +237,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             meters = Meters(ckpt["meters"]) if d.main else Meters()
             flip_ref = ckpt.get("flip_ref") or None
         ck.set_rng_state(ckpt["rng"])
+        if d.main and ckpt["batch"] is None and ckpt.get("row"):
+            log.repair_row(ckpt["row"])
         if first >= epochs:
             log.info(f"{run_dir}: all {epochs} epochs are done; nothing to resume")
             return _summary(cfg, run_dir, best)
@@ -246,14 +262,15 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
 
-    def state(epoch: int, batch: int | None, sums: dict[str, float] | None, ref: Any) -> dict[str, Any]:
+    def state(epoch: int, batch: int | None, sums: dict[str, float] | None, ref: Any,
+              row: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"format": ck.FORMAT, "version": 1, "spec": dict(bare_spec()), "state_dict": _bare_state(bare),
                 "epoch": epoch, "batch": batch, "optimizer": optimizer.state_dict(),
                 "scheduler": {"type": cfg["lr_type"], "lrs": lrs, "start_epoch": start_epoch},
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "rng": ck.rng_state(), "best_prec1": best["top1"], "best_epoch": best["epoch"],
                 "best_loss": best["loss"], "finished": batch is None and epoch == epochs - 1,
-                "config": plain(cfg), "meters": sums or {}, "flip_ref": ref or {}}
+                "config": plain(cfg), "meters": sums or {}, "flip_ref": ref or {}, "row": row or {}}
 
     def bare_spec() -> dict[str, Any]:
         spec = getattr(bare, "bnnkit_spec", None) or getattr(model, "bnnkit_spec")
@@ -320,9 +337,15 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             row["epoch_time_s"] = round(time.time() - t0, 3)
             _check_finite(bare, val["loss"], f"epoch {epoch}", last)
             if d.main:
-                ck.atomic_save(state(epoch, None, None, None), last)
+                # best first, then last, then the row (which last.pt carries): a kill between any two
+                # leaves last.pt an epoch behind best.pt at most, and resuming redoes that epoch bit
+                # for bit and rewrites both; a row lost after last.pt is written back from it
+                snapshot = state(epoch, None, None, None, row)
                 if is_best:
-                    ck.atomic_copy(last, best_path)
+                    ck.atomic_save(snapshot, best_path)
+                    _test_kill(f"best:{epoch}")
+                ck.atomic_save(snapshot, last)
+                _test_kill(f"last:{epoch}")
                 log.epoch_row(row)
                 update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
             d.barrier()
@@ -339,6 +362,12 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _test_kill(point: str) -> None:
+    """SIGKILL this process at a named point of the checkpoint writing (BNNKIT_TEST_KILL_AT, tests only)."""
+    if os.environ.get("BNNKIT_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _kept(last: str) -> str:

@@ -144,6 +144,17 @@ class RunLog:
                     self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
 
+    def repair_row(self, row: dict[str, Any]) -> None:
+        """Write back the row of the epoch a checkpoint finished if a kill lost it from metrics.csv."""
+        if self.folder is None:
+            return
+        path = os.path.join(self.folder, "metrics.csv")
+        if os.path.exists(path):
+            with open(path, newline="") as fh:
+                if any(r.get("epoch") == str(row["epoch"]) for r in csv.DictReader(fh)):
+                    return
+        self.epoch_row(row)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
