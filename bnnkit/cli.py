@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Short and alternative names the authors' scripts accept.
 ALIASES = {"model": ["-a"], "batch_size": ["-b"], "batch_size_test": ["-bt"], "print_freq": ["-p"]}
-FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples", "download")
+FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples", "download", "allow_changed")
 
 
 def train_parser() -> argparse.ArgumentParser:

@@ -106,3 +106,19 @@ def test_folder_without_a_checkpoint_is_started_again(tmp_path):
         assert code == 0, err
         assert "holds no checkpoint (the run stopped before its first one): starting it again" in err
         assert read_checkpoint(str(tmp_path / f"f{i}" / "last.pt"))["finished"]
+
+
+def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
+    run = ["train", *SMALL, "--epochs", "1", "--results_dir", tmp_path, "--save", "c"]
+    code, _, err = cli(*run)
+    assert code == 0, err
+    before = (tmp_path / "c" / "last.pt").read_bytes()
+    code, _, err = cli(*run[:-4], "--epochs", "2", "--lr", "0.5", "-b", "32", "--optimizer", "adam",
+                       *run[-4:], "--resume")
+    assert code == 2
+    one_error(err, "epochs 1 -> 2", "lr 0.1 -> 0.5", "batch_size 64 -> 32", "optimizer sgd -> adam", "--allow_changed")
+    assert (tmp_path / "c" / "last.pt").read_bytes() == before
+    code, _, err = cli(*run[:-4], "--epochs", "2", "--optimizer", "adam", *run[-4:], "--resume", "--allow_changed")
+    assert code == 0, err
+    assert "optimizer sgd -> adam" in (tmp_path / "c" / "log.txt").read_text()
+    assert read_checkpoint(str(tmp_path / "c" / "last.pt"))["epoch"] == 1

@@ -49,6 +49,7 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "results_dir": (str, "./results", "output root"),
     "save": (str, "", "run folder name under results_dir (default: the recipe's name)"),
     "resume": (Any, False, "continue the run in results_dir/save from its last checkpoint (or from PATH)"),
+    "allow_changed": (bool, False, "--resume even where a setting that alters the run changed (recorded in log.txt)"),
     "subset": (int, None, "train on a class-balanced subset of this many images"),
     "val_subset": (int, None, "validate on a class-balanced subset of this many images"),
     "checkpoint_every": (int, 0, "also checkpoint every N training batches (0: only at epoch ends)"),

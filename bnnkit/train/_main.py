@@ -74,6 +74,28 @@ def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
     return last
 
 
+# Settings whose change makes a resumed run another run than the one in its folder.
+RUN_SETTINGS = ("data_path", "dataset", "epochs", "lr", "batch_size", "batch_size_test", "lr_type", "lr_decay_step",
+                "warm_up", "weight_decay", "momentum", "optimizer", "seed", "subset", "val_subset", "augment", "amp",
+                "authors_torch")
+
+
+def _changed_settings(had: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """'KEY OLD -> NEW' for each run-altering setting that differs from the checkpoint's config."""
+    out = []
+    for key in RUN_SETTINGS:
+        if key not in had:
+            continue
+        old, new = had[key], plain({key: cfg.get(key)})[key]
+        if isinstance(old, float) or isinstance(new, float):
+            same = old is not None and new is not None and float(old) == float(new)
+        else:
+            same = old == new or str(old) == str(new)
+        if not same:
+            out.append(f"{key} {old} -> {new}")
+    return out
+
+
 def _position(path: str) -> tuple[float, float]:
     c = ck.read_checkpoint(path)
     return (c.get("epoch", -1), math.inf if c.get("batch") is None else c["batch"])
@@ -98,6 +120,14 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
             if want is not None and had is not None and had != want:
                 raise CheckpointError(f"--resume {path} is a checkpoint with {o.name} {had}, this run has {o.name} "
                                       f"{want}: pass the matching --{o.name}")
+        changed = _changed_settings(ckpt.get("config") or {}, cfg)
+        if changed and not cfg["allow_changed"]:
+            raise ConfigError(f"--resume {path}: this command changes {'; '.join(changed)}: give the run's own settings, "
+                              f"or pass --allow_changed to continue with the new ones (recorded in log.txt)")
+        if changed:
+            log.info(f"--allow_changed: resuming with changed settings: {'; '.join(changed)}")
+            if any(c.startswith("optimizer ") for c in changed):
+                ckpt = {**ckpt, "optimizer": None}  # another optimizer's state does not fit: start it afresh
         log.info(f"resuming {ck.describe(ckpt['spec'])} from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']})")
         return ck.model_from_checkpoint(ckpt, path), ckpt
     settings = method_settings(cfg)
@@ -226,7 +256,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
     if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["optimizer"] is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         best = {"top1": ckpt["best_prec1"], "epoch": ckpt["best_epoch"], "loss": ckpt["best_loss"]}
