@@ -11,6 +11,7 @@ stageN) and `start_from` (the previous stage's `best` (default) or `last`, or a 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,14 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "batch_size_test"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key} must be at least 1, not {cfg[key]}")
+    for key, low, high in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("momentum", 0.0, 1.0)):
+        v = cfg[key]
+        if not (math.isfinite(v) and v >= low and (high is None or v < high)):
+            span = f"in [{low:g}, {high:g})" if high is not None else f"a finite number >= {low:g}"
+            raise ConfigError(f"--{key} must be {span}, not {v}")
+    for key, low in (("threads", 1), ("workers", 0), ("subset", 1), ("val_subset", 1), ("print_freq", 1)):
+        if cfg[key] is not None and cfg[key] < low:
+            raise ConfigError(f"--{key} must be at least {low}, not {cfg[key]}")
     if cfg["checkpoint_every"] < 0:
         raise ConfigError("--checkpoint_every must be >= 0 (0 turns it off)")
 
