@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Callable
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Short and alternative names the authors' scripts accept.
 ALIASES = {"model": ["-a"], "batch_size": ["-b"], "batch_size_test": ["-bt"], "print_freq": ["-p"]}
-FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples", "download")
+FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples", "download", "allow_changed")
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -188,6 +189,10 @@ def _print_eval(path: str, opts: dict[str, Any], as_json: bool) -> int:
         if opts.get(key) is not None:
             opts[key] = coerce(key, opts[key])
     res = evaluate_checkpoint(path, opts)
+    if not all(math.isfinite(res[k]) for k in ("loss", "top1", "top5")):
+        from .errors import NonFiniteLossError
+        raise NonFiniteLossError(f"{path} gives a non-finite validation loss ({res['loss']}): the model diverged; "
+                                 f"evaluate an earlier checkpoint, or retrain with a lower --lr")
     if as_json:
         print(json.dumps(res))
     else:

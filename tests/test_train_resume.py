@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 import torch
 
 from bnnkit.train import read_checkpoint
@@ -60,3 +62,34 @@ def test_two_stage_run_resumes_in_stage_2(tmp_path):
     assert last["finished"] and last["epoch"] == 2 and last["spec"]["settings"]["stage"] == 2
     epochs = [l.split(",")[0] for l in (tmp_path / "biper_resnet20" / "stage2" / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2"]
+
+
+FAST = [a if a != "2" or RUN[i - 1] != "--checkpoint_every" else "0" for i, a in enumerate(RUN)]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    root = tmp_path_factory.mktemp("straight")
+    ref = cli_subprocess("train", *FAST, "--results_dir", root, "--save", "straight")
+    assert ref.returncode == 0, ref.stderr
+    return root / "straight"
+
+
+@pytest.mark.parametrize("point", ["best:0", "last:1"])
+def test_kill_inside_the_checkpoint_writes_resumes_consistently(tmp_path, straight, point):
+    """Killed after best.pt of epoch 0 (before last.pt), or after the last epoch's last.pt (before its
+    metrics row): the resumed run's files equal an uninterrupted run's; stale temporary files go."""
+    fast = FAST
+    killed = cli_subprocess("train", *fast, "--results_dir", tmp_path, "--save", "k",
+                            BNNKIT_TEST_KILL_AT=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (tmp_path / "k" / ".last.pt.stale.tmp").write_bytes(b"half a file")
+    again = cli_subprocess("train", *fast, "--results_dir", tmp_path, "--save", "k", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert not list((tmp_path / "k").glob(".*.tmp"))
+    for name in ("last.pt", "best.pt"):
+        a, b = read_checkpoint(str(straight / name)), read_checkpoint(str(tmp_path / "k" / name))
+        assert a["epoch"] == b["epoch"] and a["best_epoch"] == b["best_epoch"]
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    rows = [[l.split(",")[:8] for l in (f / "metrics.csv").read_text().splitlines()] for f in (straight, tmp_path / "k")]
+    assert rows[0] == rows[1]

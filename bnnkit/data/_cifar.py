@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 
@@ -10,6 +9,7 @@ from ._cache import unpack_archive
 from ._errors import DataError
 from ._folders import scan_image_folder
 from ._info import DATASETS
+from ._pickle import ForbiddenPickleError, load_data_pickle
 from ._source import Source
 
 # torchvision's folder name, the files of each split, and the label key in each pickle.
@@ -26,8 +26,14 @@ def _read_pickles(name: str, folder: str, split: str) -> Source:
     classes = DATASETS[name].classes
     meta = os.path.join(folder, meta_file)
     if os.path.exists(meta):
-        with open(meta, "rb") as f:
-            names = tuple(pickle.load(f, encoding="latin1")[meta_key])
+        try:
+            with open(meta, "rb") as f:
+                names = tuple(load_data_pickle(f)[meta_key])
+        except ForbiddenPickleError as e:
+            raise DataError(f"{meta} is not a genuine {name} file ({e}, which loading data never should): "
+                            f"nothing was run; re-download {name}") from None
+        except Exception as e:
+            raise DataError(f"cannot read {meta} ({type(e).__name__}: {e}): re-download {name}") from None
         if names != classes:
             raise DataError(f"{meta} lists classes {names[:4]}... but {name} has {classes[:4]}...: "
                             f"point root at a genuine {name} download")
@@ -35,10 +41,13 @@ def _read_pickles(name: str, folder: str, split: str) -> Source:
     for fname in files[split]:
         path = os.path.join(folder, fname)
         try:
-            with open(path, "rb") as f:  # the release's own format; only read data you trust
-                batch = pickle.load(f, encoding="latin1")
+            with open(path, "rb") as f:
+                batch = load_data_pickle(f)
             data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels += list(batch[label_key])
+        except ForbiddenPickleError as e:
+            raise DataError(f"{path} is not a genuine {name} file ({e}, which loading data never should): "
+                            f"nothing was run; re-download {name}") from None
         except FileNotFoundError:
             raise DataError(f"{path} is missing: re-download {name} (download=True) or restore the file") from None
         except Exception as e:

@@ -56,8 +56,18 @@ def load_model(path: str, *, method: str | None = None, model: str | None = None
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path!r} does not exist; check the path") from None
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise CheckpointError(f"checkpoint {path} is an empty file; pass the trained checkpoint") from None
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(f"checkpoint {path} holds pickled code, which bnnkit never loads since loading it "
+                                  f"could run anything; use a file of tensors only (a bnnkit checkpoint)") from None
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise CheckpointError(f"cannot read checkpoint {path!r} ({type(exc).__name__}: {first}); "
                               "is it a complete PyTorch checkpoint?") from None
+    if isinstance(obj, dict) and obj.get("format") == "bnnkit-checkpoint" and not (
+            isinstance(obj.get("spec"), dict) and isinstance(obj.get("state_dict"), dict)):
+        raise CheckpointError(f"checkpoint {path} is a bnnkit checkpoint without its spec or state_dict; the file is "
+                              f"damaged, use an intact one")
     if isinstance(obj, dict) and obj.get("format") == "bnnkit-checkpoint" and isinstance(obj.get("spec"), dict):
         spec = obj["spec"]
         for key, want in (("method", method), ("model", model), ("dataset", dataset)):
@@ -111,6 +121,15 @@ def cli_export(argv: list[str] | None = None) -> int:
                          **_settings(a))
         spec = getattr(net, "bnnkit_spec", {})
         shape = a.input_shape or INPUT_SHAPES.get(spec.get("family", "cifar"), INPUT_SHAPES["cifar"])
+        out_dir = os.path.dirname(os.path.abspath(a.output))
+        if os.path.exists(a.output) and os.path.samefile(a.output, a.checkpoint):
+            raise ValueError(f"-o {a.output} is the checkpoint itself: pass another file name (e.g. model.bnn)")
+        if not os.path.isdir(out_dir):
+            raise ValueError(f"-o {a.output}: folder {out_dir} does not exist: create it first or pass another path")
+        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        if convs and len(shape) == 4 and shape[1] != convs[0].in_channels:
+            raise ValueError(f"--input-shape {','.join(map(str, shape))} gives {shape[1]} channels but the model takes "
+                             f"{convs[0].in_channels}: pass N,{convs[0].in_channels},H,W")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             info = export(net, a.output, example_input_shape=shape)

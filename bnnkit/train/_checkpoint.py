@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -110,10 +111,20 @@ def read_checkpoint(path: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, not a torch file
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        if "Unsupported global" in str(exc):
+            names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+            raise CheckpointError(f"checkpoint {path} holds pickled code ({names[0] if names else 'a global'}), which bnnkit "
+                                  f"never loads since loading it could run anything: use a file of tensors only "
+                                  f"(a bnnkit checkpoint, or the model's state_dict saved alone)") from None
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {first}): "
                               f"use an intact file (e.g. best.pt, or rerun the stage)") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a checkpoint dict: pass a checkpoint file")
+    if obj.get("format") == FORMAT:
+        missing = [k for k in ("spec", "state_dict", "epoch") if k not in obj]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} is a bnnkit checkpoint without its {missing[0]!r}: the file is "
+                                  f"damaged; use an intact one (e.g. best.pt, or rerun the stage)")
     return obj
 
 

@@ -11,6 +11,7 @@ stageN) and `start_from` (the previous stage's `best` (default) or `last`, or a 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "results_dir": (str, "./results", "output root"),
     "save": (str, "", "run folder name under results_dir (default: the recipe's name)"),
     "resume": (Any, False, "continue the run in results_dir/save from its last checkpoint (or from PATH)"),
+    "allow_changed": (bool, False, "--resume even where a setting that alters the run changed (recorded in log.txt)"),
     "subset": (int, None, "train on a class-balanced subset of this many images"),
     "val_subset": (int, None, "validate on a class-balanced subset of this many images"),
     "checkpoint_every": (int, 0, "also checkpoint every N training batches (0: only at epoch ends)"),
@@ -295,6 +297,14 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "batch_size_test"):
         if cfg[key] < 1:
             raise ConfigError(f"--{key} must be at least 1, not {cfg[key]}")
+    for key, low, high in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("momentum", 0.0, 1.0)):
+        v = cfg[key]
+        if not (math.isfinite(v) and v >= low and (high is None or v < high)):
+            span = f"in [{low:g}, {high:g})" if high is not None else f"a finite number >= {low:g}"
+            raise ConfigError(f"--{key} must be {span}, not {v}")
+    for key, low in (("threads", 1), ("workers", 0), ("subset", 1), ("val_subset", 1), ("print_freq", 1)):
+        if cfg[key] is not None and cfg[key] < low:
+            raise ConfigError(f"--{key} must be at least {low}, not {cfg[key]}")
     if cfg["checkpoint_every"] < 0:
         raise ConfigError("--checkpoint_every must be >= 0 (0 turns it off)")
 

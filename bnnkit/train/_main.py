@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import random
 import signal
+import threading
 import time
 from typing import Any
 
@@ -16,7 +18,7 @@ from torch import nn
 from .. import configure, create_model
 from ..models import model_entry
 from ..compat import load_reference
-from ..errors import CheckpointError
+from ..errors import BnnkitError, CheckpointError
 from ..figures import update_run_figures
 from ..methods import get_method, method_of
 from . import _checkpoint as ck
@@ -26,13 +28,25 @@ from ._distributed import Dist, any_flag, setup, teardown
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
-from ._runlog import RunLog, holds_run
+from ._runlog import RunLock, RunLog, holds_remnants, holds_run
 from ._syncbn import convert_sync_bn
 from ._teacher import build_teacher, describe_teacher
 
 
 class RunExistsError(ConfigError):
     """The results folder already holds another run."""
+
+
+class RunBusyError(ConfigError):
+    """Another training is writing into the results folder right now."""
+
+
+class StoppedError(BnnkitError):
+    """SIGTERM or SIGINT: the run wrote a checkpoint at a batch boundary and stops; exit 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def seed_everything(seed: int) -> None:
@@ -52,9 +66,41 @@ def schedule_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
+    """--resume PATH, or the newer of the run's last.pt and best.pt: best.pt is written first, so a
+    kill in the writing window can leave it an epoch ahead of last.pt (or the only file)."""
     if isinstance(cfg["resume"], str) and cfg["resume"] not in ("", "True", "true"):
         return cfg["resume"]
-    return os.path.join(run_dir, "last.pt")
+    last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    if os.path.exists(best) and (not os.path.exists(last) or _position(best) > _position(last)):
+        return best
+    return last
+
+
+# Settings whose change makes a resumed run another run than the one in its folder.
+RUN_SETTINGS = ("data_path", "dataset", "epochs", "lr", "batch_size", "batch_size_test", "lr_type", "lr_decay_step",
+                "warm_up", "weight_decay", "momentum", "optimizer", "seed", "subset", "val_subset", "augment", "amp",
+                "authors_torch", "loss", "teacher", "teacher_weights")
+
+
+def _changed_settings(had: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """'KEY OLD -> NEW' for each run-altering setting that differs from the checkpoint's config."""
+    out = []
+    for key in RUN_SETTINGS:
+        if key not in had:
+            continue
+        old, new = had[key], plain({key: cfg.get(key)})[key]
+        if isinstance(old, float) or isinstance(new, float):
+            same = old is not None and new is not None and float(old) == float(new)
+        else:
+            same = old == new or str(old) == str(new)
+        if not same:
+            out.append(f"{key} {old} -> {new}")
+    return out
+
+
+def _position(path: str) -> tuple[float, float]:
+    c = ck.read_checkpoint(path)
+    return (c.get("epoch", -1), math.inf if c.get("batch") is None else c["batch"])
 
 
 def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -76,6 +122,14 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
             if want is not None and had is not None and had != want:
                 raise CheckpointError(f"--resume {path} is a checkpoint with {o.name} {had}, this run has {o.name} "
                                       f"{want}: pass the matching --{o.name}")
+        changed = _changed_settings(ckpt.get("config") or {}, cfg)
+        if changed and not cfg["allow_changed"]:
+            raise ConfigError(f"--resume {path}: this command changes {'; '.join(changed)}: give the run's own settings, "
+                              f"or pass --allow_changed to continue with the new ones (recorded in log.txt)")
+        if changed:
+            log.info(f"--allow_changed: resuming with changed settings: {'; '.join(changed)}")
+            if any(c.startswith("optimizer ") for c in changed):
+                ckpt = {**ckpt, "optimizer": None}  # another optimizer's state does not fit: start it afresh
         log.info(f"resuming {ck.describe(ckpt['spec'])} from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']})")
         return ck.model_from_checkpoint(ckpt, path), ckpt
     settings = method_settings(cfg)
@@ -140,13 +194,40 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     if cfg["amp"] == "fp16" and d.device.type != "cuda":
         raise ConfigError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
+    lock = RunLock(run_dir) if d.main else None
+    if any_flag(lock is not None and not lock.acquire(), d.device):
+        raise RunBusyError(f"results folder {run_dir} is in use by another training right now: "
+                           f"wait for it to end, or pass a new --save NAME (or --results_dir)")
+    try:
+        return _locked_stage(cfg, run_dir, d)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist) -> dict[str, Any]:
+    notes = []
     # every process looks before any writes (the all-reduce in any_flag is also a barrier)
     if any_flag(holds_run(run_dir) and not cfg["resume"], d.device):
         raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
+    if holds_remnants(run_dir) and not holds_run(run_dir) and cfg["resume"] in (True, "True", "true", ""):
+        cfg["resume"] = False  # a rerun and --resume agree: nothing to continue, so start again
+    if holds_remnants(run_dir) and not cfg["resume"]:
+        notes.append(f"{run_dir} holds no checkpoint (the run stopped before its first one): starting it again")
+        if d.main:
+            for name in ("metrics.csv", "config.yaml"):
+                if os.path.exists(os.path.join(run_dir, name)):
+                    os.unlink(os.path.join(run_dir, name))
+    if d.main and os.path.isdir(run_dir):  # a killed write's leftovers (we hold the folder's lock)
+        for e in os.scandir(run_dir):
+            if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file():
+                os.unlink(e.path)
     seed_everything(cfg["seed"])
     train_loader, val_loader = load_data(cfg, d)  # data and checkpoint errors come before any file is written
     early = RunLog(None, quiet=not d.main)
+    for n in notes:
+        early.info(n)
     try:
         model, ckpt = build_model(cfg, run_dir, early)
     finally:
@@ -155,6 +236,9 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
     log.replay(early)
     try:
         return _train(cfg, run_dir, d, train_loader, val_loader, log, model, ckpt)
+    except BnnkitError as exc:
+        log.to_file(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise
     finally:
         log.close()
 
@@ -189,7 +273,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
     if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["optimizer"] is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         best = {"top1": ckpt["best_prec1"], "epoch": ckpt["best_epoch"], "loss": ckpt["best_loss"]}
@@ -200,95 +285,158 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             meters = Meters(ckpt["meters"]) if d.main else Meters(kd=teacher is not None)
             flip_ref = ckpt.get("flip_ref") or None
         ck.set_rng_state(ckpt["rng"])
+        if d.main and ckpt["batch"] is None and ckpt.get("row"):
+            log.repair_row(ckpt["row"])
         if first >= epochs:
             log.info(f"{run_dir}: all {epochs} epochs are done; nothing to resume")
             return _summary(cfg, run_dir, best)
     last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     kill_at = os.environ.get("BNNKIT_DEBUG_KILL_AT")  # "epoch:batch": SIGKILL self there (crash-safety tests)
     started = time.time()
+    slow = float(os.environ.get("BNNKIT_TEST_BATCH_SLEEP") or 0)  # tests: room to signal a run mid-epoch
+    stop: list[int] = []  # the signal that asked to stop; acted on at the next batch boundary
 
-    def state(epoch: int, batch: int | None, sums: dict[str, float] | None, ref: Any) -> dict[str, Any]:
+    def stopped(epoch: int, batch: int | None) -> StoppedError:
+        name = signal.Signals(stop[0]).name
+        where = f"epoch {epoch}" + ("" if batch is None else f", batch {batch}")
+        return StoppedError(f"stopped by {name} after {where}, checkpoint {last} written; continue with the same "
+                            f"command and --resume", stop[0])
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+
+    def state(epoch: int, batch: int | None, sums: dict[str, float] | None, ref: Any,
+              row: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"format": ck.FORMAT, "version": 1, "spec": dict(bare_spec()), "state_dict": _bare_state(bare),
                 "epoch": epoch, "batch": batch, "optimizer": optimizer.state_dict(),
                 "scheduler": {"type": cfg["lr_type"], "lrs": lrs, "start_epoch": start_epoch},
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "rng": ck.rng_state(), "best_prec1": best["top1"], "best_epoch": best["epoch"],
                 "best_loss": best["loss"], "finished": batch is None and epoch == epochs - 1,
-                "config": plain(cfg), "meters": sums or {}, "flip_ref": ref or {}}
+                "config": plain(cfg), "meters": sums or {}, "flip_ref": ref or {}, "row": row or {}}
 
     def bare_spec() -> dict[str, Any]:
         spec = getattr(bare, "bnnkit_spec", None) or getattr(model, "bnnkit_spec")
         return {**spec, "settings": dict(spec["settings"])}
 
-    for epoch in range(first, epochs):
-        t0 = time.time()
-        lr = lrs[epoch]
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        sched = method.schedule(epoch, epochs, **hp)
-        if sched:
-            configure(bare, **sched)
-            model.bnnkit_spec["settings"].update(sched)
-        train_loader.set_epoch(epoch)
-        if cfg["log_samples"]:
-            _log_samples(run_dir, d, epoch, train_loader)
-        if flip_ref is None or start_batch == 0:
-            flip_ref = sign_bits(bare)
-        log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
+    try:
+        for epoch in range(first, epochs):
+            t0 = time.time()
+            lr = lrs[epoch]
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            sched = method.schedule(epoch, epochs, **hp)
+            if sched:
+                configure(bare, **sched)
+                model.bnnkit_spec["settings"].update(sched)
+            train_loader.set_epoch(epoch)
+            if cfg["log_samples"]:
+                _log_samples(run_dir, d, epoch, train_loader)
+            if flip_ref is None or start_batch == 0:
+                flip_ref = sign_bits(bare)
+            log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
 
-        def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
-            if cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader):
-                sums = m.reduce(d.device).sums
-                if d.main:
-                    ck.atomic_save(state(epoch, i, sums, ref), last)
-                d.barrier()
-            if kill_at == f"{epoch}:{i}":
-                os.kill(os.getpid(), signal.SIGKILL)
+            def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
+                halt = any_flag(bool(stop), d.device) and i < len(train_loader)
+                if halt or (cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader)):
+                    sums = m.reduce(d.device).sums
+                    _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
+                    if d.main:
+                        ck.atomic_save(state(epoch, i, sums, ref), last)
+                    d.barrier()
+                if halt:
+                    raise stopped(epoch, i)
+                if slow:
+                    time.sleep(slow)
+                if kill_at == f"{epoch}:{i}":
+                    os.kill(os.getpid(), signal.SIGKILL)
 
-        try:
-            meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
-                                     device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
-                                     scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
-                                     on_batch_end=on_batch_end, teacher=teacher, loss_mode=cfg["loss"])
-        except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc}; stopped, and kept the last good checkpoint "
-                                     f"{last if os.path.exists(last) else '(none yet)'}: lower --lr or check the data") from None
-        train = meters.reduce(d.device).averages()
-        start_batch, meters = 0, None
-        val = evaluate(bare, criterion, val_loader, method=method, device=d.device, amp=cfg["amp"],
-                       log=log if d.main else None, print_freq=cfg["print_freq"])
-        if d.enabled:  # SiMaN's eval forward rewrites weights (Q1) from each process's own shard: keep rank 0's
-            for t in list(bare.parameters()) + list(bare.buffers()):
-                torch.distributed.broadcast(t.data, 0)
-        new_bits = sign_bits(bare)
-        row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
-               "train_top5": train["top5"], **({"train_kd": train["kd"]} if "kd" in train else {}), "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-               **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
-        qe = quantization_error(bare)
-        if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
-            row.update(qe=qe["qe"], b=qe["b"])
-        row["flip_ratio"] = flip_ratio(flip_ref, new_bits)
-        is_best = val["top1"] > best["top1"]
-        if is_best:
-            best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}
-        row["best_top1"] = best["top1"]
-        row["epoch_time_s"] = round(time.time() - t0, 3)
-        if d.main:
-            ck.atomic_save(state(epoch, None, None, None), last)
+            try:
+                meters = train_one_epoch(net, criterion, optimizer, train_loader, method=method, bare=bare, epoch=epoch,
+                                         device=d.device, start_batch=start_batch, meters=meters, amp=cfg["amp"],
+                                         scaler=scaler, log=log if d.main else None, print_freq=cfg["print_freq"],
+                                         on_batch_end=on_batch_end, teacher=teacher, loss_mode=cfg["loss"])
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f"{exc}; stopped, {_kept(last)}: lower --lr or check the data") from None
+            train = meters.reduce(d.device).averages()
+            start_batch, meters = 0, None
+            val = evaluate(bare, criterion, val_loader, method=method, device=d.device, amp=cfg["amp"],
+                           log=log if d.main else None, print_freq=cfg["print_freq"])
+            if d.enabled:  # SiMaN's eval forward rewrites weights (Q1) from each process's own shard: keep rank 0's
+                for t in list(bare.parameters()) + list(bare.buffers()):
+                    torch.distributed.broadcast(t.data, 0)
+            new_bits = sign_bits(bare)
+            row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
+                   "train_top5": train["top5"], **({"train_kd": train["kd"]} if "kd" in train else {}),
+                   "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                   **{k: v for k, v in sched.items() if isinstance(v, (int, float))}}
+            qe = quantization_error(bare)
+            if qe is not None:  # the method's own quantisation error (BiPer's QE and b)
+                row.update(qe=qe["qe"], b=qe["b"])
+            row["flip_ratio"] = flip_ratio(flip_ref, new_bits)
+            is_best = val["top1"] > best["top1"]
             if is_best:
-                ck.atomic_copy(last, best_path)
-            log.epoch_row(row)
-            update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
-        d.barrier()
-        flip_ref = new_bits
-        eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
-        log.info(f"epoch {epoch}: train loss {train['loss']:.4f}" + (f" (kd {train['kd']:.4f})" if "kd" in train else "")
-                 + f" top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
-                 f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
-                 + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
-                 + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
-                 + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
-    return _summary(cfg, run_dir, best, log)
+                best = {"top1": val["top1"], "epoch": epoch, "loss": val["loss"]}
+            row["best_top1"] = best["top1"]
+            row["epoch_time_s"] = round(time.time() - t0, 3)
+            _check_finite(bare, val["loss"], f"epoch {epoch}", last)
+            if d.main:
+                # best first, then last, then the row (which last.pt carries): a kill between any two
+                # leaves last.pt an epoch behind best.pt at most, and resuming redoes that epoch bit
+                # for bit and rewrites both; a row lost after last.pt is written back from it
+                snapshot = state(epoch, None, None, None, row)
+                if is_best:
+                    ck.atomic_save(snapshot, best_path)
+                    _test_kill(f"best:{epoch}")
+                ck.atomic_save(snapshot, last)
+                _test_kill(f"last:{epoch}")
+                log.epoch_row(row)
+                update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
+            d.barrier()
+            if any_flag(bool(stop), d.device):
+                raise stopped(epoch, None)
+            flip_ref = new_bits
+            eta = (time.time() - started) / (epoch - first + 1) * (epochs - 1 - epoch)
+            log.info(f"epoch {epoch}: train loss {train['loss']:.4f}"
+                     + (f" (kd {train['kd']:.4f})" if "kd" in train else "")
+                     + f" top1 {train['top1']:.2f} | val loss {val['loss']:.4f} "
+                     f"top1 {val['top1']:.2f} top5 {val['top5']:.2f}"
+                     + (f" | QE {row['qe']:.4f}" if row.get("qe") is not None else "")
+                     + (f" | flips {row['flip_ratio']:.4f}" if row.get("flip_ratio") is not None else "")
+                     + f" | {row['epoch_time_s']:.1f}s, eta {eta:.0f}s")
+        return _summary(cfg, run_dir, best, log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _test_kill(point: str) -> None:
+    """SIGKILL this process at a named point of the checkpoint writing (BNNKIT_TEST_KILL_AT, tests only)."""
+    if os.environ.get("BNNKIT_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kept(last: str) -> str:
+    return (f"the last finite checkpoint is {last}" if os.path.exists(last)
+            else "no checkpoint was written (none was finite yet)")
+
+
+def _check_finite(model: nn.Module, val_loss: float | None, where: str, last: str) -> None:
+    """A model with a NaN or infinite weight or buffer, or a non-finite validation loss, is never
+    written: the optimizer step after the last finite loss can still poison the weights, and huge
+    finite weights can still give NaN outputs (REFERENCE.md's runs never diverge; a user's may)."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteLossError(f"the model became non-finite at {where} ({len(bad)} tensors, e.g. {bad[0]}); "
+                                 f"stopped, {_kept(last)}: lower --lr or check the data")
+    if val_loss is not None and not math.isfinite(val_loss):
+        raise NonFiniteLossError(f"the validation loss became {val_loss} at {where}; stopped, {_kept(last)}: "
+                                 f"lower --lr or check the data")
 
 
 def _whole_run(cfg: dict[str, Any], run_dir: str) -> str | None:

@@ -19,8 +19,56 @@ COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "train_top5", "val_loss", 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "log.txt", "metrics.csv")
 
 
+CHECKPOINTS = ("last.pt", "best.pt")
+LOCK = ".lock"
+
+
 def holds_run(folder: str) -> bool:
-    return os.path.isdir(folder) and any(os.path.exists(os.path.join(folder, f)) for f in RUN_FILES + ("stage1", "stage2"))
+    """A checkpoint in the folder or in one of its stage folders: a run to resume, never to overwrite.
+    A folder a run left before its first checkpoint holds nothing to keep and is started again."""
+    if not os.path.isdir(folder):
+        return False
+    if any(os.path.exists(os.path.join(folder, f)) for f in CHECKPOINTS):
+        return True
+    return any(e.is_dir() and any(os.path.exists(os.path.join(e.path, f)) for f in CHECKPOINTS)
+               for e in os.scandir(folder))
+
+
+def holds_remnants(folder: str) -> bool:
+    """What a run that stopped before its first checkpoint leaves (its config and log)."""
+    return os.path.isdir(folder) and any(os.path.exists(os.path.join(folder, f)) for f in RUN_FILES)
+
+
+class RunLock:
+    """An exclusive flock on <folder>/.lock for the whole training: a second training into the same
+    folder stops at once. The OS drops the lock when the process dies, SIGKILL included, so a killed
+    run never leaves the folder stuck. A folder this lock created and nothing else used is removed."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.fd = folder, None
+        self.created = not os.path.isdir(folder)
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(os.path.join(self.folder, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd  # nothing written into it: a refused or resumed run leaves the folder as it was
+        return True
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if self.created and os.listdir(self.folder) == [LOCK]:
+            os.unlink(os.path.join(self.folder, LOCK))
+            os.rmdir(self.folder)
+        os.close(self.fd)
+        self.fd = None
 
 
 class RunLog:
@@ -59,6 +107,12 @@ class RunLog:
                 for msg in earlier.history:
                     h.handle(self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0, msg, None, None))
 
+    def to_file(self, msg: str) -> None:
+        """Into log.txt only: the fatal error, which the command line prints to the console itself."""
+        for h in self.logger.handlers:
+            if isinstance(h, logging.FileHandler):
+                h.handle(self.logger.makeRecord(self.logger.name, logging.ERROR, __file__, 0, msg, None, None))
+
     def debug(self, msg: str, *args: Any) -> None:
         self.logger.debug(msg, *args)
 
@@ -89,6 +143,17 @@ class RunLog:
                 if isinstance(row.get(k), (int, float)):
                     self.tb.add_scalar(k, row[k], row["epoch"])
             self.tb.flush()
+
+    def repair_row(self, row: dict[str, Any]) -> None:
+        """Write back the row of the epoch a checkpoint finished if a kill lost it from metrics.csv."""
+        if self.folder is None:
+            return
+        path = os.path.join(self.folder, "metrics.csv")
+        if os.path.exists(path):
+            with open(path, newline="") as fh:
+                if any(r.get("epoch") == str(row["epoch"]) for r in csv.DictReader(fh)):
+                    return
+        self.epoch_row(row)
 
     def close(self) -> None:
         if self.tb is not None:

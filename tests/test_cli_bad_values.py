@@ -1,0 +1,68 @@
+"""Bad values of training flags and bad files to export: one error line where they are parsed, no traceback."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bnnkit.train import read_checkpoint
+from tests._train_fixtures import CIFAR, TINY, cli
+
+
+def one_error(err: str, *needles: str) -> str:
+    assert "Traceback" not in err
+    errors = [l for l in err.splitlines() if "error:" in l]
+    assert len(errors) == 1, err
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--lr", "-0.1", "--lr must be"), ("--lr", "nan", "--lr must be"), ("--weight_decay", "-0.0001", "--weight_decay"),
+    ("--momentum", "-0.9", "--momentum"), ("--momentum", "1.5", "--momentum"), ("--threads", "-1", "--threads"),
+    ("--workers", "-2", "--workers"), ("--subset", "0", "--subset")])
+def test_bad_training_values(tmp_path, flag, value, needle):
+    code, _, err = cli("train", *TINY, "--epochs", "1", f"{flag}={value}", "--results_dir", tmp_path, "--save", "x")
+    assert code == 2
+    one_error(err, needle, value)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ck")
+    code, _, err = cli("train", *TINY, "--subset", "32", "--val_subset", "32", "--epochs", "1", "--results_dir", root,
+                       "--save", "r")
+    assert code == 0, err
+    return root / "r" / "last.pt"
+
+
+@pytest.mark.parametrize("key", ["spec", "state_dict"])
+def test_checkpoint_missing_a_part(tmp_path, ckpt, key):
+    obj = read_checkpoint(str(ckpt))
+    del obj[key]
+    torch.save(obj, tmp_path / "cut.pt")
+    code, _, err = cli("eval", tmp_path / "cut.pt", "--data_path", CIFAR)
+    assert code == 1
+    one_error(err, repr(key), "damaged")
+
+
+def test_pickled_code_checkpoint_is_named_so(tmp_path):
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "code.pt")
+    code, _, err = cli("eval", tmp_path / "code.pt", "--data_path", CIFAR)
+    assert code == 1
+    line = one_error(err, "pickled code")
+    assert "weights_only=False" not in line and "truncated" not in line
+
+
+def test_export_refusals(tmp_path, ckpt):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for args, needle in (([tmp_path / "empty.pt", "-o", tmp_path / "m.bnn"], "empty.pt"),
+                         ([ckpt, "-o", ckpt], "the checkpoint itself"),
+                         ([ckpt, "-o", tmp_path / "nope" / "m.bnn"], "does not exist"),
+                         ([ckpt, "-o", tmp_path / "m.bnn", "--input-shape", "1,1,32,32"], "takes 3")):
+        before = ckpt.read_bytes()
+        code, _, err = cli("export", *args)
+        assert code != 0
+        one_error(err, needle)
+        assert ckpt.read_bytes() == before and not (tmp_path / "m.bnn").exists()
