@@ -184,7 +184,6 @@ CASES = {
     "rbnn_input": [(lambda: QUANTIZERS.get("rbnn_input")(t=0.3), ref_rbnn_input(0.3)),
                    (lambda: QUANTIZERS.get("rbnn_input")(t=2.0), ref_rbnn_input(2.0))],
     "rbnn_standardize": [(lambda: QUANTIZERS.get("rbnn_standardize")(), ref_rbnn_standardize)],
-    "reactnet_sign": [(lambda: QUANTIZERS.get("reactnet_sign")(), ref_approx_sign)],
     "reactnet_real_weight": [(lambda: QUANTIZERS.get("reactnet_real_weight")(), ref_identity)],
     "reactnet_hard_binary_weight": [(lambda: QUANTIZERS.get("reactnet_hard_binary_weight")(), ref_hard_binary),
                                     (lambda: QUANTIZERS.get("reactnet_hard_binary_weight")(flat=True), ref_hard_binary)],
@@ -258,9 +257,14 @@ def test_biper_penalty_is_the_authors_formula_with_its_gradient():
 
 
 def test_reactnet_sign_gradient_at_the_checked_points():
-    """METHODS.md §4.1: x = -1.5, -1, -0.5, 0, 0.5, 1, 1.5 give gradient 0, 0, 1, 2, 1, 0, 0."""
+    """METHODS.md §4.1: x = -1.5, -1, -0.5, 0, 0.5, 1, 1.5 give gradient 0, 0, 1, 2, 1, 0, 0, on the
+    input quantizer ReActNet's binary convs are built with."""
+    import bnnkit
+    from bnnkit.nn.layers import BinaryConv2d
+    conv = next(m for m in bnnkit.create_model("birealnet18", "reactnet", dataset="imagenet").modules()
+                if isinstance(m, BinaryConv2d))
     x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
-    y = QUANTIZERS.get("reactnet_sign")()(x)
+    y = conv.input_quantizer(x)
     y.sum().backward()
     assert y.tolist() == [-1, -1, -1, 0, 1, 1, 1]
     assert x.grad.tolist() == [0, 0, 1, 2, 1, 0, 0]

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.functional import approx_sign
 from ..nn.layers import BinaryConv2d, binary_convs
-from ..nn.quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
+from ..nn.quantizers import QUANTIZERS, ApproxSignInput, WeightQuantizer
 from . import METHODS, Method, Option
 
 
@@ -41,26 +40,6 @@ def rprelu(x: Tensor, shift_in: LearnableBias, prelu: nn.PReLU, shift_out: Learn
     """RPReLU(x) = PReLU(x + gamma) + zeta, one slope and two shifts per channel (paper Eq. 4).
     The three modules keep the authors' names in each block (move12/prelu1/move13, ...)."""
     return shift_out(prelu(shift_in(x)))
-
-
-@QUANTIZERS.register()
-class ReactSign(InputQuantizer):
-    """ReActNet's BinaryActivation, the sign half of RSign (the bias is the block's LearnableBias).
-
-    Forward: x_b = sign(x) in {-1, 0, +1} (sign(0) = 0), no scaling.
-    Backward: the derivative of F(x) = -1 (x < -1), x^2 + 2x (-1 <= x < 0), -x^2 + 2x (0 <= x < 1),
-    1 (x >= 1): dL/dx = max(0, 2 - 2|x|) * dL/dx_b (2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere).
-    The authors write it sign(x) - stopgrad(F(x)) + F(x); no other clipping of the gradient.
-    Reference: Liu et al., "ReActNet", ECCV 2020, Eq. 3 and Sec. 3.2; liuzechun/ReActNet
-    mobilenet/*/reactnet.py and resnet/*/birealnet.py (BinaryActivation, LearnableBias);
-    the surrogate is Bi-Real Net's ApproxSign (Liu et al., ECCV 2018).
-    """
-
-    name = "reactnet_sign"
-    sign_valued = True
-
-    def forward(self, x: Tensor) -> Tensor:
-        return approx_sign(x)
 
 
 @QUANTIZERS.register()
@@ -220,8 +199,10 @@ class ReActNet(Method):
             conv.weight.copy_(torch.rand(conv.weight.shape) * 0.001)
         return HardBinaryWeight(flat=getattr(conv, "flat_reference", False))
 
-    def make_input_quantizer(self, conv: BinaryConv2d) -> ReactSign:
-        return ReactSign()
+    def make_input_quantizer(self, conv: BinaryConv2d) -> ApproxSignInput:
+        # ReActNet's BinaryActivation (the sign half of RSign; the bias is the block's LearnableBias):
+        # sign(x) - stopgrad(F(x)) + F(x), i.e. Bi-Real's ApproxSign, METHODS.md §4.1.
+        return ApproxSignInput()
 
     def conv(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
              groups: int = 1, binary_input: bool = True, flat_reference: bool = False) -> BinaryConv2d:
