@@ -43,3 +43,14 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) of every file under folder, to prove nothing was rewritten."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error(err: str, *needles: str, anywhere: bool = False) -> str:
+    """The only error line of a command's stderr, holding every needle; no traceback anywhere. An
+    error line starts with `error:` (`anywhere`: holds it, as export's `bnnkit export: error:` does)."""
+    assert "Traceback" not in err
+    errors = [l for l in err.splitlines() if ("error:" in l if anywhere else l.startswith("error:"))]
+    assert len(errors) == 1, err
+    for n in needles:
+        assert n in errors[0], errors[0]
+    return errors[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bnnkit.train import read_checkpoint
-from tests._train_fixtures import CIFAR, TINY, cli, snapshot
+from tests._train_fixtures import CIFAR, TINY, cli, one_error, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -17,15 +17,6 @@ def run(tmp_path_factory):
     code, _, err = cli("train", "--method", "siman", *TINY, "--epochs", "1", "--results_dir", root, "--save", "good")
     assert code == 0, err
     return root / "good"
-
-
-def one_error(err: str, *needles: str) -> str:
-    assert "Traceback" not in err
-    errors = [l for l in err.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1, err
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 def test_missing_data_folder(tmp_path):

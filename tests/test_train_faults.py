@@ -10,20 +10,11 @@ import time
 import torch
 
 from bnnkit.train import read_checkpoint
-from tests._train_fixtures import CIFAR, PYTHON, ROOT, cli, env
+from tests._train_fixtures import CIFAR, PYTHON, ROOT, cli, env, one_error
 
 # 64 images in one batch: one optimizer step an epoch.
 SMALL = ["--method", "siman", "--model", "resnet20_1w1a", "--data_path", CIFAR, "--subset", "64", "--val_subset", "64",
          "-b", "64", "-bt", "64", "--workers", "1", "--threads", "1", "--set", "tensorboard=false"]
-
-
-def one_error(err: str, *needles: str) -> str:
-    assert "Traceback" not in err
-    errors = [l for l in err.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1, err
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
 
 
 def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
