@@ -122,11 +122,36 @@ def test_bench_selects_cases_by_method_and_refuses_models_it_has_no_cases_for(ca
         assert bench_main(["--models", "vgg_small_1w1a", "--methods", *methods, "--profile", "never"]) == 0
         assert seen == [("vgg_small_1w1a", m, s) for m, s in expected]
     with pytest.raises(SystemExit):
-        bench_main(["--models", "resnet34_1w1a"])
-    assert "no bench cases for resnet34_1w1a; --models takes resnet18_1w1a, resnet20_1w1a, vgg_small_1w1a" in capsys.readouterr().err
+        bench_main(["--models", "resnet34_1w1a"])  # an ImageNet network, asked for at CIFAR resolution
+    err = capsys.readouterr().err
+    assert "no cifar10 model resnet34_1w1a" in err and "with --dataset cifar10" in err and "resnet20_1w1a" in err
+    seen.clear()  # at ImageNet resolution: ReActNet's networks, and only the methods that build them
+    assert bench_main(["--dataset", "imagenet", "--models", "reactnet", "resnet18_1w1a", "--methods", "reactnet", "siman",
+                       "--profile", "never"]) == 0
+    assert seen == [("reactnet", "reactnet", {"step": 1}), ("reactnet", "reactnet", {"step": 2}),
+                    ("resnet18_1w1a", "siman", {})]
+    with pytest.raises(SystemExit):
+        bench_main(["--dataset", "imagenet", "--models", "reactnet", "--methods", "siman"])
+    assert "none of the picked methods builds reactnet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench_main(["--methods", "xnor"])
     assert "invalid choice: 'xnor'" in capsys.readouterr().err
+
+
+def test_bench_at_imagenet_resolution_times_the_imagenet_network(capsys, monkeypatch):
+    import bnnkit.analysis.bench as bench
+
+    x, y = bench.bench_input("imagenet", 3)
+    assert x.shape == (3, 3, 224, 224) and int(y.max()) < 1000 and bench.bench_input("cifar10", 2)[0].shape == (2, 3, 32, 32)
+    built = []
+    real_create = __import__("bnnkit").create_model
+    monkeypatch.setattr("bnnkit.create_model", lambda *a, **k: built.append(k.get("dataset")) or real_create(*a, **k))
+    assert bench_main(["--dataset", "imagenet", "--models", "birealnet18", "--methods", "reactnet1", "--batch", "1",
+                       "--rounds", "1", "--warmup", "0", "--matmul_size", "256", "--profile", "never"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("imagenet input") and "batch 1," in out and built == ["imagenet"]
+    row = next(line for line in out.splitlines() if line.startswith("birealnet18"))
+    assert "reactnet s1" in row and len(row.split()) == 13
 
 
 def test_bench_names_missed_targets_and_profiles_them_with_the_native_kernels(capsys):

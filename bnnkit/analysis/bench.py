@@ -25,7 +25,21 @@ from ..methods import configure, method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
 
-DEFAULT_MODELS = ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a")  # the CIFAR models every seed method published
+# the default models per input family: the CIFAR models every seed method published, and at ImageNet
+# resolution the ResNet-18 of the seed methods next to ReActNet's two networks
+DEFAULT_MODELS = {"cifar": ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a"),
+                  "imagenet": ("resnet18_1w1a", "reactnet", "birealnet18")}
+DATASETS = ("cifar10", "imagenet")
+DEFAULT_BATCH = {"cifar": 256, "imagenet": 32}
+
+
+def bench_input(dataset: str, batch: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch at the dataset's resolution (32x32 for CIFAR, 224x224 for ImageNet) with labels."""
+    from ..models import DEFAULT_CLASSES, FAMILIES
+
+    side = 32 if FAMILIES[dataset] == "cifar" else 224
+    return (torch.randn(batch, 3, side, side, device=device),
+            torch.randint(0, DEFAULT_CLASSES[dataset], (batch,), device=device))
 
 
 def bench_cases() -> dict[str, tuple[str, dict]]:
@@ -148,16 +162,16 @@ def make_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: bool,
 
 
 def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, warmup: int,
-               channels_last: bool = False, amp: str | None = None, device: str = "cpu") -> dict:
+               channels_last: bool = False, amp: str | None = None, device: str = "cpu",
+               dataset: str = "cifar10") -> dict:
     from .. import create_model
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    binary = create_model(name, method, **settings)
+    binary = create_model(name, method, dataset=dataset, **settings)
     fp = float_twin(binary)
     binary, fp = binary.to(dev), fp.to(dev)
-    x = torch.randn(batch, 3, 32, 32, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
+    x, y = bench_input(dataset, batch, dev)
     if channels_last:
         binary, fp, x = binary.to(memory_format=torch.channels_last), fp.to(memory_format=torch.channels_last), \
             x.contiguous(memory_format=torch.channels_last)
@@ -173,7 +187,7 @@ def bench_case(name: str, method: str, settings: dict, batch: int, rounds: int, 
                 times.setdefault((net, what), []).append(_timed(fn, dev))
     med = {k: statistics.median(v) for k, v in times.items()}
     macs = summarize(binary).binary_macs + summarize(binary).real_macs
-    return {"model": name, "method": case_label(method, settings),
+    return {"model": name, "method": case_label(method, settings), "dataset": dataset,
             "batch": batch, "median_s": med, "macs_per_image": macs}
 
 
@@ -212,7 +226,7 @@ def missed_targets(r: dict) -> dict[str, str]:
 
 def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 15,
                  parts: tuple[str, ...] = ("train",), channels_last: bool = False,
-                 amp: str | None = None) -> tuple[str, dict[str, dict[str, float]]]:
+                 amp: str | None = None, dataset: str = "cifar10") -> tuple[str, dict[str, dict[str, float]]]:
     """torch.profiler's top operators (self CPU time) of one training step ("train"), one
     training-mode forward ("train_fwd") and/or one eval forward after a step ("eval"), in the
     bench's configuration, the native kernels named bnnkit::<kernel>; and per part {"total_s",
@@ -223,8 +237,8 @@ def profile_case(name: str, method: str, settings: dict, batch: int, top: int = 
     from ..native import kernels as _native
 
     torch.manual_seed(0)
-    model = create_model(name, method, **settings)
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    model = create_model(name, method, dataset=dataset, **settings)
+    x, y = bench_input(dataset, batch)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     steps = make_steps(model, x, y, True, amp)
@@ -268,10 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
     cases_by_label = bench_cases()
     method_names = list(dict.fromkeys(m for m, _ in cases_by_label.values()))
-    parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
+    parser.add_argument("--dataset", choices=DATASETS, default="cifar10",
+                        help="input resolution and classes: cifar10 (32x32, 10) or imagenet (224x224, 1000), "
+                             "which also picks the ImageNet variant of a name both have (resnet18_1w1a)")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="model names (default: " + "; ".join(f"{f}: {' '.join(m)}" for f, m in DEFAULT_MODELS.items()) + ")")
     parser.add_argument("--methods", nargs="*", default=None, choices=list(dict.fromkeys([*method_names, *cases_by_label])),
                         help="methods (every case of each) or single cases (e.g. biper2: BiPer's stage 2); default: all")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"images a step (default: {DEFAULT_BATCH['cifar']} for CIFAR, {DEFAULT_BATCH['imagenet']} for ImageNet)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the native CPU kernels are not used)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -298,15 +317,25 @@ def main(argv: list[str] | None = None) -> int:
     wanted = "compiled" if args.compile else args.kernels
     if set_kernels(wanted) != wanted:
         print(f"torch.compile is unavailable here; measuring the {kernels_in_use()} kernels")
-    known = sorted(DEFAULT_MODELS)
+    from ..models import FAMILIES, list_models
+
+    family = FAMILIES[args.dataset]
+    known = list_models(family)
     if args.models is not None and set(args.models) - set(known):
-        parser.error(f"no bench cases for {', '.join(sorted(set(args.models) - set(known)))}; "
-                     f"--models takes {', '.join(known)} (CIFAR-10 input)")
+        parser.error(f"no {args.dataset} model {', '.join(sorted(set(args.models) - set(known)))}; "
+                     f"--models takes {', '.join(known)} with --dataset {args.dataset}")
+    if args.batch is None:
+        args.batch = DEFAULT_BATCH[family]
+    if args.batch < 1 or args.rounds < 1 or args.warmup < 0 or args.matmul_size < 1:
+        parser.error("--batch, --rounds and --matmul_size must be >= 1 and --warmup >= 0")
     picked = [label for label, (m, _) in cases_by_label.items()
               if args.methods is None or label in args.methods or m in args.methods]
-    cases = [(n, *cases_by_label[label]) for n in (args.models or DEFAULT_MODELS) for label in picked]
-    cases = [(n, m, s) for n, m, s in cases if builds(n, m)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+    cases = [(n, *cases_by_label[label]) for n in (args.models or DEFAULT_MODELS[family]) for label in picked]
+    cases = [(n, m, s) for n, m, s in cases if builds(n, m, args.dataset)]
+    if not cases:
+        parser.error(f"none of the picked methods builds {' '.join(args.models or DEFAULT_MODELS[family])}; "
+                     "pick a method whose architecture the model is published in (bnnkit summary --help lists them)")
+    print(f"{args.dataset} input, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "
           f"activation kernels={kernels_in_use()}, amp={args.amp or 'off (float32)'}"
           + "".join(f", {f.owner} {f.name}={getattr(args, f.name):g}" for f in settings_flags.values()))
@@ -321,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {**settings, **{f.name: getattr(args, f.name) for f in settings_flags.values()
                                    if f.method == method and getattr(args, f.name) != f.default}}
         r = bench_case(name, method, settings, args.batch, args.rounds, args.warmup, args.channels_last, args.amp,
-                       args.device)
+                       args.device, args.dataset)
         print(format_row(r, peak), flush=True)
         if ("binary", "epoch_first") in r.get("median_s", {}):
             first, step = r["median_s"][("binary", "epoch_first")], r["median_s"][("binary", "train")]
@@ -336,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile == "misses":  # the step's operators, or the two forwards the eval gain compares
                 parts = (("train",) if "train" in missed else ()) + (("train_fwd", "eval") if "eval" in missed else ())
             text, figures = profile_case(name, method, settings, args.batch, parts=parts,
-                                         channels_last=args.channels_last, amp=args.amp)
+                                         channels_last=args.channels_last, amp=args.amp, dataset=args.dataset)
             print(text, flush=True)
             if rate is not None and "train_fwd" in figures:
                 print(conv_bound(figures, rate), flush=True)
@@ -375,9 +404,9 @@ def bench_setting_flags(parser: argparse.ArgumentParser) -> dict[str, SettingFla
     return flags
 
 
-def builds(model: str, method: str) -> bool:
+def builds(model: str, method: str, dataset: str | None = None) -> bool:
     """Whether the model is published in the variant this method builds (bnnkit.models)."""
     from ..methods import get_method
     from ..models import model_entry
 
-    return get_method(method).architecture in model_entry(model).architectures
+    return get_method(method).architecture in model_entry(model, dataset).architectures
