@@ -117,3 +117,27 @@ def test_one_step_gradients_match(tmp_path):
         assert torch.allclose(r["net"][k], r["ref"][k], rtol=1e-5, atol=1e-6), k  # sign flips of activations)
     for k in ("layer3.2.bn2.running_var", "bn2.running_var"):
         assert torch.allclose(r["net"][k], r["ref"][k], rtol=1e-3, atol=1e-5), k
+
+
+def test_two_gloo_processes_distil_from_a_teacher_on_each_shard_as_one_process_does(tmp_path):
+    """--loss ce+kd under DDP: each process runs its own frozen teacher on its own shard, and the
+    reduced losses (cross-entropy with the distillation term, and the distillation term alone,
+    train_kd) equal one process's over the same global batch."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "teacher.pth")
+    kd = [*RUN[:RUN.index("--epochs")], "--epochs", "1", *RUN[RUN.index("--epochs") + 2:],
+          "--loss", "ce+kd", "--teacher", "resnet18", "--teacher_weights", tmp_path / "teacher.pth"]
+    two = torchrun(*kd, "--results_dir", tmp_path, "--save", "ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = cli_subprocess("train", *kd, "--results_dir", tmp_path, "--save", "single")
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = {}
+    for name in ("ddp", "single"):
+        header, row = (tmp_path / name / "metrics.csv").read_text().splitlines()
+        rows[name] = dict(zip(header.split(","), map(float, row.split(","))))
+        assert "distilling from resnet18" in (tmp_path / name / "log.txt").read_text()
+    assert rows["single"]["train_kd"] > 0
+    for key in ("train_loss", "train_kd", "train_top1", "val_loss"):
+        assert abs(rows["ddp"][key] - rows["single"][key]) < 1e-3 * max(1.0, abs(rows["single"][key])), key
