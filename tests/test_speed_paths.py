@@ -143,6 +143,9 @@ def test_bench_at_imagenet_resolution_times_the_imagenet_network(capsys, monkeyp
 
     x, y = bench.bench_input("imagenet", 3)
     assert x.shape == (3, 3, 224, 224) and int(y.max()) < 1000 and bench.bench_input("cifar10", 2)[0].shape == (2, 3, 32, 32)
+    # ReActNet declares its two networks (Method.bench_models): the ImageNet defaults hold them, the CIFAR ones not
+    assert bench.default_models("imagenet") == ("resnet18_1w1a", "reactnet", "birealnet18")
+    assert bench.default_models("cifar") == ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a")
     built = []
     real_create = __import__("bnnkit").create_model
     monkeypatch.setattr("bnnkit.create_model", lambda *a, **k: built.append(k.get("dataset")) or real_create(*a, **k))

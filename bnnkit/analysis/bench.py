@@ -25,10 +25,8 @@ from ..methods import configure, method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
 
-# the default models per input family: the CIFAR models every seed method published, and at ImageNet
-# resolution the ResNet-18 of the seed methods next to ReActNet's two networks
-DEFAULT_MODELS = {"cifar": ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a"),
-                  "imagenet": ("resnet18_1w1a", "reactnet", "birealnet18")}
+# the models every seed method published, per input family; methods add their own (Method.bench_models)
+DEFAULT_MODELS = {"cifar": ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a"), "imagenet": ("resnet18_1w1a",)}
 DATASETS = ("cifar10", "imagenet")
 DEFAULT_BATCH = {"cifar": 256, "imagenet": 32}
 
@@ -49,6 +47,15 @@ def bench_cases() -> dict[str, tuple[str, dict]]:
 
     classes = sorted((get_method(n) for n in list_methods()), key=lambda c: (c.year, c.name))
     return {label: (c.name, dict(settings)) for c in classes for label, settings in c.bench_cases.items()}
+
+
+def default_models(family: str) -> tuple[str, ...]:
+    """The models `bnnkit bench` times without --models: the seed methods' published ones, then
+    those the registered methods declare for this family."""
+    from ..methods import get_method, list_methods
+
+    declared = (m for n in list_methods() for m in get_method(n).bench_models.get(family, ()))
+    return tuple(dict.fromkeys([*DEFAULT_MODELS[family], *declared]))
 
 
 def case_label(method: str, settings: dict) -> str:
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="input resolution and classes: cifar10 (32x32, 10) or imagenet (224x224, 1000), "
                              "which also picks the ImageNet variant of a name both have (resnet18_1w1a)")
     parser.add_argument("--models", nargs="*", default=None,
-                        help="model names (default: " + "; ".join(f"{f}: {' '.join(m)}" for f, m in DEFAULT_MODELS.items()) + ")")
+                        help="model names (default: " + "; ".join(f"{f}: {' '.join(default_models(f))}"
+                                                                  for f in DEFAULT_MODELS) + ")")
     parser.add_argument("--methods", nargs="*", default=None, choices=list(dict.fromkeys([*method_names, *cases_by_label])),
                         help="methods (every case of each) or single cases (e.g. biper2: BiPer's stage 2); default: all")
     parser.add_argument("--batch", type=int, default=None,
@@ -330,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch, --rounds and --matmul_size must be >= 1 and --warmup >= 0")
     picked = [label for label, (m, _) in cases_by_label.items()
               if args.methods is None or label in args.methods or m in args.methods]
-    cases = [(n, *cases_by_label[label]) for n in (args.models or DEFAULT_MODELS[family]) for label in picked]
+    cases = [(n, *cases_by_label[label]) for n in (args.models or default_models(family)) for label in picked]
     cases = [(n, m, s) for n, m, s in cases if builds(n, m, args.dataset)]
     if not cases:
-        parser.error(f"none of the picked methods builds {' '.join(args.models or DEFAULT_MODELS[family])}; "
+        parser.error(f"none of the picked methods builds {' '.join(args.models or default_models(family))}; "
                      "pick a method whose architecture the model is published in (bnnkit summary --help lists them)")
     print(f"{args.dataset} input, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.rounds} rounds after {args.warmup} warm-up, channels_last={args.channels_last}, "

@@ -81,6 +81,9 @@ class Method:
     # `bnnkit bench --methods` cases: label -> settings (BiPer: 'biper1' stage 1, 'biper2' stage 2);
     # default {name: {}}; {} for a method without a published recipe to time.
     bench_cases: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Models of this method's own architecture that `bnnkit bench` times by default, per model
+    # family ("cifar", "imagenet"), beside the ResNets and VGG-small every seed method published.
+    bench_models: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Numeric settings `bnnkit bench` takes as flags: name -> (low, high, help); [low, high).
     bench_settings: ClassVar[dict[str, tuple[float, float, str]]] = {}
     # Whether validation adds the regulariser to its loss, as the authors' validate() does (Q9).

@@ -162,6 +162,7 @@ class ReActNet(Method):
     )
     export_settings = {"step": 2}
     bench_cases = {"reactnet1": {"step": 1}, "reactnet2": {"step": 2}}
+    bench_models = {"imagenet": ("reactnet", "birealnet18")}  # #23's bench at ImageNet resolution
     lr_steps_first = True  # LambdaLR stepped before each epoch's first batch (Q2)
     decayed_group_first = False  # train.py's groups: [rest, wd 0], [decayed]
 
