@@ -110,7 +110,7 @@ class Toy(Method):
     def starts_from_checkpoint(self) -> bool:
         return self.settings["phase"] == 2
 
-    def on_stage_start(self, model: nn.Module) -> None:
+    def on_stage_start(self, model: nn.Module, source_settings: dict | None = None, **hparams) -> None:
         with torch.no_grad():
             for _, conv in binary_convs(model):
                 conv.weight_quantizer.handover.copy_(conv.weight.abs().mean(dim=(1, 2, 3)))

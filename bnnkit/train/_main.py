@@ -1,7 +1,6 @@
 """main: one training stage (the authors' epoch loop, REFERENCE.md §3.1), and multi-stage runs (BiPer's two stages)."""
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -168,12 +167,7 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
 def _stage_start(model: nn.Module, source_settings: dict[str, Any] | None, cfg: dict[str, Any]) -> None:
     """The method's hand-over hook, given what it accepts of the start checkpoint's settings and
     this stage's schedule hyper-parameters (ReActNet's carry_weights)."""
-    start = method_of(model).on_stage_start
-    extra = {"source_settings": source_settings, **schedule_hparams(cfg)}
-    params = inspect.signature(start).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        extra = {k: v for k, v in extra.items() if k in params}
-    start(model, **extra)
+    method_of(model).on_stage_start(model, source_settings=source_settings, **schedule_hparams(cfg))
 
 
 def family_of_cfg(cfg: dict[str, Any]) -> str:
