@@ -65,6 +65,11 @@ class ReactRealWeight(WeightQuantizer):
         return weight > 0  # the bits step 2 would binarize these weights to
 
 
+def _channel_mean_abs(weight: Tensor) -> Tensor:
+    """a_o [O, 1, 1, 1]: mean |W| over (c, kh, kw), as three nested means as the authors compute it."""
+    return weight.abs().mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+
+
 class _HardBinary(torch.autograd.Function):
     """Forward a_o sign(W); backward g * 1{|W| < 1} (no a_o, nothing through a_o or the sign)."""
 
@@ -72,8 +77,7 @@ class _HardBinary(torch.autograd.Function):
 
     @staticmethod
     def forward(weight: Tensor) -> Tensor:
-        scale = weight.abs().mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
-        return scale * torch.sign(weight)
+        return _channel_mean_abs(weight) * torch.sign(weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -121,6 +125,12 @@ class HardBinaryWeight(WeightQuantizer):
     def quantization_error(self, weight: Tensor) -> Tensor:
         """mean |W - a_o sign(W)|: what the scaled binary weight leaves of the latent one."""
         return (weight.float() - _HardBinary.forward(weight.float())).abs().mean()
+
+    @torch.no_grad()
+    def sign_and_scale(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """sign(W) and a_o (the three nested means of the forward), which _ReactConv's eval multiplies
+        after the conv."""
+        return torch.sign(weight), _channel_mean_abs(weight).reshape(-1)
 
 
 _DECAYED = re.compile(r"conv|move\d+\.bias$|binary_\w+\.weight$|downsample\.1\.weight$")
@@ -233,21 +243,12 @@ class ReActNet(Method):
 class _ReactConv(BinaryConv2d):
     """A BinaryConv2d that knows, before its quantizer is made, whether the authors flatten its weight.
 
-    Without autograd a step-2 conv computes conv(sign(x), sign(W)) * a_o: exact integers, then one
-    rounding per output, as the packed runtime does (`bnnkit export`: a_o is the conv's prescale), so
-    the exported file gives the model's eval logits bit for bit. The authors' conv(x, a_o sign(W))
-    sums the same products in another rounding order (relative differences ~1e-7); training keeps
-    their form."""
+    Without autograd a step-2 conv computes conv(sign(x), sign(W)) * a_o (HardBinaryWeight's
+    sign_and_scale): exact integers, then one rounding per output, as packed eval and the packed
+    runtime do (`bnnkit export`: a_o is the conv's prescale), so both give the model's eval logits
+    bit for bit. The authors' conv(x, a_o sign(W)) sums the same products in another rounding
+    order (relative differences ~1e-7); training keeps their form."""
 
     def __init__(self, *args: Any, flat_reference: bool = False, **kwargs: Any) -> None:
         self.__dict__["flat_reference"] = flat_reference  # read by make_weight_quantizer inside super().__init__
         super().__init__(*args, **kwargs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or not isinstance(self.weight_quantizer, HardBinaryWeight):
-            return super().forward(x)
-        w = self.weight
-        scale = w.abs().mean(dim=3, keepdim=True).mean(dim=2, keepdim=True).mean(dim=1, keepdim=True)
-        y = F.conv2d(self.input_quantizer(x) if self.binary_input else x, torch.sign(w), None,
-                     self.stride, self.padding, self.dilation, self.groups)
-        return y * scale.reshape(1, -1, 1, 1)

@@ -8,7 +8,8 @@ and the convolution runs on 1-bit words instead of float32 (docs/throughput.md h
 
 BinaryConv2d.forward calls `packed_forward` and falls back to F.conv2d wherever it returns None: in
 training or with autograd on, under autocast, off CPU, for non-float32 inputs, for weights that are
-not exactly ±1 (XNOR's ±mean|w|, a weight exactly 0), for real inputs (1w32a) or input quantizers
+not exactly ±1 (XNOR's ±mean|w|, a weight exactly 0; a quantizer's `sign_and_scale` gives ReActNet's
+step-2 a_o sign(W) as ±1 and a per-channel prescale instead), for real inputs (1w32a) or input quantizers
 not declared `sign_valued`, or when the native kernels are not built. `set_enabled(False)` or
 BNNKIT_PACKED_EVAL=0 turns it off.
 
@@ -57,10 +58,12 @@ class _PackedWeights:
     one of them changes; for a pure weight quantizer also the latent weights and settings the
     signs came from."""
 
-    __slots__ = ("signs", "alpha", "bn_state", "conv", "source")
+    __slots__ = ("signs", "weight_scale", "alpha", "bn_state", "conv", "source")
 
-    def __init__(self, signs: Tensor, alpha: Tensor, bn_state: tuple | None, conv, source: tuple | None) -> None:
-        self.signs, self.alpha, self.bn_state, self.conv, self.source = signs, alpha, bn_state, conv, source
+    def __init__(self, signs: Tensor, weight_scale: Tensor | None, alpha: Tensor, bn_state: tuple | None, conv,
+                 source: tuple | None) -> None:
+        self.signs, self.weight_scale, self.alpha, self.bn_state, self.conv, self.source = \
+            signs, weight_scale, alpha, bn_state, conv, source
 
 
 class _RealWeights:
@@ -178,11 +181,19 @@ def packed_forward(layer: nn.Conv2d, x: Tensor, bn: nn.Module | None = None,
     # weights' bits instead of the quantizer and a compare of its output (BiPer's sin over
     # ResNet-18's 11 M weights, 30 ms an eval batch)
     same_signs = cache is not None and _same_source(cache.source, source)
-    signs = cache.signs if same_signs else layer.weight_quantizer(layer.weight)
+    if same_signs:
+        signs, weight_scale = cache.signs, cache.weight_scale
+    else:
+        factor = getattr(layer.weight_quantizer, "sign_and_scale", None)
+        factored = None if factor is None else factor(layer.weight)  # the layer computes conv(x_b, S) * a
+        signs, weight_scale = factored if factored is not None else (layer.weight_quantizer(layer.weight), None)
     if signs.dtype != torch.float32 or signs.device.type != "cpu" or signs.dim() != 4:
         return None
     O = signs.shape[0]
-    alpha = torch.ones(O) if layer.alpha is None else layer.alpha.detach().reshape(-1)
+    if weight_scale is not None and layer.alpha is not None:
+        return None  # two scales, two roundings: the float path keeps them
+    alpha = weight_scale if weight_scale is not None else \
+        torch.ones(O) if layer.alpha is None else layer.alpha.detach().reshape(-1)
     if alpha.dtype != torch.float32 or alpha.shape != (O,):
         return None
     if not same_signs and cache is not None and cache.signs.shape == signs.shape and torch.equal(cache.signs, signs):
@@ -203,7 +214,8 @@ def packed_forward(layer: nn.Conv2d, x: Tensor, bn: nn.Module | None = None,
             conv = layer_packed_conv(layer, w_bits, alpha.clone(), scale, bias)
         bn_state = None if bn is None else _bn_snapshot(bn)
         source = None if source is None else (source[0], source[1].clone())
-        cache = layer.__dict__[key] = _PackedWeights(signs.detach().clone(), alpha.clone(), bn_state, conv, source)
+        cache = layer.__dict__[key] = _PackedWeights(signs.detach().clone(), None if weight_scale is None else
+                                                     weight_scale.clone(), alpha.clone(), bn_state, conv, source)
     conv = cache.conv
     centered = bool(getattr(layer.input_quantizer, "centered", False))
     threads = torch.get_num_threads()

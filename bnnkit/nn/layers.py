@@ -29,7 +29,9 @@ class BinaryConv2d(nn.Conv2d):
     `weight` holds the latent real weights; `alpha` is the method's learned per-output-channel
     scale [O,1,1] (None when the method has none). Padding is zero padding of the already
     binarized input, as in both published codes. With `binary_input=False` the input stays real
-    (BiPer's 1w32a variant).
+    (BiPer's 1w32a variant). Without autograd, a weight quantizer that declares
+    `sign_and_scale` (ReActNet's step 2) is evaluated as conv2d(input_quantizer(x), S) * a: exact
+    integers, then one rounding per output, as its 1-bit kernels and the deployed file compute it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
@@ -47,6 +49,13 @@ class BinaryConv2d(nn.Conv2d):
         y = packed_forward(self, x)  # eval on CPU: the same result from 1-bit kernels, else None
         if y is not None:
             return y
+        factor = None if torch.is_grad_enabled() else getattr(self.weight_quantizer, "sign_and_scale", None)
+        factored = None if factor is None else factor(self.weight)
+        if factored is not None:
+            signs, scale = factored
+            y = F.conv2d(self.input_quantizer(x), signs, None, self.stride, self.padding, self.dilation, self.groups)
+            y = y * scale.reshape(1, -1, 1, 1)
+            return y if self.alpha is None else channel_scale(y, self.alpha)
         xb, wb = self.input_quantizer(x), self.weight_quantizer(self.weight)
         y = packed_train_forward(self, xb, wb)  # training on CPU: the same bits forward and backward, else None
         if y is not None:

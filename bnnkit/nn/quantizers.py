@@ -69,6 +69,13 @@ class WeightQuantizer(Quantizer):
         defines none (the trainer logs it per epoch where every binary layer has one)."""
         return None
 
+    def sign_and_scale(self, weight: Tensor) -> tuple[Tensor, Tensor] | None:
+        """For a quantizer whose layer evaluates conv(x_b, S) * a (an exact integer, then one
+        float32 rounding per output channel), the signs S in {-1, 0, +1} and the scale a [O]
+        without autograd, so that packed eval runs that conv on bits with the same result
+        (ReActNet's step 2); None (the default) where the eval conv takes the quantizer's output."""
+        return None
+
 
 class InputQuantizer(Quantizer):
     kind = "input"
