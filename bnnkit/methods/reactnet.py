@@ -17,7 +17,6 @@ import re
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.layers import BinaryConv2d, binary_convs
