@@ -15,7 +15,7 @@ setup: $(STAMP)
 
 # The whole suite except the tests that need the optional DALI extra (see test-dali).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not dali"
+	$(VENV)/bin/python -m pytest -q -m "not dali" --durations=15
 
 # Installs the DALI extra (~425 MB from PyPI) and runs the DALI tests alone.
 test-dali: $(STAMP)
