@@ -1,8 +1,9 @@
 """Reading and writing .bnn files: safetensors with JSON metadata (docs/deploy_format.md).
 
-The safetensors header's `__metadata__` holds three strings: `format` ("bnnkit-deploy"),
-`format_version` ("1") and `graph` (the JSON graph, including a sha256 of every tensor's bytes).
-No pickle anywhere. Every problem is reported as DeployFormatError with one line naming it and
+The safetensors header's `__metadata__` holds four strings: `format` ("bnnkit-deploy"),
+`format_version` ("3"), `graph` (the JSON graph, including a sha256 of every tensor's bytes) and
+`graph_sha256` (the sha256 of the `graph` string's UTF-8 bytes, exactly as stored, so that a
+reader in any language checks it without re-serializing JSON). No pickle anywhere. Every problem is reported as DeployFormatError with one line naming it and
 the fix.
 """
 from __future__ import annotations
@@ -20,17 +21,24 @@ from ._errors import DeployFormatError
 from ._ops import FORMAT_NAME, FORMAT_VERSION
 
 REEXPORT = "re-export the model with `bnnkit export CKPT -o FILE`"
+FIRST_WITH_GRAPH_DIGEST = 3  # files before it digest only their tensors
 
 
 def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def graph_digest(graph_text: str) -> str:
+    """sha256 hex of the stored graph string's UTF-8 bytes (the `graph_sha256` metadata key)."""
+    return hashlib.sha256(graph_text.encode("utf-8")).hexdigest()
+
+
 def write(path: str | os.PathLike, graph: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     graph = dict(graph, digests={k: tensor_digest(v) for k, v in sorted(tensors.items())})
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-            "graph": json.dumps(graph, separators=(",", ":"), allow_nan=True)}
+    graph_text = json.dumps(graph, separators=(",", ":"), allow_nan=True)
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "graph": graph_text,
+            "graph_sha256": graph_digest(graph_text)}
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -59,12 +67,16 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
         version = int(meta.get("format_version", ""))
     except ValueError:
         raise fail(f"unreadable format version {meta.get('format_version')!r}") from None
+    if version < FIRST_WITH_GRAPH_DIGEST:
+        raise fail(f"format version {version} has no graph checksum, this bnnkit reads version {FORMAT_VERSION}")
     if version != FORMAT_VERSION:
-        newer = version > FORMAT_VERSION
-        raise fail(f"format version {version}, this bnnkit reads version {FORMAT_VERSION}",
-                   "upgrade bnnkit" if newer else REEXPORT)
+        raise fail(f"format version {version}, this bnnkit reads version {FORMAT_VERSION}", "upgrade bnnkit")
+    graph_text = meta.get("graph", "")
+    if meta.get("graph_sha256") != graph_digest(graph_text):
+        problem = "lacks its graph checksum" if "graph_sha256" not in meta else "its graph does not match its checksum"
+        raise fail(f"{problem} (the header was edited or is corrupt)")
     try:
-        graph = json.loads(meta.get("graph", ""))
+        graph = json.loads(graph_text)
     except ValueError as e:
         raise fail(f"its graph metadata is not valid JSON ({e})") from None
     if not isinstance(graph, dict):
