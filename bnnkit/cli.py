@@ -1,9 +1,10 @@
 """The `bnnkit` command line: `bnnkit SUBCOMMAND ...` (also `python -m bnnkit`).
 
 Adding a subcommand is one function decorated with @subcommand(name, help) taking argv and returning
-the exit status. Expected errors (bnnkit.errors) print one line `error: ...` on stderr and exit 2
-(usage: bad or contradictory flags, unknown names, an occupied results folder) or 1 (runtime:
-data, checkpoints, a diverged loss), without a traceback. The training flags are generated from
+the exit status; it builds its flags with bnnkit._command.ArgumentParser. Expected errors
+(bnnkit.errors, argparse's, the disk's) print one line `error: ...` on stderr and exit 2 (usage:
+bad or contradictory flags, unknown names, an occupied results folder) or 1 (runtime: data,
+checkpoints, a diverged loss, a full disk), without a traceback (bnnkit._command). The training flags are generated from
 the trainer's keys and every method's declared options (bnnkit.methods.Option).
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 from typing import Any, Callable
 
 from . import _allocator
-from .errors import BnnkitError, ConfigError
+from ._command import ArgumentParser, run
+from .errors import ConfigError
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -41,16 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return SUBCOMMANDS[name][1](rest)
-    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        return run(SUBCOMMANDS[name][1], rest)
     except KeyboardInterrupt:
         print("error: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    except (BnnkitError, FileNotFoundError, PermissionError) as exc:
-        code = exc.exit_code if isinstance(exc, BnnkitError) else 1
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return code
 
 
 # --- train ---------------------------------------------------------------------------------------------
@@ -64,7 +60,7 @@ def train_parser() -> argparse.ArgumentParser:
     from .methods import all_aliases, get_method, list_methods
     from .train._config import all_keys
 
-    p = argparse.ArgumentParser(prog="bnnkit train", description="Train a binary network (a recipe, flags, or both). "
+    p = ArgumentParser(prog="bnnkit train", description="Train a binary network (a recipe, flags, or both). "
                                 "Every recipe key is also a flag; flags win. The authors' flags work under their names.")
     p.add_argument("recipe", nargs="?", help="recipe YAML path or name (e.g. recipes/cifar10/siman_resnet20.yaml)")
     for key, (kind, default, text) in all_keys().items():
@@ -164,7 +160,7 @@ def cmd_train(argv: list[str]) -> int:
 # --- eval and qe ---------------------------------------------------------------------------------------
 
 def _checkpoint_parser(prog: str, text: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=text)
+    p = ArgumentParser(prog=prog, description=text)
     p.add_argument("checkpoint", help="a bnnkit checkpoint (last.pt/best.pt or a run folder), or an authors' .pth.tar")
     p.add_argument("-a", "--model", help="model (authors' checkpoints only)")
     p.add_argument("--method", help="method (authors' checkpoints only)")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _allocator
+from .._command import ArgumentParser
 from ..methods import configure, method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
@@ -265,7 +266,7 @@ def conv_bound(figures: dict[str, dict[str, float]], rate: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     _allocator.tune()  # as the bnnkit command does, also for benchmarks/train_step.py
-    parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
     cases_by_label = bench_cases()
     method_names = list(dict.fromkeys(m for m, _ in cases_by_label.values()))
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")

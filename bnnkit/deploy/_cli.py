@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._errors import DeployExportError, DeployFormatError
+from .._command import ArgumentParser, run
+from ..errors import ConfigError
 
 INPUT_SHAPES = {"cifar": (1, 3, 32, 32), "imagenet": (1, 3, 224, 224)}
 
@@ -83,14 +84,14 @@ def load_model(path: str, *, method: str | None = None, model: str | None = None
                                   "the file is damaged or from another bnnkit version") from None
         return net
     if method is None or model is None:
-        raise CheckpointError(f"{path} is not a bnnkit checkpoint; for an authors' checkpoint pass --method and --model "
-                              "(and --dataset, and the settings its method needs, e.g. BiPer's --freq F)")
+        raise ConfigError(f"{path} is not a bnnkit checkpoint; for an authors' checkpoint pass --method and --model "
+                          "(and --dataset, and the settings its method needs, e.g. BiPer's --freq F)")
     from ..methods import get_method
     cls = get_method(method)
     for key, value in cls.export_settings.items():
         if settings.get(key, value) != value:
-            raise DeployExportError(f"{cls.display()} has binary weights to export only with --{key} {value}, "
-                                    f"not --{key} {settings[key]}: export a checkpoint of that {key}")
+            raise ConfigError(f"{cls.display()} has binary weights to export only with --{key} {value}, "
+                              f"not --{key} {settings[key]}; export a checkpoint of that {key}")
     given = {**cls.export_settings, **settings}
     settings = cls.authors_settings(path, {o.name: given.get(o.name) for o in cls.options if o.rebuilds})
     return load_reference(obj, method, model, num_classes=num_classes, dataset=dataset, **settings)
@@ -107,37 +108,39 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cli_export(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bnnkit export", description="Export a trained binary network to a packed .bnn file "
+    """`bnnkit export`: exit 0, or 2 (usage) / 1 (runtime) after one `error:` line."""
+    return run(_export, list(sys.argv[1:] if argv is None else argv))
+
+
+def _export(argv: list[str]) -> int:
+    p = ArgumentParser(prog="bnnkit export", description="Export a trained binary network to a packed .bnn file "
                                 "for the CPU runtime (bnnkit.deploy.load).")
     p.add_argument("checkpoint", help="bnnkit checkpoint, or the authors' checkpoint with --method/--model")
     p.add_argument("-o", "--output", required=True, help="the .bnn file to write")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W the model takes (default 1,3,32,32 for CIFAR, 1,3,224,224 for ImageNet)")
     _common_model_args(p)
     a = p.parse_args(argv)
-    from ..compat import CheckpointError
     from ._export import export
-    try:
-        net = load_model(a.checkpoint, method=a.method, model=a.model, dataset=a.dataset, num_classes=a.num_classes,
-                         **_settings(a))
-        spec = getattr(net, "bnnkit_spec", {})
-        shape = a.input_shape or INPUT_SHAPES.get(spec.get("family", "cifar"), INPUT_SHAPES["cifar"])
-        out_dir = os.path.dirname(os.path.abspath(a.output))
-        if os.path.exists(a.output) and os.path.samefile(a.output, a.checkpoint):
-            raise ValueError(f"-o {a.output} is the checkpoint itself: pass another file name (e.g. model.bnn)")
-        if not os.path.isdir(out_dir):
-            raise ValueError(f"-o {a.output}: folder {out_dir} does not exist: create it first or pass another path")
-        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-        if convs and len(shape) == 4 and shape[1] != convs[0].in_channels:
-            raise ValueError(f"--input-shape {','.join(map(str, shape))} gives {shape[1]} channels but the model takes "
-                             f"{convs[0].in_channels}: pass N,{convs[0].in_channels},H,W")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            info = export(net, a.output, example_input_shape=shape)
-    except (CheckpointError, DeployExportError, DeployFormatError, ValueError) as e:
-        print(f"bnnkit export: error: {e}", file=sys.stderr)
-        return 2
+    out_dir = os.path.dirname(os.path.abspath(a.output))
+    if os.path.exists(a.output) and os.path.exists(a.checkpoint) and os.path.samefile(a.output, a.checkpoint):
+        raise ConfigError(f"-o {a.output} is the checkpoint itself; pass another file name (e.g. model.bnn)")
+    if not os.path.isdir(out_dir):
+        raise ConfigError(f"-o {a.output}: folder {out_dir} does not exist; create it first or pass another path")
+    if os.path.isdir(a.output):
+        raise ConfigError(f"-o {a.output} is a folder; pass a file name (e.g. {os.path.join(a.output, 'model.bnn')})")
+    net = load_model(a.checkpoint, method=a.method, model=a.model, dataset=a.dataset, num_classes=a.num_classes,
+                     **_settings(a))
+    spec = getattr(net, "bnnkit_spec", {})
+    shape = a.input_shape or INPUT_SHAPES.get(spec.get("family", "cifar"), INPUT_SHAPES["cifar"])
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    if convs and len(shape) == 4 and shape[1] != convs[0].in_channels:
+        raise ConfigError(f"--input-shape {','.join(map(str, shape))} gives {shape[1]} channels but the model takes "
+                          f"{convs[0].in_channels}; pass N,{convs[0].in_channels},H,W")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = export(net, a.output, example_input_shape=shape)
     for w in caught:
-        print(f"bnnkit export: warning: {w.message}", file=sys.stderr)
+        print(f"warning: {w.message}", file=sys.stderr)
     ratio = info["float32_params_bytes"] / max(info["bytes"], 1)
     print(f"wrote {a.output}: {info['bytes'] / 1e6:.2f} MB, {info['binary_convs']} binary convs packed, "
           f"1/{ratio:.1f} of the float32 state_dict ({info['float32_params_bytes'] / 1e6:.2f} MB)")
@@ -145,7 +148,12 @@ def cli_export(argv: list[str] | None = None) -> int:
 
 
 def cli_bench(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bnnkit bench-deploy", description="Latency of the packed CPU runtime against "
+    """`bnnkit bench-deploy`: exit 0, or 2 (usage) / 1 (runtime) after one `error:` line."""
+    return run(_bench, list(sys.argv[1:] if argv is None else argv))
+
+
+def _bench(argv: list[str]) -> int:
+    p = ArgumentParser(prog="bnnkit bench-deploy", description="Latency of the packed CPU runtime against "
                                 "PyTorch float32 eager (same network with plain float convs), per layer and end to end.")
     p.add_argument("--checkpoint", help="benchmark this checkpoint's model (default: a randomly initialised --model)")
     p.add_argument("--model", help="model name (default resnet18_1w1a; with --checkpoint: for authors' checkpoints)")

@@ -3,19 +3,21 @@
 The safetensors header's `__metadata__` holds four strings: `format` ("bnnkit-deploy"),
 `format_version` ("3"), `graph` (the JSON graph, including a sha256 of every tensor's bytes) and
 `graph_sha256` (the sha256 of the `graph` string's UTF-8 bytes, exactly as stored, so that a
-reader in any language checks it without re-serializing JSON). No pickle anywhere. Every problem is reported as DeployFormatError with one line naming it and
-the fix.
+reader in any language checks it without re-serializing JSON). No pickle anywhere. Every
+problem is reported as DeployFormatError with one line naming it and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import uuid
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from ._errors import DeployFormatError
 from ._ops import FORMAT_NAME, FORMAT_VERSION
@@ -39,7 +41,32 @@ def write(path: str | os.PathLike, graph: dict[str, Any], tensors: dict[str, tor
     graph_text = json.dumps(graph, separators=(",", ":"), allow_nan=True)
     meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "graph": graph_text,
             "graph_sha256": graph_digest(graph_text)}
-    save_file(tensors, str(path), metadata=meta)
+    _write_whole(str(path), serialize(tensors, metadata=meta))
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """Write data to path so that a failure (a full disk, a kill) leaves the old file or none, never
+    a partial one: a temporary file in the same folder, renamed over path once complete. A path
+    that exists and is not a regular file (/dev/null, /dev/full, a pipe) is written directly,
+    since renaming would replace the device itself. An OSError names path."""
+    try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), path) from None
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
