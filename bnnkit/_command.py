@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import BnnkitError
 
@@ -28,6 +29,56 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         print(f"error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
         raise SystemExit(2)
+
+
+def flag_type(convert: Callable[[str], Any], kind: type) -> Callable[[str], Any]:
+    """An argparse `type` that converts a flag's text with convert; its ValueError's message is
+    the error line (argparse's own would say only "invalid value"). `bnnkit_kind` says what the
+    flag holds (int, float, bool, list, ...)."""
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.bnnkit_kind = kind  # type: ignore[attr-defined]
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def typed_value(kind: type, text: str) -> Any:
+    """text as an int, a finite float, a boolean (true/false, yes/no, on/off, 1/0) or a string;
+    ValueError naming what was expected."""
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {text!r}")
+        return value
+    return kind(text)
+
+
+def number(kind: type, minimum: float) -> Callable[[str], Any]:
+    """An argparse `type`: an int or finite float of at least minimum."""
+    def convert(text: str) -> Any:
+        value = typed_value(kind, text)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum:g}, not {text}")
+        return value
+    return flag_type(convert, kind)
 
 
 def error_line(exc: BaseException) -> tuple[str, int] | None:

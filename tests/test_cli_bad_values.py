@@ -12,7 +12,7 @@ from tests._train_fixtures import CIFAR, TINY, cli, one_error
 
 
 @pytest.mark.parametrize("flag,value,needle", [
-    ("--lr", "-0.1", "--lr must be"), ("--lr", "nan", "--lr must be"), ("--weight_decay", "-0.0001", "--weight_decay"),
+    ("--lr", "-0.1", "--lr must be"), ("--lr", "nan", "argument --lr: expected a finite number"), ("--weight_decay", "-0.0001", "--weight_decay"),
     ("--momentum", "-0.9", "--momentum"), ("--momentum", "1.5", "--momentum"), ("--threads", "-1", "--threads"),
     ("--workers", "-2", "--workers"), ("--subset", "0", "--subset")])
 def test_bad_training_values(tmp_path, flag, value, needle):

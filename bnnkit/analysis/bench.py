@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _allocator
-from .._command import ArgumentParser
+from .._command import ArgumentParser, number
 from ..methods import configure, method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
@@ -272,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=None, help="model names (default: the CIFAR published three)")
     parser.add_argument("--methods", nargs="*", default=None, choices=list(dict.fromkeys([*method_names, *cases_by_label])),
                         help="methods (every case of each) or single cases (e.g. biper2: BiPer's stage 2); default: all")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=number(int, 1), default=256)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the native CPU kernels are not used)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=number(int, 1), default=5)
+    parser.add_argument("--warmup", type=number(int, 0), default=2)
     parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--matmul_size", type=int, default=4096, help="side of the float32 matmul that measures the peak")
+    parser.add_argument("--matmul_size", type=number(int, 1), default=4096, help="side of the float32 matmul that measures the peak")
     parser.add_argument("--amp", choices=["bf16"], default=None,
                         help="bf16 autocast for binary and float alike (never a faithful recipe's default)")
     parser.add_argument("--kernels", choices=["native", "eager", "compiled"], default="native",

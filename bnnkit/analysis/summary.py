@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._command import ArgumentParser
+from .._command import ArgumentParser, number
 from ..nn.layers import BinaryConv2d
 
 INPUT_SIZE = {"cifar": 32, "imagenet": 224}
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="a registered model name, e.g. resnet18_1w1a")
     parser.add_argument("--method", default=DEFAULT_METHOD, help=f"one of {', '.join(list_methods())}")
     parser.add_argument("--dataset", default=None, help="cifar10, cifar100, imagenet or tinyimagenet")
-    parser.add_argument("--num_classes", type=int, default=None)
+    parser.add_argument("--num_classes", type=number(int, 1), default=None)
     args = parser.parse_args(argv)
     model = create_model(args.model, method=args.method, dataset=args.dataset, num_classes=args.num_classes)
     spec = model.bnnkit_spec

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._command import ArgumentParser, run
+from .._command import ArgumentParser, flag_type, number, run
 from ..errors import ConfigError
 
 INPUT_SHAPES = {"cifar": (1, 3, 32, 32), "imagenet": (1, 3, 224, 224)}
@@ -32,6 +32,17 @@ def _shape(text: str) -> tuple[int, ...]:
     if len(shape) != 4 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected 4 positive sizes N,C,H,W, got {text!r}")
     return shape
+
+
+def _counts(word: str | None = None):
+    """The converter of a comma list of positive integers (`word`, e.g. 'all', allowed too)."""
+    def convert(text: str) -> str:
+        for item in text.split(","):
+            if item.strip() != word and not (item.strip().isdigit() and int(item) >= 1):
+                raise ValueError(f"expected a comma list of positive integers{f' or {word!r}' if word else ''}, "
+                                 f"got {text!r}")
+        return text
+    return convert
 
 
 def _rebuild_options() -> dict[str, tuple[type, str]]:
@@ -98,13 +109,13 @@ def load_model(path: str, *, method: str | None = None, model: str | None = None
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    from ..methods import list_methods
+    from ..methods import list_methods, option_flag_type
     p.add_argument("--method", help=f"authors' checkpoints: {', '.join(list_methods())} (bnnkit checkpoints say it themselves)")
     p.add_argument("--model", help="authors' checkpoints: the model name, e.g. resnet20_1w1a")
     p.add_argument("--dataset", help="cifar10, cifar100, imagenet or tinyimagenet")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=number(int, 1))
     for name, (kind, text) in _rebuild_options().items():
-        p.add_argument(f"--{name}", type=kind, help=text)
+        p.add_argument(f"--{name}", type=option_flag_type(name), help=text)
 
 
 def cli_export(argv: list[str] | None = None) -> int:
@@ -153,6 +164,7 @@ def cli_bench(argv: list[str] | None = None) -> int:
 
 
 def _bench(argv: list[str]) -> int:
+    from ..methods import option_flag_type
     p = ArgumentParser(prog="bnnkit bench-deploy", description="Latency of the packed CPU runtime against "
                                 "PyTorch float32 eager (same network with plain float convs), per layer and end to end.")
     p.add_argument("--checkpoint", help="benchmark this checkpoint's model (default: a randomly initialised --model)")
@@ -160,20 +172,24 @@ def _bench(argv: list[str]) -> int:
     p.add_argument("--method", help="a registered method (default: bnnkit.methods.DEFAULT_METHOD), in the settings "
                    "under which it has binary weights (Method.export_settings, e.g. BiPer's stage 2)")
     p.add_argument("--dataset", help="default imagenet")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=number(int, 1))
     for name, (kind, text) in _rebuild_options().items():
-        p.add_argument(f"--{name}", type=kind, help=text)
-    p.add_argument("--seed", type=int, default=0,
+        p.add_argument(f"--{name}", type=option_flag_type(name), help=text)
+    p.add_argument("--seed", type=number(int, 0), default=0,
                    help="initialises the random model (without --checkpoint), so that runs time the same network")
-    p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core (default 1,all)")
-    p.add_argument("--batch", default="1,32", help="comma list of batch sizes (default 1,32)")
+    p.add_argument("--threads", default="1,all", type=flag_type(_counts("all"), str), help="comma list of thread counts; 'all' = every core (default 1,all)")
+    p.add_argument("--batch", default="1,32", type=flag_type(_counts(), str), help="comma list of batch sizes (default 1,32)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of repeats per measurement (at least 3 runs)")
-    p.add_argument("--isa", help="force avx512, avx2 or portable (default: best available, or $BNNKIT_ISA)")
+    p.add_argument("--min-time", type=number(float, 0.0), default=0.5, help="seconds of repeats per measurement (at least 3 runs)")
+    p.add_argument("--isa", choices=["auto", "avx512", "avx2", "portable"],
+                   help="force avx512, avx2 or portable (default: best available, or $BNNKIT_ISA)")
     p.add_argument("--layout", default="nchw", choices=["nchw", "channels_last", "both"],
                    help="memory layout of the input given to both networks (default nchw)")
     p.add_argument("--json", help="also write the results to this JSON file")
     a = p.parse_args(argv)
+    if a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):
+        raise ConfigError(f"--json {a.json}: folder {os.path.dirname(os.path.abspath(a.json))} does not exist; "
+                          "create it first or pass another path")
     from ._bench import run_bench
     settings = _settings(a)
     try:
