@@ -297,8 +297,8 @@ def option_flag_type(name: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         value = typed_value(options[0].type, text)
         problems = [o.problem(value) for o in options]
-        if all(problems):
-            raise ValueError(problems[0])
+        if all(problems):  # argparse names the flag already
+            raise ValueError(problems[0].replace(f"--{name} ", "", 1))
         return value
     return flag_type(convert, options[0].type)
 
