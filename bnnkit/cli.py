@@ -1,9 +1,10 @@
 """The `bnnkit` command line: `bnnkit SUBCOMMAND ...` (also `python -m bnnkit`).
 
 Adding a subcommand is one function decorated with @subcommand(name, help) taking argv and returning
-the exit status. Expected errors (bnnkit.errors) print one line `error: ...` on stderr and exit 2
-(usage: bad or contradictory flags, unknown names, an occupied results folder) or 1 (runtime:
-data, checkpoints, a diverged loss), without a traceback. The training flags are generated from
+the exit status; it builds its flags with bnnkit._command.ArgumentParser. Expected errors
+(bnnkit.errors, argparse's, the disk's) print one line `error: ...` on stderr and exit 2 (usage:
+bad or contradictory flags, unknown names, an occupied results folder) or 1 (runtime: data,
+checkpoints, a diverged loss, a full disk), without a traceback (bnnkit._command). The training flags are generated from
 the trainer's keys and every method's declared options (bnnkit.methods.Option).
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 from typing import Any, Callable
 
 from . import _allocator
-from .errors import BnnkitError, ConfigError
+from ._command import ArgumentParser, flag_type, number, run, typed_value
+from .errors import ConfigError
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -41,16 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; valid commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     try:
-        return SUBCOMMANDS[name][1](rest)
-    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        return run(SUBCOMMANDS[name][1], rest)
     except KeyboardInterrupt:
         print("error: interrupted; resume with --resume", file=sys.stderr)
         return 130
-    except (BnnkitError, FileNotFoundError, PermissionError) as exc:
-        code = exc.exit_code if isinstance(exc, BnnkitError) else 1
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return code
 
 
 # --- train ---------------------------------------------------------------------------------------------
@@ -61,10 +57,10 @@ FLAGS = ("warm_up", "use_dali", "sync_bn", "deterministic", "log_samples", "down
 
 
 def train_parser() -> argparse.ArgumentParser:
-    from .methods import all_aliases, get_method, list_methods
+    from .methods import all_aliases, all_options, get_method, list_methods
     from .train._config import all_keys
 
-    p = argparse.ArgumentParser(prog="bnnkit train", description="Train a binary network (a recipe, flags, or both). "
+    p = ArgumentParser(prog="bnnkit train", description="Train a binary network (a recipe, flags, or both). "
                                 "Every recipe key is also a flag; flags win. The authors' flags work under their names.")
     p.add_argument("recipe", nargs="?", help="recipe YAML path or name (e.g. recipes/cifar10/siman_resnet20.yaml)")
     for key, (kind, default, text) in all_keys().items():
@@ -74,10 +70,11 @@ def train_parser() -> argparse.ArgumentParser:
         elif key == "resume":
             p.add_argument(*names, dest=key, nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH", help=text)
         else:
-            p.add_argument(*names, dest=key, default=argparse.SUPPRESS, metavar=key.upper(), help=text)
+            p.add_argument(*names, dest=key, default=argparse.SUPPRESS, metavar=key.upper(), help=text,
+                           type=_key_type(key, kind, all_options()))
     for alias, key in all_aliases().items():
         p.add_argument(f"--{alias}", dest=alias, default=argparse.SUPPRESS, metavar=key.upper(),
-                       help=f"the authors' name of --{key}")
+                       help=f"the authors' name of --{key}", type=_key_type(key, all_keys()[key][0], all_options()))
     for name in list_methods():
         for flag, values in get_method(name).const_flags.items():
             what = ", ".join(f"--{k} {v}" for k, v in values.items())
@@ -90,6 +87,34 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the authors' tensor type: ignored
     p.add_argument("--time_estimate", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # always on here
     return p
+
+
+def _key_type(key: str, kind: Any, options: dict) -> Callable[[str], Any] | None:
+    """The argparse type of a training key's flag: a method option's (typed and range-checked), a
+    number's or a list's (the trainer's ranges are checked with the whole config, before any
+    work), None for a string."""
+    from .methods import option_flag_type
+
+    if key in options:
+        return option_flag_type(key) if kind is not str else None
+    if key == "backend":
+        from .data import BACKENDS
+
+        def backend(text: str) -> str:
+            if text not in BACKENDS:
+                raise ValueError(f"unknown backend {text!r}; choose one of {', '.join(BACKENDS)}")
+            return text
+        return flag_type(backend, str)
+    if kind is list:
+        def milestones(text: str) -> list[int]:
+            try:
+                return [int(v) for v in text.split(",")]
+            except ValueError:
+                raise ValueError(f"expected comma-separated epochs such as 100,150, got {text!r}") from None
+        return flag_type(milestones, list)
+    if kind in (int, float, bool):
+        return flag_type(lambda text: typed_value(kind, text), kind)
+    return None
 
 
 def _apply_const_flags(args: dict[str, Any]) -> None:
@@ -138,6 +163,33 @@ def recipe_with_overrides(recipe: str | None, args: dict[str, Any], sets: list[s
     return merge(raw, parse_set(sets, names))
 
 
+def _check_train_flags(args: dict[str, Any]) -> None:
+    """What the trainer would find only after decoding the data: files the flags name that are
+    not there, a teacher that is neither a file nor a model name, GPU ids that are not ids."""
+    from .methods import all_aliases
+
+    paths = {k: v for k, v in args.items() if (k == "start_from" or all_aliases().get(k) == "start_from")}
+    if isinstance(args.get("resume"), str) and args["resume"] not in ("True", "true", ""):
+        paths["resume"] = args["resume"]
+    for key, path in paths.items():
+        if path and not os.path.exists(str(path)):
+            raise ConfigError(f"--{key} {path}: there is no such checkpoint; check the path")
+    gpus = args.get("gpus")
+    if gpus is not None and not all(g.strip().isdigit() for g in str(gpus).split(",")):
+        raise ConfigError(f"--gpus {gpus!r}: give GPU ids such as 0 or 0,1")
+    teacher = args.get("teacher")
+    if teacher and not os.path.isfile(teacher):
+        if teacher.endswith((".pt", ".pth", ".tar")) or os.sep in teacher:
+            raise ConfigError(f"--teacher {teacher}: there is no such file; check the path")
+        try:
+            import torchvision
+        except ImportError:
+            return  # the trainer says so if the teacher is used
+        if teacher not in torchvision.models.list_models(module=torchvision.models):
+            raise ConfigError(f"--teacher {teacher!r} is neither a checkpoint file nor a torchvision classification "
+                              f"model (e.g. resnet34); check the name or the path")
+
+
 @subcommand("train", "train a model from a recipe and/or the authors' flags (multi-stage recipes run every stage)")
 def cmd_train(argv: list[str]) -> int:
     from .train import train
@@ -152,6 +204,7 @@ def cmd_train(argv: list[str]) -> int:
         if args.get("resume"):
             raise ConfigError("-e/--evaluate evaluates a checkpoint; --resume continues training: give one of them")
         return _print_eval(args.pop("evaluate"), args, as_json=False)
+    _check_train_flags(args)
     raw = recipe_with_overrides(recipe, args, sets)
     if args.get("gpus"):
         _launch_gpus(str(args["gpus"]), argv)
@@ -164,15 +217,15 @@ def cmd_train(argv: list[str]) -> int:
 # --- eval and qe ---------------------------------------------------------------------------------------
 
 def _checkpoint_parser(prog: str, text: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=text)
+    p = ArgumentParser(prog=prog, description=text)
     p.add_argument("checkpoint", help="a bnnkit checkpoint (last.pt/best.pt or a run folder), or an authors' .pth.tar")
     p.add_argument("-a", "--model", help="model (authors' checkpoints only)")
     p.add_argument("--method", help="method (authors' checkpoints only)")
     p.add_argument("--dataset", help="dataset (authors' checkpoints only)")
-    from .methods import all_options
+    from .methods import all_options, option_flag_type
     for name, owners in all_options().items():
         if any(o.rebuilds for _, o in owners):
-            p.add_argument(f"--{name}", type=owners[0][1].type,
+            p.add_argument(f"--{name}", type=option_flag_type(name),
                            help=f"{'; '.join(o.help for _, o in owners if o.rebuilds)} (authors' checkpoints)")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -202,15 +255,17 @@ def _print_eval(path: str, opts: dict[str, Any], as_json: bool) -> int:
 
 @subcommand("eval", "evaluate a checkpoint on the validation split")
 def cmd_eval(argv: list[str]) -> int:
+    from .data import BACKENDS
+
     p = _checkpoint_parser("bnnkit eval", "One validation pass of a checkpoint; a bnnkit checkpoint needs no other flag.")
     p.add_argument("--data_path", help="dataset root")
-    p.add_argument("-bt", "--batch_size_test", type=int)
-    p.add_argument("--val_subset", type=int, help="evaluate on a class-balanced subset")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--backend")
-    p.add_argument("--device")
+    p.add_argument("-bt", "--batch_size_test", type=number(int, 1))
+    p.add_argument("--val_subset", type=number(int, 1), help="evaluate on a class-balanced subset")
+    p.add_argument("--workers", type=number(int, 0))
+    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--cache_dir")
-    p.add_argument("--amp")
+    p.add_argument("--amp", choices=["bf16", "fp16"])
     a = vars(p.parse_args(argv))
     return _print_eval(a.pop("checkpoint"), a, a.pop("json"))
 

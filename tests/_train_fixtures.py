@@ -45,12 +45,12 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def one_error(err: str, *needles: str, anywhere: bool = False) -> str:
-    """The only error line of a command's stderr, holding every needle; no traceback anywhere. An
-    error line starts with `error:` (`anywhere`: holds it, as export's `bnnkit export: error:` does)."""
-    assert "Traceback" not in err
-    errors = [l for l in err.splitlines() if ("error:" in l if anywhere else l.startswith("error:"))]
-    assert len(errors) == 1, err
+def one_error(err: str, *needles: str) -> str:
+    """The only error line of a command's stderr, holding every needle; no traceback, and no
+    other line that mentions an error (argparse's `PROG: error:`, a usage block)."""
+    assert "Traceback" not in err and "usage:" not in err, err
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and sum("error" in l for l in err.splitlines()) == 1, err
     for n in needles:
         assert n in errors[0], errors[0]
     return errors[0]

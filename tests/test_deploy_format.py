@@ -2,6 +2,7 @@
 inconsistent files with a one-line DeployFormatError before any native code runs."""
 import ast
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 import bnnkit
 from bnnkit import deploy
 from bnnkit.deploy import DeployExportError, DeployFormatError
-from bnnkit.deploy._format import tensor_digest
+from bnnkit.deploy._format import graph_digest, tensor_digest
 
 
 def randomize(model, seed=0):
@@ -52,6 +53,7 @@ def rewrite(src: Path, dst: Path, edit_graph=None, edit_tensors=None, meta=None)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     graph["digests"] = {k: tensor_digest(v) for k, v in tensors.items()}
     md["graph"] = json.dumps(graph)
+    md["graph_sha256"] = graph_digest(md["graph"])
     md.update(meta or {})
     save_file(tensors, str(dst), metadata=md)
     return dst
@@ -110,10 +112,61 @@ def test_not_a_bnn_file(tmp_path):
 
 
 def test_wrong_version(exported, tmp_path):
-    newer = rewrite(exported[1], tmp_path / "v3.bnn", meta={"format_version": "3"})
-    assert "upgrade bnnkit" in refuse(newer, "format version 3, this bnnkit reads version 2")
-    older = rewrite(exported[1], tmp_path / "v1.bnn", meta={"format_version": "1"})
-    assert "re-export" in refuse(older, "format version 1")
+    newer = rewrite(exported[1], tmp_path / "v4.bnn", meta={"format_version": "4"})
+    assert "upgrade bnnkit" in refuse(newer, "format version 4, this bnnkit reads version 3")
+    for old in ("1", "2"):  # both digest only their tensors
+        older = rewrite(exported[1], tmp_path / f"v{old}.bnn", meta={"format_version": old})
+        assert "re-export" in refuse(older, f"format version {old} has no graph checksum")
+
+
+def edit_header(src: Path, dst: Path, edit) -> Path:
+    """Copy a .bnn with its header JSON edited in place (the 8-byte little-endian length
+    rewritten, the tensor bytes untouched): what a hand edit of the file does."""
+    data = src.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes with spaces
+    dst.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    return dst
+
+
+def test_edited_graph_digit_is_refused(exported, tmp_path):
+    """One changed digit of a BatchNorm eps in the header: the tensors' digests still match,
+    the graph's does not."""
+    def one_digit(header):
+        md = header["__metadata__"]
+        eps = json.dumps(node(json.loads(md["graph"]), "batchnorm")["attrs"]["eps"])
+        assert md["graph"].count(f'"eps":{eps}') >= 1 and "1" in eps
+        md["graph"] = md["graph"].replace(f'"eps":{eps}', f'"eps":{eps.replace("1", "2", 1)}', 1)
+    edited = edit_header(exported[1], tmp_path / "eps.bnn", one_digit)
+    assert edited.read_bytes() != exported[1].read_bytes()
+    assert "re-export" in refuse(edited, "its graph does not match its checksum")
+    # the same file with its header rewritten unchanged loads: the refusal is the edit's
+    deploy.load(edit_header(exported[1], tmp_path / "same.bnn", lambda h: None))
+
+    def drop_digest(header):
+        del header["__metadata__"]["graph_sha256"]
+    refuse(edit_header(exported[1], tmp_path / "nodigest.bnn", drop_digest), "lacks its graph checksum")
+
+
+@pytest.mark.parametrize("edit, match", [
+    # a real conv's groups: its weight [O, C/g, kh, kw] no longer fits its input
+    (lambda g: node(g, "conv")["attrs"].update(groups=2), r"node '.*' \(conv\) cannot run on the file's input shape"),
+    (lambda g: node(g, "batchnorm")["attrs"].update(eps=0.0), r"eps must be a positive finite number, got 0.0"),
+    (lambda g: node(g, "batchnorm")["attrs"].update(eps=-1e-5), r"eps must be a positive finite number"),
+    # 32 input channels fit the same packed words as 16
+    (lambda g: node(g, "bconv")["attrs"].update(in_channels=32), r"\(bconv\) cannot run .* expects \(N, 32, H, W\) input"),
+    # flatten(2) of the pooled (N, 64, 1, 1): BatchNorm1d takes the (N, 64, 1), the classifier does not
+    (lambda g: node(g, "method", -1)["args"].__setitem__(1, 2), r"\(linear\) cannot run on the file's input shape"),
+    (lambda g: node(g, "call", -1).update(attrs={"fn": "torch.cat"}), r"\(call\) cannot run on the file's input shape"),
+], ids=["conv-groups", "eps-zero", "eps-negative", "bconv-channels", "flatten-dim", "wrong-function"])
+def test_consistently_checksummed_bad_graph_is_refused_at_load(exported, tmp_path, edit, match):
+    """Attributes that pass the per-node checks but do not fit together: refused by load with
+    one line, not as a RuntimeError on the first call."""
+    msg = refuse(rewrite(exported[1], tmp_path / "bad.bnn", edit_graph=edit), match)
+    assert "re-export" in msg and msg.count("re-export") == 1
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -133,13 +186,6 @@ def test_wrong_version(exported, tmp_path):
         "no-input", "input-shape", "eps"])
 def test_inconsistent_graph_is_refused(exported, tmp_path, edit, match):
     refuse(rewrite(exported[1], tmp_path / "bad.bnn", edit_graph=edit), match)
-
-
-def test_graph_inconsistent_with_the_data_is_refused_at_run_time(exported, tmp_path):
-    """32 input channels fit the same packed words as 16: caught when the conv meets its input."""
-    net = deploy.load(rewrite(exported[1], tmp_path / "ch.bnn", edit_graph=lambda g: node(g, "bconv")["attrs"].update(in_channels=32)))
-    with pytest.raises(DeployFormatError, match=r"expects \(N, 32, H, W\) input, got \(1, 16, 32, 32\)"):
-        net(torch.randn(1, 3, 32, 32))
 
 
 def test_inconsistent_tensors_are_refused(exported, tmp_path):

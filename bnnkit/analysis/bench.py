@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _allocator
+from .._command import ArgumentParser, number
 from ..methods import configure, method_of
 from ..nn.layers import BinaryConv2d
 from .summary import summarize
@@ -286,7 +287,7 @@ def conv_bound(figures: dict[str, dict[str, float]], rate: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     _allocator.tune()  # as the bnnkit command does, also for benchmarks/train_step.py
-    parser = argparse.ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="bnnkit bench", description=__doc__.split("\n\n")[0])
     cases_by_label = bench_cases()
     method_names = list(dict.fromkeys(m for m, _ in cases_by_label.values()))
     parser.add_argument("--dataset", choices=DATASETS, default="cifar10",
@@ -297,13 +298,13 @@ def main(argv: list[str] | None = None) -> int:
                                                                   for f in DEFAULT_MODELS) + ")")
     parser.add_argument("--methods", nargs="*", default=None, choices=list(dict.fromkeys([*method_names, *cases_by_label])),
                         help="methods (every case of each) or single cases (e.g. biper2: BiPer's stage 2); default: all")
-    parser.add_argument("--batch", type=int, default=None,
+    parser.add_argument("--batch", type=number(int, 1), default=None,
                         help=f"images a step (default: {DEFAULT_BATCH['cifar']} for CIFAR, {DEFAULT_BATCH['imagenet']} for ImageNet)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the native CPU kernels are not used)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=number(int, 1), default=5)
+    parser.add_argument("--warmup", type=number(int, 0), default=2)
     parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--matmul_size", type=int, default=4096, help="side of the float32 matmul that measures the peak")
+    parser.add_argument("--matmul_size", type=number(int, 1), default=4096, help="side of the float32 matmul that measures the peak")
     parser.add_argument("--amp", choices=["bf16"], default=None,
                         help="bf16 autocast for binary and float alike (never a faithful recipe's default)")
     parser.add_argument("--kernels", choices=["native", "eager", "compiled"], default="native",
@@ -334,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"--models takes {', '.join(known)} with --dataset {args.dataset}")
     if args.batch is None:
         args.batch = DEFAULT_BATCH[family]
-    if args.batch < 1 or args.rounds < 1 or args.warmup < 0 or args.matmul_size < 1:
-        parser.error("--batch, --rounds and --matmul_size must be >= 1 and --warmup >= 0")
     picked = [label for label, (m, _) in cases_by_label.items()
               if args.methods is None or label in args.methods or m in args.methods]
     cases = [(n, *cases_by_label[label]) for n in (args.models or default_models(family)) for label in picked]

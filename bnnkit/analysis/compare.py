@@ -21,7 +21,6 @@ seeds per method, model and setting), figures/ (every run overlaid: bnnkit plot)
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -40,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from .._command import ArgumentParser
 from ..errors import BnnkitError, ConfigError
 from ..figures import read_run
 
@@ -386,7 +386,7 @@ padding:4px 8px;text-align:right}}td:nth-child(-n+3){{text-align:left}}figure{{d
 def main(argv: list[str]) -> int:
     from ..train import parse_set
 
-    p = argparse.ArgumentParser(prog="bnnkit compare", description="Train a grid of methods x models x settings x "
+    p = ArgumentParser(prog="bnnkit compare", description="Train a grid of methods x models x settings x "
                                 "seeds (one `bnnkit train` each, resumable), then results.csv, a mean ± std table "
                                 "(results.md), overlay figures and, with --report, one HTML page.")
     p.add_argument("spec", help="compare spec YAML (recipes/compare/ has examples)")

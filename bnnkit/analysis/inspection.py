@@ -10,7 +10,6 @@ inspect.md, inspect.csv and PNGs.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._command import ArgumentParser
 from ..errors import ConfigError
 from ..methods import method_of
 from ..nn import _packed_eval
@@ -197,7 +197,7 @@ def inspect_checkpoint(path: str, out_dir: str, data_path: str | None = None, de
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bnnkit inspect", description="Per binary layer of a bnnkit checkpoint: the "
+    p = ArgumentParser(prog="bnnkit inspect", description="Per binary layer of a bnnkit checkpoint: the "
                                 "weights against the method's decision points, the undecided fraction, the +1 "
                                 "fraction per output channel, QE and, with --data_path, activation statistics on "
                                 "one validation batch. Writes inspect.md, inspect.csv and PNGs.")

@@ -7,10 +7,10 @@ differ only by their seed are one entry: their mean, with a band of one standard
 """
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
+from .._command import ArgumentParser
 from ..errors import ConfigError
 from ..figures import Run, draw, read_run
 
@@ -77,7 +77,7 @@ def plot_runs(folders: list[str], out_dir: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bnnkit plot", description="Overlay training runs: loss, accuracy, learning "
+    p = ArgumentParser(prog="bnnkit plot", description="Overlay training runs: loss, accuracy, learning "
                                 "rate, scheduled settings, flip ratio and QE, one PNG each; the legend names what "
                                 "differs between the runs' configs, and runs differing only by seed become a mean "
                                 "with a band of one standard deviation.")

@@ -10,13 +10,13 @@ is the operation count the Bi-Real/ReActNet line of papers reports.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .._command import ArgumentParser, number
 from ..nn.layers import BinaryConv2d
 
 INPUT_SIZE = {"cifar": 32, "imagenet": 224}
@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     from .. import create_model, list_methods
     from ..methods import DEFAULT_METHOD
 
-    parser = argparse.ArgumentParser(prog="bnnkit summary", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="bnnkit summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a registered model name, e.g. resnet18_1w1a")
     parser.add_argument("--method", default=DEFAULT_METHOD, help=f"one of {', '.join(list_methods())}")
     parser.add_argument("--dataset", default=None, help="cifar10, cifar100, imagenet or tinyimagenet")
-    parser.add_argument("--num_classes", type=int, default=None)
+    parser.add_argument("--num_classes", type=number(int, 1), default=None)
     args = parser.parse_args(argv)
     model = create_model(args.model, method=args.method, dataset=args.dataset, num_classes=args.num_classes)
     spec = model.bnnkit_spec

@@ -1,37 +1,72 @@
 """Reading and writing .bnn files: safetensors with JSON metadata (docs/deploy_format.md).
 
-The safetensors header's `__metadata__` holds three strings: `format` ("bnnkit-deploy"),
-`format_version` ("1") and `graph` (the JSON graph, including a sha256 of every tensor's bytes).
-No pickle anywhere. Every problem is reported as DeployFormatError with one line naming it and
-the fix.
+The safetensors header's `__metadata__` holds four strings: `format` ("bnnkit-deploy"),
+`format_version` ("3"), `graph` (the JSON graph, including a sha256 of every tensor's bytes) and
+`graph_sha256` (the sha256 of the `graph` string's UTF-8 bytes, exactly as stored, so that a
+reader in any language checks it without re-serializing JSON). No pickle anywhere. Every
+problem is reported as DeployFormatError with one line naming it and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import uuid
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from ._errors import DeployFormatError
 from ._ops import FORMAT_NAME, FORMAT_VERSION
 
 REEXPORT = "re-export the model with `bnnkit export CKPT -o FILE`"
+FIRST_WITH_GRAPH_DIGEST = 3  # files before it digest only their tensors
 
 
 def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def graph_digest(graph_text: str) -> str:
+    """sha256 hex of the stored graph string's UTF-8 bytes (the `graph_sha256` metadata key)."""
+    return hashlib.sha256(graph_text.encode("utf-8")).hexdigest()
+
+
 def write(path: str | os.PathLike, graph: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     graph = dict(graph, digests={k: tensor_digest(v) for k, v in sorted(tensors.items())})
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-            "graph": json.dumps(graph, separators=(",", ":"), allow_nan=True)}
-    save_file(tensors, str(path), metadata=meta)
+    graph_text = json.dumps(graph, separators=(",", ":"), allow_nan=True)
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "graph": graph_text,
+            "graph_sha256": graph_digest(graph_text)}
+    _write_whole(str(path), serialize(tensors, metadata=meta))
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """Write data to path so that a failure (a full disk, a kill) leaves the old file or none, never
+    a partial one: a temporary file in the same folder, renamed over path once complete. A path
+    that exists and is not a regular file (/dev/null, /dev/full, a pipe) is written directly,
+    since renaming would replace the device itself. An OSError names path."""
+    try:
+        if os.path.exists(path) and not os.path.isfile(path):
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+        tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), path) from None
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -59,12 +94,16 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tenso
         version = int(meta.get("format_version", ""))
     except ValueError:
         raise fail(f"unreadable format version {meta.get('format_version')!r}") from None
+    if version < FIRST_WITH_GRAPH_DIGEST:
+        raise fail(f"format version {version} has no graph checksum, this bnnkit reads version {FORMAT_VERSION}")
     if version != FORMAT_VERSION:
-        newer = version > FORMAT_VERSION
-        raise fail(f"format version {version}, this bnnkit reads version {FORMAT_VERSION}",
-                   "upgrade bnnkit" if newer else REEXPORT)
+        raise fail(f"format version {version}, this bnnkit reads version {FORMAT_VERSION}", "upgrade bnnkit")
+    graph_text = meta.get("graph", "")
+    if meta.get("graph_sha256") != graph_digest(graph_text):
+        problem = "lacks its graph checksum" if "graph_sha256" not in meta else "its graph does not match its checksum"
+        raise fail(f"{problem} (the header was edited or is corrupt)")
     try:
-        graph = json.loads(meta.get("graph", ""))
+        graph = json.loads(graph_text)
     except ValueError as e:
         raise fail(f"its graph metadata is not valid JSON ({e})") from None
     if not isinstance(graph, dict):

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 FORMAT_NAME = "bnnkit-deploy"
-FORMAT_VERSION = 2  # 2: binary convs carry `prescale` and round their epilogue as the model does
+FORMAT_VERSION = 3  # 2: binary convs carry `prescale` and round their epilogue as the model does;
+#                    3: the graph string has its own sha256 (`graph_sha256`)
 
 # name in the file -> callable
 FUNCTIONS = {

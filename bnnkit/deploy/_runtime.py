@@ -56,6 +56,19 @@ def _has_ref(obj: Any) -> bool:
     return False
 
 
+class _NodeFailed(Exception):
+    """A step that raised during load's trial run (Runtime._trial_run turns it into one line)."""
+
+    def __init__(self, step: "_Step", error: Exception) -> None:
+        super().__init__(step.name)
+        self.step = step
+        lines = str(error).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        if isinstance(error, DeployFormatError):  # its fix is the one _trial_run appends
+            reason = reason.split("; ")[0]
+        self.reason = reason[:200]
+
+
 class _Step:
     __slots__ = ("name", "op", "slot", "run", "reads", "info")
 
@@ -196,6 +209,22 @@ class Runtime:
             if k < len(steps) - 1:
                 self._free_after[k].append(slot)
         self._tensors = {}  # everything needed is now held by the steps
+        self._trial_run()
+
+    def _trial_run(self) -> None:
+        """Run the graph once on zeros of its own input shape, so that attributes consistent with
+        every check above but not with each other (a conv's channels against its input, a linear
+        layer's width, a bad pooling window) fail here as a DeployFormatError naming the node,
+        not on the caller's first batch. Every input shape the runtime accepts differs from this
+        one only in N."""
+        x = torch.zeros(self.input_shape)
+        try:
+            out = self.run(x, trial=True)
+        except _NodeFailed as e:
+            raise self._fail(f"node {e.step.name!r} ({e.step.op}) cannot run on the file's input shape "
+                             f"{tuple(self.input_shape)}: {e.reason}") from None
+        if not isinstance(out, torch.Tensor):
+            raise self._fail(f"the graph's output is a {type(out).__name__}, not a tensor")
 
     def _packed(self, x: torch.Tensor, key: tuple, pad: list[int], ctx: dict) -> tuple:
         """pack()'s outputs for the input x of the binary convs that share `key` (input slot,
@@ -257,8 +286,8 @@ class Runtime:
         bw = self._tensor(node, "weight", torch.float32, (c,), optional=True)
         bb = self._tensor(node, "bias", torch.float32, (c,), optional=bw is None)
         eps = node["attrs"].get("eps")
-        if not isinstance(eps, float) or not eps >= 0:
-            raise self._fail(f"node {node['name']!r}: eps must be a non-negative number")
+        if not isinstance(eps, float) or not 0 < eps < math.inf:
+            raise self._fail(f"node {node['name']!r}: eps must be a positive finite number, got {eps!r}")
         return rm, rv, bw, bb, eps
 
     def _fused_bn_pool(self, node: dict, plan: dict, slots: dict[str, int], info: dict):
@@ -428,9 +457,10 @@ class Runtime:
         return self.run(x)
 
     def run(self, x: torch.Tensor, profile: dict[str, float] | None = None,
-            shapes: dict[str, tuple] | None = None) -> torch.Tensor:
+            shapes: dict[str, tuple] | None = None, *, trial: bool = False) -> torch.Tensor:
         """Logits for x; with `profile`, also accumulate seconds per node name into it; with
-        `shapes`, record the input shape of every conv-like node."""
+        `shapes`, record the input shape of every conv-like node. trial: load's check run, which
+        reports a failing node as _NodeFailed."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or list(x.shape[1:]) != self.input_shape[1:]:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape[1:]))}), got {got}")
@@ -445,12 +475,17 @@ class Runtime:
             for k, step in enumerate(self._steps[1:], 1):
                 if shapes is not None and step.op in ("bconv", "wconv", "conv") and step.reads:
                     shapes[step.name] = tuple(env[step.reads[0]].shape)
-                if profile is None:
-                    env[step.slot] = step.run(env, ctx)
-                else:
-                    t0 = time.perf_counter()
-                    env[step.slot] = step.run(env, ctx)
-                    profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - t0
+                try:
+                    if profile is None:
+                        env[step.slot] = step.run(env, ctx)
+                    else:
+                        t0 = time.perf_counter()
+                        env[step.slot] = step.run(env, ctx)
+                        profile[step.name] = profile.get(step.name, 0.0) + time.perf_counter() - t0
+                except Exception as e:
+                    if not trial:
+                        raise
+                    raise _NodeFailed(step, e) from None
                 for s in self._free_after[k]:
                     env[s] = None
                     for key in [key for key in ctx if isinstance(key, tuple) and key[0] == s]:

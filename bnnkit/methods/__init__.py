@@ -11,6 +11,7 @@ registers it (docs/adding_a_method.md).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -51,9 +52,28 @@ class Option:
     per_stage: bool = False
     choices: tuple[Any, ...] | None = None
     label: str = ""  # what messages call it ('frequency'); the name where empty
+    low: float | None = None  # the smallest valid value of a number (above: exclusive)
+    above: bool = False
+    high: float | None = None  # the largest
 
     def setting(self, value: Any) -> Any:
         return self.parse(value) if self.parse is not None else value
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a value of this option (None: nothing): a non-finite number, a
+        value outside its choices or its range."""
+        if value is None:
+            return None
+        if self.choices is not None and value not in self.choices:
+            return f"--{self.name} {value!r}: takes {', '.join(map(str, self.choices))}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return f"--{self.name} must be a finite number, not {value}"
+            if self.low is not None and (value <= self.low if self.above else value < self.low):
+                return f"--{self.name} must be {'above' if self.above else 'at least'} {self.low:g}, not {value}"
+            if self.high is not None and value > self.high:
+                return f"--{self.name} must be at most {self.high:g}, not {value}"
+        return None
 
 
 class Method:
@@ -122,6 +142,9 @@ class Method:
             if o.choices is not None and cfg.get(o.name) is not None and cfg[o.name] not in o.choices:
                 raise ConfigError(f"--{o.name} {cfg[o.name]!r}: {cls.display()} takes "
                                   f"{', '.join(map(str, o.choices))}")
+            problem = o.problem(cfg.get(o.name))
+            if problem is not None:
+                raise ConfigError(f"{problem} ({cls.display()})")
 
     @classmethod
     def param_group_rule(cls, family: str, model_name: str) -> Callable[[str], bool] | None:
@@ -264,6 +287,23 @@ def all_options() -> dict[str, list[tuple[type[Method], Option]]]:
         for o in cls.options:
             out.setdefault(o.name, []).append((cls, o))
     return out
+
+
+def option_flag_type(name: str) -> Callable[[str], Any]:
+    """The argparse `type` of the flag of option `name`: its type (booleans as true/false), finite,
+    and valid for at least one method that has the option (each method checks its own when it
+    validates a config)."""
+    from .._command import flag_type, typed_value
+
+    options = [o for _, o in all_options()[name]]
+
+    def convert(text: str) -> Any:
+        value = typed_value(options[0].type, text)
+        problems = [o.problem(value) for o in options]
+        if all(problems):  # argparse names the flag already
+            raise ValueError(problems[0].replace(f"--{name} ", "", 1))
+        return value
+    return flag_type(convert, options[0].type)
 
 
 def all_aliases() -> dict[str, str]:

@@ -135,12 +135,12 @@ class Biper(Method):
     defaults = {"freq": 20.0, "stage": 1, "tau": 1.0, "regularize": None}
     options = (
         Option("freq", float, 30.0, "BiPer frequency f (a later stage takes it from the checkpoint it starts from)",
-               inherited=True, rebuilds=True, label="frequency"),
+               inherited=True, rebuilds=True, label="frequency", low=0.0, above=True),
         Option("stage", int, 1, "BiPer stage (1: sin weights, 2: sign(sin) weights)", choices=(1, 2), rebuilds=True,
                per_stage=True),
-        Option("tau", float, None, "BiPer regulariser weight (sets tau_min = tau_max)", hparam=True),
-        Option("tau_min", float, None, "BiPer tau schedule start", hparam=True),
-        Option("tau_max", float, None, "BiPer tau schedule end", hparam=True),
+        Option("tau", float, None, "BiPer regulariser weight (sets tau_min = tau_max)", hparam=True, low=0.0),
+        Option("tau_min", float, None, "BiPer tau schedule start", hparam=True, low=0.0),
+        Option("tau_max", float, None, "BiPer tau schedule end", hparam=True, low=0.0),
         Option("regularize", bool, None, "add BiPer's regulariser (default: CIFAR only, as the authors)"),
     )
     aliases = {"load_ckpt_stage1": "start_from"}

@@ -152,8 +152,9 @@ class Irnet(Method):
     architecture = "irnet"
     defaults = {"k": 10.0, "t": 0.1}
     options = (
-        Option("T_min", float, 1e-3, "IR-Net EDE t at epoch 0 (a constant of the authors' trainers)", hparam=True),
-        Option("T_max", float, 10.0, "IR-Net EDE t approached at the last epoch", hparam=True),
+        Option("T_min", float, 1e-3, "IR-Net EDE t at epoch 0 (a constant of the authors' trainers)", hparam=True,
+               low=0.0, above=True),
+        Option("T_max", float, 10.0, "IR-Net EDE t approached at the last epoch", hparam=True, low=0.0, above=True),
     )
 
     @classmethod

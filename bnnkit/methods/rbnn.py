@@ -214,9 +214,9 @@ class Rbnn(Method):
     architecture = "rbnn"
     defaults = {"k": 10.0, "t": 0.1, "epoch": -1, "rotation_update": 1, "a32": False, "epochs": None}
     options = (
-        Option("Tmin", float, 1e-2, "RBNN t at epoch 0 (Tmin)", hparam=True),
-        Option("Tmax", float, 10.0, "RBNN t approached at the last epoch (Tmax)", hparam=True),
-        Option("rotation_update", int, 1, "RBNN: update the rotation matrices every n epochs"),
+        Option("Tmin", float, 1e-2, "RBNN t at epoch 0 (Tmin)", hparam=True, low=0.0, above=True),
+        Option("Tmax", float, 10.0, "RBNN t approached at the last epoch (Tmax)", hparam=True, low=0.0, above=True),
+        Option("rotation_update", int, 1, "RBNN: update the rotation matrices every n epochs", low=1),
         Option("a32", bool, False, "RBNN: real (standardised) activations, binary weights only", rebuilds=True),
     )
 

@@ -107,8 +107,9 @@ class Recu(Method):
     architecture = "biper"  # BiPer's models are ReCU's (edmav4/BiPer forked z-hXu/ReCU)
     defaults = {"tau": 1.0}
     options = (
-        Option("tau_min", float, 0.85, "ReCU tau at epoch 0 (tau_min)", hparam=True),
-        Option("tau_max", float, 0.99, "ReCU tau approached at the last epoch (tau_max)", hparam=True),
+        Option("tau_min", float, 0.85, "ReCU tau at epoch 0 (tau_min)", hparam=True, low=0.0, above=True, high=1.0),
+        Option("tau_max", float, 0.99, "ReCU tau approached at the last epoch (tau_max)", hparam=True, low=0.0, above=True,
+               high=1.0),
     )
 
     @classmethod

@@ -302,7 +302,7 @@ def validate(cfg: dict[str, Any]) -> None:
         if not (math.isfinite(v) and v >= low and (high is None or v < high)):
             span = f"in [{low:g}, {high:g})" if high is not None else f"a finite number >= {low:g}"
             raise ConfigError(f"--{key} must be {span}, not {v}")
-    for key, low in (("threads", 1), ("workers", 0), ("subset", 1), ("val_subset", 1), ("print_freq", 1)):
+    for key, low in (("threads", 1), ("workers", 0), ("subset", 1), ("val_subset", 1), ("print_freq", 1), ("seed", 0)):
         if cfg[key] is not None and cfg[key] < low:
             raise ConfigError(f"--{key} must be at least {low}, not {cfg[key]}")
     if cfg["checkpoint_every"] < 0:
