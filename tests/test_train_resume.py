@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bnnkit.train import read_checkpoint
-from tests._train_fixtures import CIFAR, cli_subprocess
+from tests._train_fixtures import CIFAR, cli, cli_subprocess, one_error
 
 # 128 images in batches of 32: 4 batches an epoch; a checkpoint every 2 batches.
 RUN = ["--method", "siman", "--model", "resnet20_1w1a", "--data_path", CIFAR, "--subset", "128", "--val_subset", "64",
@@ -93,3 +93,27 @@ def test_kill_inside_the_checkpoint_writes_resumes_consistently(tmp_path, straig
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     rows = [[l.split(",")[:8] for l in (f / "metrics.csv").read_text().splitlines()] for f in (straight, tmp_path / "k")]
     assert rows[0] == rows[1]
+
+
+def test_timed_mid_epoch_checkpoints_resume_bit_exact(tmp_path, straight):
+    """--checkpoint_minutes 0.0001 (6 ms): a checkpoint after each batch, by the clock, through the same
+    path as --checkpoint_every; the run resumed from one (with the timer changed, which --resume
+    accepts) ends bit for bit where the uninterrupted run, which wrote none, ended."""
+    run = [*FAST, "--results_dir", tmp_path, "--save", "timed"]
+    killed = cli_subprocess("train", *run, "--checkpoint_minutes", "0.0001", BNNKIT_DEBUG_KILL_AT="1:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    mid = read_checkpoint(str(tmp_path / "timed" / "last.pt"))
+    assert (mid["epoch"], mid["batch"]) == (1, 3)  # written after batch 3, then killed
+    again = cli_subprocess("train", *run, "--checkpoint_minutes", "0", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and "batch 3" in again.stderr
+    a, b = weights(straight / "last.pt"), weights(tmp_path / "timed" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "ten"])
+def test_bad_checkpoint_minutes_is_refused_where_parsed(tmp_path, value):
+    code, _, err = cli("train", *FAST, "--checkpoint_minutes", value, "--results_dir", tmp_path, "--save", "bad")
+    assert code == 2
+    one_error(err, "checkpoint_minutes")
+    assert not (tmp_path / "bad").exists()

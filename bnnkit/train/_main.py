@@ -24,7 +24,7 @@ from ..methods import get_method, method_of
 from . import _checkpoint as ck
 from ._config import ConfigError, plain, resolve, run_dir_of, stage_names, stages_of
 from ._data import load_data
-from ._distributed import Dist, any_flag, setup, teardown
+from ._distributed import Dist, any_flag, max_all, setup, teardown
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
@@ -295,6 +295,8 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     started = time.time()
     slow = float(os.environ.get("BNNKIT_TEST_BATCH_SLEEP") or 0)  # tests: room to signal a run mid-epoch
     stop: list[int] = []  # the signal that asked to stop; acted on at the next batch boundary
+    every_s = cfg["checkpoint_minutes"] * 60
+    saved_at = [time.time()]  # when this process last wrote (or, for ranks > 0, took part in) a checkpoint
 
     def stopped(epoch: int, batch: int | None) -> StoppedError:
         name = signal.Signals(stop[0]).name
@@ -342,13 +344,23 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
 
             def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
-                halt = any_flag(bool(stop), d.device) and i < len(train_loader)
-                if halt or (cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader)):
+                # Whether to stop and whether a timed checkpoint is due must be one decision for all
+                # processes: each rank's clock says something slightly different, and a rank that
+                # checkpoints alone waits in its reductions and barrier for peers that never come
+                # (a deadlock). The maximum over ranks of the signal flag and the elapsed time is the
+                # same number everywhere, in the one all-reduce the signal check already cost.
+                signalled, elapsed = max_all([1.0 if stop else 0.0, time.time() - saved_at[0]], d.device)
+                inside = i < len(train_loader)  # the last batch's checkpoint is the epoch's own
+                halt = signalled > 0 and inside
+                timed = every_s > 0 and elapsed >= every_s
+                counted = cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0
+                if inside and (halt or timed or counted):
                     sums = m.reduce(d.device).sums
                     _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
                     if d.main:
                         ck.atomic_save(state(epoch, i, sums, ref), last)
                     d.barrier()
+                    saved_at[0] = time.time()
                 if halt:
                     raise stopped(epoch, i)
                 if slow:
@@ -398,6 +410,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                 log.epoch_row(row)
                 update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
             d.barrier()
+            saved_at[0] = time.time()
             if any_flag(bool(stop), d.device):
                 raise stopped(epoch, None)
             flip_ref = new_bits
