@@ -113,3 +113,18 @@ def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
     assert code == 0, err
     assert "optimizer sgd -> adam" in (tmp_path / "c" / "log.txt").read_text()
     assert read_checkpoint(str(tmp_path / "c" / "last.pt"))["epoch"] == 1
+
+
+def test_folder_left_by_a_run_killed_before_its_config_is_started_again(tmp_path):
+    """SIGKILL between taking the folder's lock and writing config.yaml leaves only .lock: --resume
+    (what the chaos test's next run passes) starts the run again instead of "no checkpoint"; a new
+    folder says nothing about an earlier run."""
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / ".lock").touch()
+    code, _, err = cli("train", *SMALL, "--epochs", "1", "--results_dir", tmp_path, "--save", "k", "--resume")
+    assert code == 0, err
+    assert "holds no checkpoint (the run stopped before its first one): starting it again" in err
+    assert read_checkpoint(str(tmp_path / "k" / "last.pt"))["finished"]
+    code, _, err = cli("train", *SMALL, "--epochs", "1", "--results_dir", tmp_path, "--save", "fresh")
+    assert code == 0, err
+    assert "holds no checkpoint" not in err

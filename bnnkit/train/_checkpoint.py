@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 from typing import Any, Callable
 
@@ -88,12 +89,21 @@ def _atomic_write(path: str, write: Callable[[Any], object]) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
+        kill_point(f"written:{os.path.basename(path)}")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def kill_point(point: str) -> None:
+    """SIGKILL this process at a named point of the checkpoint writing (BNNKIT_TEST_KILL_AT, tests only):
+    `written:NAME` (NAME's temporary file complete, not yet renamed), `best:E`, `last:E` (after epoch
+    E's best.pt or last.pt, before what follows it)."""
+    if os.environ.get("BNNKIT_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -71,6 +71,7 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "authors_torch": (str, "1.11", "PyTorch version whose CosineAnnealingLR stepping to reproduce: 1.1 (closed form), 1.11 or 2.x"),
     "log_samples": (bool, False, "write the sample indices each process trains on per epoch (samples_rank*.json)"),
     "tensorboard": (bool, True, "write a TensorBoard log"),
+    "figures": (bool, True, "redraw the run's figures (figures/*.png) after each epoch"),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}
 STAGE_KEYS = ("name",)  # a stage's own keys besides settings

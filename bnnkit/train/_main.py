@@ -199,21 +199,22 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
         raise RunBusyError(f"results folder {run_dir} is in use by another training right now: "
                            f"wait for it to end, or pass a new --save NAME (or --results_dir)")
     try:
-        return _locked_stage(cfg, run_dir, d)
+        return _locked_stage(cfg, run_dir, d, any_flag(lock is not None and lock.found_earlier, d.device))
     finally:
         if lock is not None:
             lock.release()
 
 
-def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist) -> dict[str, Any]:
+def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist, earlier_lock: bool = False) -> dict[str, Any]:
     notes = []
     # every process looks before any writes (the all-reduce in any_flag is also a barrier)
     if any_flag(holds_run(run_dir) and not cfg["resume"], d.device):
         raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
-    if holds_remnants(run_dir) and not holds_run(run_dir) and cfg["resume"] in (True, "True", "true", ""):
+    remnants = (holds_remnants(run_dir) or earlier_lock) and not holds_run(run_dir)
+    if remnants and cfg["resume"] in (True, "True", "true", ""):
         cfg["resume"] = False  # a rerun and --resume agree: nothing to continue, so start again
-    if holds_remnants(run_dir) and not cfg["resume"]:
+    if remnants and not cfg["resume"]:
         notes.append(f"{run_dir} holds no checkpoint (the run stopped before its first one): starting it again")
         if d.main:
             for name in ("metrics.csv", "config.yaml"):
@@ -404,11 +405,12 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                 snapshot = state(epoch, None, None, None, row)
                 if is_best:
                     ck.atomic_save(snapshot, best_path)
-                    _test_kill(f"best:{epoch}")
+                    ck.kill_point(f"best:{epoch}")
                 ck.atomic_save(snapshot, last)
-                _test_kill(f"last:{epoch}")
+                ck.kill_point(f"last:{epoch}")
                 log.epoch_row(row)
-                update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
+                if cfg["figures"]:
+                    update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
             d.barrier()
             saved_at[0] = time.time()
             if any_flag(bool(stop), d.device):
@@ -426,12 +428,6 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _test_kill(point: str) -> None:
-    """SIGKILL this process at a named point of the checkpoint writing (BNNKIT_TEST_KILL_AT, tests only)."""
-    if os.environ.get("BNNKIT_TEST_KILL_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _kept(last: str) -> str:

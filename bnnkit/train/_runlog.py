@@ -47,6 +47,9 @@ class RunLock:
     def __init__(self, folder: str) -> None:
         self.folder, self.fd = folder, None
         self.created = not os.path.isdir(folder)
+        # an earlier training's lock file: a run started here (one SIGKILLed before its config was
+        # written leaves nothing else), so the folder is a run's remnant, not a user's empty folder
+        self.found_earlier = os.path.exists(os.path.join(folder, LOCK))
 
     def acquire(self) -> bool:
         import fcntl
