@@ -13,6 +13,7 @@ A checkpoint holds only tensors, dicts, lists, strings, numbers, booleans and No
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -96,6 +97,17 @@ def _atomic_write(path: str, write: Callable[[Any], object]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a failed write ran out of space (ENOSPC, or EDQUOT: a quota). torch.save reports a
+    failed write as a RuntimeError ("unexpected pos ...") whose context holds the OSError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def kill_point(point: str) -> None:

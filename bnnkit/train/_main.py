@@ -359,7 +359,7 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                     sums = m.reduce(d.device).sums
                     _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
                     if d.main:
-                        ck.atomic_save(state(epoch, i, sums, ref), last)
+                        _save(state(epoch, i, sums, ref), last)
                     d.barrier()
                     saved_at[0] = time.time()
                 if halt:
@@ -404,9 +404,9 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                 # for bit and rewrites both; a row lost after last.pt is written back from it
                 snapshot = state(epoch, None, None, None, row)
                 if is_best:
-                    ck.atomic_save(snapshot, best_path)
+                    _save(snapshot, best_path)
                     ck.kill_point(f"best:{epoch}")
-                ck.atomic_save(snapshot, last)
+                _save(snapshot, last)
                 ck.kill_point(f"last:{epoch}")
                 log.epoch_row(row)
                 if cfg["figures"]:
@@ -428,6 +428,18 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _save(obj: dict[str, Any], path: str) -> None:
+    """ck.atomic_save, with a full disk as one line: the temporary file is gone and the previous
+    checkpoint is untouched (the rename never happened), so the run can go on from it."""
+    try:
+        ck.atomic_save(obj, path)
+    except Exception as exc:
+        if ck.disk_full(exc):
+            raise CheckpointError(f"no space left on device writing {path}; free space or pass another "
+                                  f"--results_dir") from None
+        raise
 
 
 def _kept(last: str) -> str:
