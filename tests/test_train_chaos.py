@@ -38,10 +38,12 @@ import matplotlib.backends.backend_agg, matplotlib.figure
 import bnnkit.cli, bnnkit.data, bnnkit.figures, bnnkit.train
 assert len(os.listdir("/proc/self/task")) == 1  # fork copies one thread only
 print("ready", flush=True)
+children = set()
 for line in sys.stdin:
     job = json.loads(line)
     if "wait" in job:  # reap a child, SIGKILLing it if it outlives the timeout
         pid, end, status = job["wait"], time.time() + job["timeout"], None
+        children.discard(pid)
         while status is None:
             done, raw = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -67,7 +69,11 @@ for line in sys.stdin:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    children.add(pid)
     print(pid, flush=True)
+for pid in children:  # a failed test's children that were never waited for
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
 """
 
 
