@@ -117,3 +117,19 @@ def test_bad_checkpoint_minutes_is_refused_where_parsed(tmp_path, value):
     assert code == 2
     one_error(err, "checkpoint_minutes")
     assert not (tmp_path / "bad").exists()
+
+
+def test_two_stage_run_resumes_a_stage_that_has_only_best_pt(tmp_path):
+    """Killed after stage 1's best.pt, before its last.pt: --resume continues (the stage has a
+    checkpoint) instead of refusing the stage's folder as one that already holds a run."""
+    args = ["train", "recipes/cifar10/biper_resnet20.yaml", "--data_path", CIFAR, "--subset", "64", "--val_subset", "64",
+            "-b", "64", "-bt", "64", "--workers", "1", "--threads", "1", "--set", "stage1.epochs=1",
+            "--set", "stage2.epochs=2", "--set", "tensorboard=false", "--set", "figures=false", "--results_dir", tmp_path]
+    killed = cli_subprocess(*args, BNNKIT_TEST_KILL_AT="best:0")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stage1 = tmp_path / "biper_resnet20" / "stage1"
+    assert (stage1 / "best.pt").exists() and not (stage1 / "last.pt").exists()
+    again = cli_subprocess(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    last = read_checkpoint(str(tmp_path / "biper_resnet20" / "stage2" / "last.pt"))
+    assert last["finished"] and last["spec"]["settings"]["stage"] == 2

@@ -65,15 +65,19 @@ def schedule_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     return get_method(cfg["method"]).schedule_hparams(cfg)
 
 
-def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
-    """--resume PATH, or the newer of the run's last.pt and best.pt: best.pt is written first, so a
-    kill in the writing window can leave it an epoch ahead of last.pt (or the only file)."""
+def _resume_checkpoint(cfg: dict[str, Any], run_dir: str) -> tuple[str, dict[str, Any] | None]:
+    """(path, checkpoint) of --resume PATH, or of the newer of the run's last.pt and best.pt (None: no
+    such file), each file read once: best.pt is written first, so a kill in the writing window can
+    leave it an epoch ahead of last.pt (or the only file)."""
     if isinstance(cfg["resume"], str) and cfg["resume"] not in ("", "True", "true"):
-        return cfg["resume"]
+        path = cfg["resume"]
+        return path, ck.read_checkpoint(path) if os.path.exists(path) else None
     last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    if os.path.exists(best) and (not os.path.exists(last) or _position(best) > _position(last)):
-        return best
-    return last
+    found = {p: ck.read_checkpoint(p) for p in (last, best) if os.path.exists(p)}
+    if not found:
+        return last, None
+    path = max(found, key=lambda p: _position(found[p]))  # last.pt on a tie (max keeps the first)
+    return path, found[path]
 
 
 # Settings whose change makes a resumed run another run than the one in its folder.
@@ -98,8 +102,7 @@ def _changed_settings(had: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def _position(path: str) -> tuple[float, float]:
-    c = ck.read_checkpoint(path)
+def _position(c: dict[str, Any]) -> tuple[float, float]:
     return (c.get("epoch", -1), math.inf if c.get("batch") is None else c["batch"])
 
 
@@ -107,11 +110,10 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
     """The model to train and, when resuming, the checkpoint it continues."""
     cls = get_method(cfg["method"])
     if cfg["resume"]:
-        path = _resume_path(cfg, run_dir)
-        if not os.path.exists(path):
+        path, ckpt = _resume_checkpoint(cfg, run_dir)
+        if ckpt is None:
             raise CheckpointError(f"--resume: there is no checkpoint {path} to continue: "
                                   f"drop --resume to start a new run, or pass the run's --results_dir/--save")
-        ckpt = ck.read_checkpoint(path)
         if not ck.is_bnnkit(ckpt):
             raise CheckpointError(f"--resume {path}: not a bnnkit training checkpoint (an authors' file?): "
                                   f"evaluate it with `bnnkit eval`, or start a stage from it with --start_from")
@@ -531,8 +533,10 @@ def _run_stages(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 start = os.path.join(top, names[i - 1], f"{start}.pt")
             cfg["start_from"] = start
         last = os.path.join(run_dir, "last.pt")
-        cfg["resume"] = bool(cfg["resume"]) and os.path.exists(last)  # resume a stage only if it has a checkpoint
-        if cfg["resume"] and ck.read_checkpoint(last).get("finished") and i < len(cfgs) - 1:
+        # resume a stage only if it has a checkpoint: best.pt alone counts (a kill after a stage's first
+        # best.pt, before its last.pt), or the stage would be refused as a folder that holds a run
+        cfg["resume"] = bool(cfg["resume"]) and holds_run(run_dir)
+        if cfg["resume"] and os.path.exists(last) and ck.read_checkpoint(last).get("finished") and i < len(cfgs) - 1:
             continue
         out.append(train_stage(cfg, run_dir))
     return out
