@@ -133,7 +133,7 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
             if any(c.startswith("optimizer ") for c in changed):
                 ckpt = {**ckpt, "optimizer": None}  # another optimizer's state does not fit: start it afresh
         log.info(f"resuming {ck.describe(ckpt['spec'])} from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']})")
-        return ck.model_from_checkpoint(ckpt, path), ckpt
+        return ck.model_from_checkpoint(ckpt, path), {**ckpt, "resumed_from": path}
     settings = method_settings(cfg)
     if not cfg["start_from"]:
         if cls(family_of_cfg(cfg), **settings).starts_from_checkpoint():
@@ -275,7 +275,14 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     hp = schedule_hparams(cfg)
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
+    last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     if ckpt:
+        if d.main and ckpt.get("resumed_from") == best_path:
+            # best.pt is ahead of last.pt (a kill between the two writes): make last.pt the run's newest
+            # state again before the row is written back, or metrics.csv would hold an epoch that
+            # last.pt has not finished until the next checkpoint (and a stage starting from last.pt
+            # would take the older file)
+            ck.atomic_copy(best_path, last)
         if ckpt["optimizer"] is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -293,7 +300,6 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         if first >= epochs:
             log.info(f"{run_dir}: all {epochs} epochs are done; nothing to resume")
             return _summary(cfg, run_dir, best)
-    last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     kill_at = os.environ.get("BNNKIT_DEBUG_KILL_AT")  # "epoch:batch": SIGKILL self there (crash-safety tests)
     started = time.time()
     slow = float(os.environ.get("BNNKIT_TEST_BATCH_SLEEP") or 0)  # tests: room to signal a run mid-epoch
