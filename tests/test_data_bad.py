@@ -36,10 +36,46 @@ def test_corrupt_image_mid_epoch_names_the_file(tmp_path, kind, workers):
     bad = root / "train" / SYN[1] / f"{SYN[1]}_1.JPEG"
     write_image(bad, size=(300, 300), seed=3)  # big enough that half the file decodes partly
     _corrupt(bad, kind)
-    loader = build_loader("imagenet", root, "train", 1, workers=workers)
-    with pytest.raises(DataError, match=rf"corrupt or truncated image {bad}.*replace or delete"):
-        for _ in loader:
-            pass
+    # garbage has no image header: found when the loader is built; a truncated file when it is decoded
+    with pytest.raises(DataError, match=rf"^corrupt or truncated image {bad}.*replace or delete") as err:
+        for _ in build_loader("imagenet", root, "train", 1, workers=workers):
+            assert kind == "truncated"
+    assert "\n" not in str(err.value)  # a worker's error is one line, not "Caught DataError in DataLoader worker"
+
+
+def test_torch_backend_checks_headers_when_built(tmp_path):
+    root = _folder(tmp_path)
+    empty = root / "val" / SYN[1] / "empty.JPEG"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^image file {empty} is empty \(0 bytes\): replace or delete"):
+        build_loader("imagenet", root, "val", 1, workers=2)
+    empty.write_bytes(b"\x00" * 64)
+    with pytest.raises(DataError, match=rf"^corrupt or truncated image {empty} \(no image header\)"):
+        build_loader("imagenet", root, "val", 1, workers=2)
+    write_image(empty, fmt="PNG")  # a PNG under a .JPEG name is an image
+    build_loader("imagenet", root, "val", 1, workers=2)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_trainer_names_a_bad_image_of_the_torch_backend(tmp_path, kind):
+    """ImageNet's layout always takes the torch backend: one `error:` line with the file and exit 1,
+    whether the file fails its header check or in a DataLoader worker at the first batch."""
+    from tests._train_fixtures import cli, one_error
+
+    root = make_image_folder(tmp_path / "in", {"train": {s: 2 for s in SYN}, "val": {s: 1 for s in SYN}})
+    bad = root / "train" / SYN[0] / f"{SYN[0]}_1.JPEG"
+    write_image(bad, size=(300, 300), seed=3)
+    _corrupt(bad, kind)
+    code, _, err = cli("train", "--dataset", "imagenet", "--model", "resnet18_1w1a", "--data_path", root, "-b", "4",
+                       "-bt", "2", "--epochs", "1", "--workers", "2", "--threads", "1", "--results_dir",
+                       tmp_path / "runs", "--save", "bad", "--set", "tensorboard=false")
+    assert code == 1
+    one_error(err, f"corrupt or truncated image {bad}", "replace or delete")
+    run = tmp_path / "runs" / "bad"
+    if kind == "garbage":  # found before the run folder is made
+        assert not run.exists()
+    else:  # found at the first batch: no checkpoint (a rerun starts again), the error in log.txt
+        assert not (run / "last.pt").exists() and f"corrupt or truncated image {bad}" in (run / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])

@@ -2,11 +2,14 @@
 training at a time, a failed or stopped run can be started again or resumed."""
 from __future__ import annotations
 
+import errno
 import math
+import os
 import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from bnnkit.train import read_checkpoint
@@ -113,3 +116,51 @@ def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
     assert code == 0, err
     assert "optimizer sgd -> adam" in (tmp_path / "c" / "log.txt").read_text()
     assert read_checkpoint(str(tmp_path / "c" / "last.pt"))["epoch"] == 1
+
+
+def test_folder_left_by_a_run_killed_before_its_config_is_started_again(tmp_path):
+    """SIGKILL between taking the folder's lock and writing config.yaml leaves only .lock: --resume
+    (what the chaos test's next run passes) starts the run again instead of "no checkpoint"; a new
+    folder says nothing about an earlier run."""
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / ".lock").touch()
+    code, _, err = cli("train", *SMALL, "--epochs", "1", "--results_dir", tmp_path, "--save", "k", "--resume")
+    assert code == 0, err
+    assert "holds no checkpoint (the run stopped before its first one): starting it again" in err
+    assert read_checkpoint(str(tmp_path / "k" / "last.pt"))["finished"]
+    code, _, err = cli("train", *SMALL, "--epochs", "1", "--results_dir", tmp_path, "--save", "fresh")
+    assert code == 0, err
+    assert "holds no checkpoint" not in err
+
+
+@pytest.mark.parametrize("how", ["oserror", "torch"])
+def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_previous_files(tmp_path, monkeypatch, how):
+    """The first write of epoch 1 fails half-way with ENOSPC, raised as such or as torch.save reports it
+    (a RuntimeError whose context is the OSError): one line, exit 1, epoch 0's files intact, no temporary file."""
+    import bnnkit.train._checkpoint as ck
+
+    real, calls = torch.save, []
+
+    def save(obj, out, *a, **k):
+        calls.append(out)
+        if len(calls) <= 2:  # epoch 0's best.pt and last.pt
+            return real(obj, out, *a, **k)
+        out.write(b"half a checkpoint")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            if how == "oserror":
+                raise
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ck.torch, "save", save)
+    code, _, err = cli("train", *SMALL, "--epochs", "2", "--results_dir", tmp_path, "--save", "full")
+    assert code == 1 and len(calls) == 3
+    run = tmp_path / "full"
+    line = one_error(err, "no space left on device writing", str(run), "; free space or pass another --results_dir")
+    assert line.endswith(".pt; free space or pass another --results_dir")
+    for name in ("last.pt", "best.pt"):
+        ckpt = read_checkpoint(str(run / name))
+        assert ckpt["epoch"] == 0 and ckpt["batch"] is None
+    assert not list(run.glob(".*.tmp"))
+    assert "no space left on device" in (run / "log.txt").read_text()

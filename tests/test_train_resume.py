@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bnnkit.train import read_checkpoint
-from tests._train_fixtures import CIFAR, cli_subprocess
+from tests._train_fixtures import CIFAR, cli, cli_subprocess, one_error
 
 # 128 images in batches of 32: 4 batches an epoch; a checkpoint every 2 batches.
 RUN = ["--method", "siman", "--model", "resnet20_1w1a", "--data_path", CIFAR, "--subset", "128", "--val_subset", "64",
@@ -93,3 +93,43 @@ def test_kill_inside_the_checkpoint_writes_resumes_consistently(tmp_path, straig
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     rows = [[l.split(",")[:8] for l in (f / "metrics.csv").read_text().splitlines()] for f in (straight, tmp_path / "k")]
     assert rows[0] == rows[1]
+
+
+def test_timed_mid_epoch_checkpoints_resume_bit_exact(tmp_path, straight):
+    """--checkpoint_minutes 0.0001 (6 ms): a checkpoint after each batch, by the clock, through the same
+    path as --checkpoint_every; the run resumed from one (with the timer changed, which --resume
+    accepts) ends bit for bit where the uninterrupted run, which wrote none, ended."""
+    run = [*FAST, "--results_dir", tmp_path, "--save", "timed"]
+    killed = cli_subprocess("train", *run, "--checkpoint_minutes", "0.0001", BNNKIT_DEBUG_KILL_AT="1:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    mid = read_checkpoint(str(tmp_path / "timed" / "last.pt"))
+    assert (mid["epoch"], mid["batch"]) == (1, 3)  # written after batch 3, then killed
+    again = cli_subprocess("train", *run, "--checkpoint_minutes", "0", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr and "batch 3" in again.stderr
+    a, b = weights(straight / "last.pt"), weights(tmp_path / "timed" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "ten"])
+def test_bad_checkpoint_minutes_is_refused_where_parsed(tmp_path, value):
+    code, _, err = cli("train", *FAST, "--checkpoint_minutes", value, "--results_dir", tmp_path, "--save", "bad")
+    assert code == 2
+    one_error(err, "checkpoint_minutes")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_two_stage_run_resumes_a_stage_that_has_only_best_pt(tmp_path):
+    """Killed after stage 1's best.pt, before its last.pt: --resume continues (the stage has a
+    checkpoint) instead of refusing the stage's folder as one that already holds a run."""
+    args = ["train", "recipes/cifar10/biper_resnet20.yaml", "--data_path", CIFAR, "--subset", "64", "--val_subset", "64",
+            "-b", "64", "-bt", "64", "--workers", "1", "--threads", "1", "--set", "stage1.epochs=1",
+            "--set", "stage2.epochs=2", "--set", "tensorboard=false", "--set", "figures=false", "--results_dir", tmp_path]
+    killed = cli_subprocess(*args, BNNKIT_TEST_KILL_AT="best:0")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stage1 = tmp_path / "biper_resnet20" / "stage1"
+    assert (stage1 / "best.pt").exists() and not (stage1 / "last.pt").exists()
+    again = cli_subprocess(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    last = read_checkpoint(str(tmp_path / "biper_resnet20" / "stage2" / "last.pt"))
+    assert last["finished"] and last["spec"]["settings"]["stage"] == 2

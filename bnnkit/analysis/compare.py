@@ -183,16 +183,14 @@ def _alive(pid_file: str) -> bool:
     return identity is not None and (identity == recorded or " " not in recorded or " " not in identity)
 
 
-def _has_checkpoint(folder: str) -> bool:
-    return any(f == "last.pt" for _, _, files in os.walk(folder) for f in files)
-
-
 def _drop_unstarted_stages(folder: str) -> None:
-    """Remove the stage folders a kill left before their first checkpoint: the trainer resumes a
-    stage from its last.pt and refuses a folder that holds a run without one."""
+    """Remove the stage folders a kill left before their first checkpoint (holds_run: the trainer's own
+    test of a folder that holds a run, best.pt alone included)."""
+    from ..train import holds_run
+
     for name in os.listdir(folder):
         sub = os.path.join(folder, name)
-        if os.path.isdir(sub) and os.path.isfile(os.path.join(sub, "config.yaml")) and not _has_checkpoint(sub):
+        if os.path.isdir(sub) and os.path.isfile(os.path.join(sub, "config.yaml")) and not holds_run(sub):
             shutil.rmtree(sub)
 
 
@@ -201,7 +199,9 @@ def run_job(job: Job, train: dict[str, Any], log_dir: str, env: dict[str, str]) 
     pid_file = os.path.join(job.folder, ".compare.pid")
     if _alive(pid_file):
         raise ConfigError(f"{job.folder}: its trainer (pid in {pid_file}) still runs: wait for it or stop it")
-    resume = os.path.isdir(job.folder) and _has_checkpoint(job.folder)
+    from ..train import holds_run
+
+    resume = holds_run(job.folder)
     if os.path.isdir(job.folder) and not resume:  # killed before its first checkpoint: start it again
         shutil.rmtree(job.folder)
     elif resume:

@@ -15,8 +15,9 @@ from ..errors import ConfigError
 from ..figures import Run, draw, read_run
 
 # Keys that say where and how a run was stored or executed, not what it trained.
-NOT_A_DIFFERENCE = {"run_dir", "save", "results_dir", "explicit", "resume", "start_from", "tensorboard", "print_freq",
-                    "workers", "threads", "device", "cache_dir", "log_samples", "checkpoint_every", "gpus", "download"}
+NOT_A_DIFFERENCE = {"run_dir", "save", "results_dir", "explicit", "resume", "start_from", "tensorboard", "figures",
+                    "print_freq", "workers", "threads", "device", "cache_dir", "log_samples", "checkpoint_every",
+                    "checkpoint_minutes", "gpus", "download"}
 SEED = "seed"
 
 

@@ -13,12 +13,13 @@ from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._evaluate import evaluate_checkpoint, load_any
 from ._main import RunExistsError, main, train_stage
 from ._metrics import flip_ratio, quantization_error, sign_bits
+from ._runlog import holds_run
 from ._optim import build_optimizer, lr_per_epoch, param_groups
 
 train = main
 
 __all__ = ["all_keys", "ConfigError", "NonFiniteLossError", "RunExistsError", "atomic_save", "build_optimizer",
-           "evaluate", "evaluate_checkpoint", "flip_ratio", "is_bnnkit", "list_recipes", "load_any", "load_data",
+           "evaluate", "evaluate_checkpoint", "flip_ratio", "holds_run", "is_bnnkit", "list_recipes", "load_any", "load_data",
            "load_recipe", "lr_per_epoch", "main", "merge", "model_from_checkpoint", "param_groups", "parse_set",
            "quantization_error", "read_checkpoint", "resolve", "rng_state", "script_defaults", "set_rng_state",
            "sign_bits", "train", "train_one_epoch", "train_stage"]

@@ -13,10 +13,12 @@ A checkpoint holds only tensors, dicts, lists, strings, numbers, booleans and No
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 from typing import Any, Callable
 
@@ -88,12 +90,32 @@ def _atomic_write(path: str, write: Callable[[Any], object]) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
+        kill_point(f"written:{os.path.basename(path)}")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a failed write ran out of space (ENOSPC, or EDQUOT: a quota). torch.save reports a
+    failed write as a RuntimeError ("unexpected pos ...") whose context holds the OSError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def kill_point(point: str) -> None:
+    """SIGKILL this process at a named point of the checkpoint writing (BNNKIT_TEST_KILL_AT, tests only):
+    `written:NAME` (NAME's temporary file complete, not yet renamed), `best:E`, `last:E` (after epoch
+    E's best.pt or last.pt, before what follows it)."""
+    if os.environ.get("BNNKIT_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -58,6 +58,8 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "subset": (int, None, "train on a class-balanced subset of this many images"),
     "val_subset": (int, None, "validate on a class-balanced subset of this many images"),
     "checkpoint_every": (int, 0, "also checkpoint every N training batches (0: only at epoch ends)"),
+    "checkpoint_minutes": (float, 10.0, "also checkpoint mid-epoch once this many minutes passed since the last "
+                           "checkpoint (0: off)"),
     "amp": (str, None, "autocast dtype: bf16 (CPU/GPU) or fp16 (GPU)"),
     "sync_bn": (bool, False, "SyncBatchNorm across processes (default: each process normalises its own part)"),
     "device": (str, "auto", "auto, cpu or cuda"),
@@ -69,6 +71,7 @@ TRAINER_KEYS: dict[str, tuple[Any, Any, str]] = {
     "authors_torch": (str, "1.11", "PyTorch version whose CosineAnnealingLR stepping to reproduce: 1.1 (closed form), 1.11 or 2.x"),
     "log_samples": (bool, False, "write the sample indices each process trains on per epoch (samples_rank*.json)"),
     "tensorboard": (bool, True, "write a TensorBoard log"),
+    "figures": (bool, True, "redraw the run's figures (figures/*.png) after each epoch"),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}
 STAGE_KEYS = ("name",)  # a stage's own keys besides settings
@@ -307,6 +310,9 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"--{key} must be at least {low}, not {cfg[key]}")
     if cfg["checkpoint_every"] < 0:
         raise ConfigError("--checkpoint_every must be >= 0 (0 turns it off)")
+    if not (math.isfinite(cfg["checkpoint_minutes"]) and cfg["checkpoint_minutes"] >= 0):
+        raise ConfigError(f"--checkpoint_minutes must be a finite number >= 0 (0 turns it off), "
+                          f"not {cfg['checkpoint_minutes']}")
 
 
 def method_class(cfg: dict[str, Any]) -> type[Method]:

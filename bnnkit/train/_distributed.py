@@ -71,3 +71,12 @@ def any_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
+
+
+def max_all(values: list[float], device: torch.device) -> list[float]:
+    """Each value's maximum over all processes (one all-reduce for all of them)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()

@@ -23,7 +23,7 @@ from ..methods import get_method, method_of
 from . import _checkpoint as ck
 from ._config import ConfigError, plain, resolve, run_dir_of, stage_names, stages_of
 from ._data import load_data
-from ._distributed import Dist, any_flag, setup, teardown
+from ._distributed import Dist, any_flag, max_all, setup, teardown
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._metrics import Meters, flip_ratio, quantization_error, sign_bits
 from ._optim import build_optimizer, lr_per_epoch
@@ -64,15 +64,19 @@ def schedule_hparams(cfg: dict[str, Any]) -> dict[str, Any]:
     return get_method(cfg["method"]).schedule_hparams(cfg)
 
 
-def _resume_path(cfg: dict[str, Any], run_dir: str) -> str:
-    """--resume PATH, or the newer of the run's last.pt and best.pt: best.pt is written first, so a
-    kill in the writing window can leave it an epoch ahead of last.pt (or the only file)."""
+def _resume_checkpoint(cfg: dict[str, Any], run_dir: str) -> tuple[str, dict[str, Any] | None]:
+    """(path, checkpoint) of --resume PATH, or of the newer of the run's last.pt and best.pt (None: no
+    such file), each file read once: best.pt is written first, so a kill in the writing window can
+    leave it an epoch ahead of last.pt (or the only file)."""
     if isinstance(cfg["resume"], str) and cfg["resume"] not in ("", "True", "true"):
-        return cfg["resume"]
+        path = cfg["resume"]
+        return path, ck.read_checkpoint(path) if os.path.exists(path) else None
     last, best = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    if os.path.exists(best) and (not os.path.exists(last) or _position(best) > _position(last)):
-        return best
-    return last
+    found = {p: ck.read_checkpoint(p) for p in (last, best) if os.path.exists(p)}
+    if not found:
+        return last, None
+    path = max(found, key=lambda p: _position(found[p]))  # last.pt on a tie (max keeps the first)
+    return path, found[path]
 
 
 # Settings whose change makes a resumed run another run than the one in its folder.
@@ -97,8 +101,7 @@ def _changed_settings(had: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def _position(path: str) -> tuple[float, float]:
-    c = ck.read_checkpoint(path)
+def _position(c: dict[str, Any]) -> tuple[float, float]:
     return (c.get("epoch", -1), math.inf if c.get("batch") is None else c["batch"])
 
 
@@ -106,11 +109,10 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
     """The model to train and, when resuming, the checkpoint it continues."""
     cls = get_method(cfg["method"])
     if cfg["resume"]:
-        path = _resume_path(cfg, run_dir)
-        if not os.path.exists(path):
+        path, ckpt = _resume_checkpoint(cfg, run_dir)
+        if ckpt is None:
             raise CheckpointError(f"--resume: there is no checkpoint {path} to continue: "
                                   f"drop --resume to start a new run, or pass the run's --results_dir/--save")
-        ckpt = ck.read_checkpoint(path)
         if not ck.is_bnnkit(ckpt):
             raise CheckpointError(f"--resume {path}: not a bnnkit training checkpoint (an authors' file?): "
                                   f"evaluate it with `bnnkit eval`, or start a stage from it with --start_from")
@@ -130,7 +132,7 @@ def build_model(cfg: dict[str, Any], run_dir: str, log: RunLog) -> tuple[nn.Modu
             if any(c.startswith("optimizer ") for c in changed):
                 ckpt = {**ckpt, "optimizer": None}  # another optimizer's state does not fit: start it afresh
         log.info(f"resuming {ck.describe(ckpt['spec'])} from {path} (epoch {ckpt['epoch']}, batch {ckpt['batch']})")
-        return ck.model_from_checkpoint(ckpt, path), ckpt
+        return ck.model_from_checkpoint(ckpt, path), {**ckpt, "resumed_from": path}
     settings = method_settings(cfg)
     if not cfg["start_from"]:
         if cls(family_of_cfg(cfg), **settings).starts_from_checkpoint():
@@ -193,21 +195,22 @@ def train_stage(cfg: dict[str, Any], run_dir: str | None = None) -> dict[str, An
         raise RunBusyError(f"results folder {run_dir} is in use by another training right now: "
                            f"wait for it to end, or pass a new --save NAME (or --results_dir)")
     try:
-        return _locked_stage(cfg, run_dir, d)
+        return _locked_stage(cfg, run_dir, d, any_flag(lock is not None and lock.found_earlier, d.device))
     finally:
         if lock is not None:
             lock.release()
 
 
-def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist) -> dict[str, Any]:
+def _locked_stage(cfg: dict[str, Any], run_dir: str, d: Dist, earlier_lock: bool = False) -> dict[str, Any]:
     notes = []
     # every process looks before any writes (the all-reduce in any_flag is also a barrier)
     if any_flag(holds_run(run_dir) and not cfg["resume"], d.device):
         raise RunExistsError(f"results folder {run_dir} already holds a run: pass --resume to continue it, "
                              f"or a new --save NAME (or --results_dir) for a new run")
-    if holds_remnants(run_dir) and not holds_run(run_dir) and cfg["resume"] in (True, "True", "true", ""):
+    remnants = (holds_remnants(run_dir) or earlier_lock) and not holds_run(run_dir)
+    if remnants and cfg["resume"] in (True, "True", "true", ""):
         cfg["resume"] = False  # a rerun and --resume agree: nothing to continue, so start again
-    if holds_remnants(run_dir) and not cfg["resume"]:
+    if remnants and not cfg["resume"]:
         notes.append(f"{run_dir} holds no checkpoint (the run stopped before its first one): starting it again")
         if d.main:
             for name in ("metrics.csv", "config.yaml"):
@@ -266,7 +269,14 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     hp = schedule_hparams(cfg)
     best = {"top1": 0.0, "epoch": None, "loss": None}
     first, start_batch, meters, flip_ref = start_epoch + 1, 0, None, None
+    last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     if ckpt:
+        if d.main and ckpt.get("resumed_from") == best_path:
+            # best.pt is ahead of last.pt (a kill between the two writes): make last.pt the run's newest
+            # state again before the row is written back, or metrics.csv would hold an epoch that
+            # last.pt has not finished until the next checkpoint (and a stage starting from last.pt
+            # would take the older file)
+            ck.atomic_copy(best_path, last)
         if ckpt["optimizer"] is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -284,11 +294,12 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
         if first >= epochs:
             log.info(f"{run_dir}: all {epochs} epochs are done; nothing to resume")
             return _summary(cfg, run_dir, best)
-    last, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     kill_at = os.environ.get("BNNKIT_DEBUG_KILL_AT")  # "epoch:batch": SIGKILL self there (crash-safety tests)
     started = time.time()
     slow = float(os.environ.get("BNNKIT_TEST_BATCH_SLEEP") or 0)  # tests: room to signal a run mid-epoch
     stop: list[int] = []  # the signal that asked to stop; acted on at the next batch boundary
+    every_s = cfg["checkpoint_minutes"] * 60
+    saved_at = [time.time()]  # when this process last wrote (or, for ranks > 0, took part in) a checkpoint
 
     def stopped(epoch: int, batch: int | None) -> StoppedError:
         name = signal.Signals(stop[0]).name
@@ -336,13 +347,23 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             log.info(f"epoch {epoch}: lr {lr:.6g}" + "".join(f", {k} {v:.6g}" for k, v in sched.items()))
 
             def on_batch_end(i: int, m: Meters, epoch: int = epoch, ref: Any = flip_ref) -> None:
-                halt = any_flag(bool(stop), d.device) and i < len(train_loader)
-                if halt or (cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0 and i < len(train_loader)):
+                # Whether to stop and whether a timed checkpoint is due must be one decision for all
+                # processes: each rank's clock says something slightly different, and a rank that
+                # checkpoints alone waits in its reductions and barrier for peers that never come
+                # (a deadlock). The maximum over ranks of the signal flag and the elapsed time is the
+                # same number everywhere, in the one all-reduce the signal check already cost.
+                signalled, elapsed = max_all([1.0 if stop else 0.0, time.time() - saved_at[0]], d.device)
+                inside = i < len(train_loader)  # the last batch's checkpoint is the epoch's own
+                halt = signalled > 0 and inside
+                timed = every_s > 0 and elapsed >= every_s
+                counted = cfg["checkpoint_every"] and i % cfg["checkpoint_every"] == 0
+                if inside and (halt or timed or counted):
                     sums = m.reduce(d.device).sums
                     _check_finite(bare, None, f"epoch {epoch}, batch {i}", last)
                     if d.main:
-                        ck.atomic_save(state(epoch, i, sums, ref), last)
+                        _save(state(epoch, i, sums, ref), last)
                     d.barrier()
+                    saved_at[0] = time.time()
                 if halt:
                     raise stopped(epoch, i)
                 if slow:
@@ -385,13 +406,15 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
                 # for bit and rewrites both; a row lost after last.pt is written back from it
                 snapshot = state(epoch, None, None, None, row)
                 if is_best:
-                    ck.atomic_save(snapshot, best_path)
-                    _test_kill(f"best:{epoch}")
-                ck.atomic_save(snapshot, last)
-                _test_kill(f"last:{epoch}")
+                    _save(snapshot, best_path)
+                    ck.kill_point(f"best:{epoch}")
+                _save(snapshot, last)
+                ck.kill_point(f"last:{epoch}")
                 log.epoch_row(row)
-                update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
+                if cfg["figures"]:
+                    update_run_figures(run_dir, _whole_run(cfg, run_dir), log.logger.warning)
             d.barrier()
+            saved_at[0] = time.time()
             if any_flag(bool(stop), d.device):
                 raise stopped(epoch, None)
             flip_ref = new_bits
@@ -409,10 +432,16 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
             signal.signal(sig, handler)
 
 
-def _test_kill(point: str) -> None:
-    """SIGKILL this process at a named point of the checkpoint writing (BNNKIT_TEST_KILL_AT, tests only)."""
-    if os.environ.get("BNNKIT_TEST_KILL_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+def _save(obj: dict[str, Any], path: str) -> None:
+    """ck.atomic_save, with a full disk as one line: the temporary file is gone and the previous
+    checkpoint is untouched (the rename never happened), so the run can go on from it."""
+    try:
+        ck.atomic_save(obj, path)
+    except Exception as exc:
+        if ck.disk_full(exc):
+            raise CheckpointError(f"no space left on device writing {path}; free space or pass another "
+                                  f"--results_dir") from None
+        raise
 
 
 def _kept(last: str) -> str:
@@ -504,8 +533,10 @@ def _run_stages(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 start = os.path.join(top, names[i - 1], f"{start}.pt")
             cfg["start_from"] = start
         last = os.path.join(run_dir, "last.pt")
-        cfg["resume"] = bool(cfg["resume"]) and os.path.exists(last)  # resume a stage only if it has a checkpoint
-        if cfg["resume"] and ck.read_checkpoint(last).get("finished") and i < len(cfgs) - 1:
+        # resume a stage only if it has a checkpoint: best.pt alone counts (a kill after a stage's first
+        # best.pt, before its last.pt), or the stage would be refused as a folder that holds a run
+        cfg["resume"] = bool(cfg["resume"]) and holds_run(run_dir)
+        if cfg["resume"] and os.path.exists(last) and ck.read_checkpoint(last).get("finished") and i < len(cfgs) - 1:
             continue
         out.append(train_stage(cfg, run_dir))
     return out

@@ -47,6 +47,9 @@ class RunLock:
     def __init__(self, folder: str) -> None:
         self.folder, self.fd = folder, None
         self.created = not os.path.isdir(folder)
+        # an earlier training's lock file: a run started here (one SIGKILLed before its config was
+        # written leaves nothing else), so the folder is a run's remnant, not a user's empty folder
+        self.found_earlier = os.path.exists(os.path.join(folder, LOCK))
 
     def acquire(self) -> bool:
         import fcntl
@@ -71,6 +74,14 @@ class RunLock:
         self.fd = None
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt, best effort: a write that fails (a full disk) drops the line instead of printing
+    logging's "--- Logging error ---" traceback; the console has the message anyway."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 class RunLog:
     def __init__(self, folder: str | None, *, tensorboard: bool = True, quiet: bool = False) -> None:
         self.folder = folder
@@ -86,7 +97,7 @@ class RunLog:
         self.tb = None
         if folder is not None:
             os.makedirs(folder, exist_ok=True)
-            fh = logging.FileHandler(os.path.join(folder, "log.txt"))
+            fh = _LogFile(os.path.join(folder, "log.txt"))
             fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             self.logger.addHandler(fh)
             if tensorboard:
