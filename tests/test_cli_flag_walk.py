@@ -54,7 +54,7 @@ STRINGS = {
 }
 # Typed flags for which zero, or a negative number, is a valid value.
 ZERO_OK = {
-    "train": {"seed", "workers", "checkpoint_every", "weight_decay", "momentum",
+    "train": {"seed", "workers", "checkpoint_every", "checkpoint_minutes", "weight_decay", "momentum",
               "lr",  # a frozen run (lr 0) is a valid run
               "tau", "tau_min", "tau_max"},  # BiPer: regulariser weight 0 switches it off
     "eval": {"workers"},
