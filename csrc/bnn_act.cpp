@@ -57,8 +57,24 @@ __attribute__((always_inline)) inline v8f surrogate(v8f y) {
 }
 
 /* the backward's elementwise slope: ApproxSign's, or sign(y), the gradient of |y| */
-template <bool SIGN_SLOPE, class T>
-__attribute__((always_inline)) inline T slope(T y) { return SIGN_SLOPE ? sign_of(y) : surrogate(y); }
+/* RBNN's triangle max(0, k (h - |t2 y|)), in the order of rbnn.py's TriangleSign: tri = [k, h, t2] */
+__attribute__((always_inline)) inline float triangle(float y, const float* tri) {
+    const float s = tri[0] * (tri[1] - fabsf(tri[2] * y));
+    return s > 0.0f ? s : 0.0f;
+}
+__attribute__((always_inline)) inline v8f triangle(v8f y, const float* tri) {
+    const v8f zero = splat(0.0f), t2y = splat(tri[2]) * y;
+    const v8f s = splat(tri[0]) * (splat(tri[1]) - (t2y < zero ? -t2y : t2y));
+    return s > zero ? s : zero;
+}
+
+/* the backward's elementwise slope: ApproxSign's (SLOPE_APPROX), sign(y), the gradient of |y|
+ * (SLOPE_SIGN), or RBNN's triangle (SLOPE_TRIANGLE) */
+enum { SLOPE_APPROX, SLOPE_SIGN, SLOPE_TRIANGLE };
+template <int SLOPE, class T>
+__attribute__((always_inline)) inline T slope(T y, const float* tri) {
+    return SLOPE == SLOPE_SIGN ? sign_of(y) : SLOPE == SLOPE_TRIANGLE ? triangle(y, tri) : surrogate(y);
+}
 
 /* Running sums: 8 float lanes within a block, flushed into double between blocks. */
 struct Sum {
@@ -73,9 +89,9 @@ struct Sum {
 }  // namespace
 
 /* mean and rstd = 1/sqrt(var + eps) (unbiased var) of x[0, n), and with SIGN_OUT out = sign(x) in
- * the same sweep. The sums are taken about x[0] so that a large mean does not cancel the variance
- * away. */
-template <bool SIGN_OUT>
+ * the same sweep; NO_EPS: rstd = 1/sqrt(var) (RBNN's std). The sums are taken about x[0] so that a
+ * large mean does not cancel the variance away. */
+template <bool SIGN_OUT, bool NO_EPS = false>
 __attribute__((always_inline)) inline void sample_stats(const float* x, int64_t n, float* out, float* mean,
                                                         float* rstd) {
     const int64_t nv = n / LANES * LANES;
@@ -102,7 +118,7 @@ __attribute__((always_inline)) inline void sample_stats(const float* x, int64_t 
     double var = n > 1 ? (s2.total - s1.total * s1.total / (double)n) / (double)(n - 1) : NAN;
     if (var < 0) var = 0;
     *mean = (float)((double)shift + s1.total / (double)n);
-    *rstd = (float)(1.0 / sqrt(var + EPS));
+    *rstd = (float)(1.0 / sqrt(NO_EPS ? var : var + EPS));
 }
 
 /* Sample s: mean, rstd and out = sign(x - mean) (centered) or sign(x). */
@@ -117,7 +133,8 @@ BNN_CLONES void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
             sample_stats<true>(x, n, out, mean, rstd);
             continue;
         }
-        sample_stats<false>(x, n, nullptr, mean, rstd);
+        if (a->triangle) sample_stats<false, true>(x, n, nullptr, mean, rstd);
+        else sample_stats<false>(x, n, nullptr, mean, rstd);
         const float m = *mean;
         const v8f vmean = splat(m);
         for (int64_t i = 0; i < nv; i += LANES) store(out + i, sign_of(load(x + i) - vmean));
@@ -316,7 +333,7 @@ BNN_CLONES void siman_weight_rows(const SimanWeightArgs* a, int64_t r0, int64_t 
  * (ApproxSign) or g' = g * sign(y) (sign_slope: the gradient of |y|, SiMaN's weights):
  *   centered: dx = rstd * (g' - sum(g')/n - y * sum(g' y)/(n - 1))
  *   scaled:   dx = rstd * (g' - (x - mean) * rstd * sum(g' y)/(n - 1))          */
-template <bool SIGN_SLOPE>
+template <int SLOPE>
 __attribute__((always_inline)) inline void backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
     const int64_t n = a->n, nv = n / LANES * LANES;
     for (int64_t s = s0; s < s1; ++s) {
@@ -326,13 +343,14 @@ __attribute__((always_inline)) inline void backward_samples(const ActArgs* a, in
         const float m = a->mean[BNN_AT("act mean", s, 1, a->N)];
         const float r = a->rstd[BNN_AT("act rstd", s, 1, a->N)];
         const float shift = a->centered ? m : 0.0f;
+        const float* tri = a->triangle;
         const v8f vshift = splat(shift), vr = splat(r), vm = splat(m);
         Sum sg, sgy;
         for (int64_t b = 0; b < nv; b += BLOCK) {
             const int64_t e = b + BLOCK < nv ? b + BLOCK : nv;
             for (int64_t i = b; i < e; i += LANES) {
                 const v8f y = (load(x + i) - vshift) * vr;
-                const v8f gp = load(g + i) * slope<SIGN_SLOPE>(y);
+                const v8f gp = load(g + i) * slope<SLOPE>(y, tri);
                 sg.part += gp;
                 sgy.part += gp * y;
             }
@@ -341,7 +359,7 @@ __attribute__((always_inline)) inline void backward_samples(const ActArgs* a, in
         }
         for (int64_t i = nv; i < n; ++i) {
             const float y = (x[i] - shift) * r;
-            const float gp = g[i] * slope<SIGN_SLOPE>(y);
+            const float gp = g[i] * slope<SLOPE>(y, tri);
             sg.total += (double)gp;
             sgy.total += (double)gp * (double)y;
         }
@@ -351,29 +369,30 @@ __attribute__((always_inline)) inline void backward_samples(const ActArgs* a, in
             const v8f vmg = splat(mean_gp), vp = splat(proj);
             for (int64_t i = 0; i < nv; i += LANES) {
                 const v8f y = (load(x + i) - vm) * vr;
-                store(dx + i, vr * (load(g + i) * slope<SIGN_SLOPE>(y) - vmg - y * vp));
+                store(dx + i, vr * (load(g + i) * slope<SLOPE>(y, tri) - vmg - y * vp));
             }
             for (int64_t i = nv; i < n; ++i) {
                 const float y = (x[i] - m) * r;
-                dx[i] = r * (g[i] * slope<SIGN_SLOPE>(y) - mean_gp - y * proj);
+                dx[i] = r * (g[i] * slope<SLOPE>(y, tri) - mean_gp - y * proj);
             }
         } else {
             const v8f vp = splat(proj);
             for (int64_t i = 0; i < nv; i += LANES) {
                 const v8f v = load(x + i);
-                store(dx + i, vr * (load(g + i) * slope<SIGN_SLOPE>(v * vr) - (v - vm) * vr * vp));
+                store(dx + i, vr * (load(g + i) * slope<SLOPE>(v * vr, tri) - (v - vm) * vr * vp));
             }
             for (int64_t i = nv; i < n; ++i) {
                 const float y = x[i] * r;
-                dx[i] = r * (g[i] * slope<SIGN_SLOPE>(y) - (x[i] - m) * r * proj);
+                dx[i] = r * (g[i] * slope<SLOPE>(y, tri) - (x[i] - m) * r * proj);
             }
         }
     }
 }
 
 BNN_CLONES void act_backward_samples(const ActArgs* a, int64_t s0, int64_t s1) {
-    if (a->sign_slope) backward_samples<true>(a, s0, s1);
-    else backward_samples<false>(a, s0, s1);
+    if (a->triangle) backward_samples<SLOPE_TRIANGLE>(a, s0, s1);
+    else if (a->sign_slope) backward_samples<SLOPE_SIGN>(a, s0, s1);
+    else backward_samples<SLOPE_APPROX>(a, s0, s1);
 }
 
 /* An integer y from its product v = y * alpha, given inv = 1 / alpha: v * inv is within three

@@ -114,6 +114,7 @@ typedef struct {
     int64_t N, n;
     int64_t centered;                    /* 1: SiMaN's sign(x - mean); 0: BiPer's sign(x) */
     int64_t sign_slope;                  /* backward: 1 for sign(y) (the gradient of |y|), 0 for ApproxSign's */
+    const float* triangle;               /* NULL, or RBNN's [k, h, t2]: no eps in rstd, the triangle's slope */
 } ActArgs;
 
 void act_forward_samples(const ActArgs* a, int64_t s0, int64_t s1);

@@ -345,17 +345,21 @@ static PyObject* py_taps(PyObject*, PyObject* args) {
 }
 
 /* ---- training activation kernels (csrc/bnn_act.cpp) --------------------------------------- */
-/* (threads, (x, x_len, grad, out, mean, rstd, N, n, centered, sign_slope)); grad is 0 for the forward */
-static PyObject* act_call(PyObject* args, int backward) {
+/* (threads, (x, x_len, grad, out, mean, rstd, N, n, centered, sign_slope)); grad is 0 for the forward.
+ * The triangle calls add an 11th value, the address of RBNN's float32 [k, h, t2]. */
+static PyObject* act_call(PyObject* args, int backward, int triangle) {
     int nt;
-    int64_t v[10];
-    if (parse_threads_call(args, &nt, v, 10, backward ? "act_backward" : "act_forward") < 0) return NULL;
+    int64_t v[11] = {0};
+    const char* what = triangle ? (backward ? "act_triangle_backward" : "act_triangle_forward")
+                                : (backward ? "act_backward" : "act_forward");
+    if (parse_threads_call(args, &nt, v, triangle ? 11 : 10, what) < 0) return NULL;
     ActArgs a;
     a.x = (const float*)(uintptr_t)v[0]; a.x_len = v[1];
     a.grad = (const float*)(uintptr_t)v[2]; a.out = (float*)(uintptr_t)v[3];
     a.mean = (float*)(uintptr_t)v[4]; a.rstd = (float*)(uintptr_t)v[5];
     a.N = v[6]; a.n = v[7]; a.centered = v[8]; a.sign_slope = v[9];
-    if (!a.x || !a.out || !a.mean || !a.rstd || (backward && !a.grad) || a.N < 0 || a.n < 1 || a.x_len != a.N * a.n)
+    a.triangle = (const float*)(uintptr_t)v[10];
+    if ((triangle && (!a.triangle || !a.centered || a.sign_slope)) || !a.x || !a.out || !a.mean || !a.rstd || (backward && !a.grad) || a.N < 0 || a.n < 1 || a.x_len != a.N * a.n)
         return PyErr_Format(PyExc_ValueError, "act: inconsistent arguments");
     nt = threads_for(nt, a.N);
     void (*fn)(const ActArgs*, int64_t, int64_t) = backward ? act_backward_samples : act_forward_samples;
@@ -366,8 +370,10 @@ static PyObject* act_call(PyObject* args, int backward) {
     Py_RETURN_NONE;
 }
 
-static PyObject* py_act_forward(PyObject*, PyObject* args) { return act_call(args, 0); }
-static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(args, 1); }
+static PyObject* py_act_forward(PyObject*, PyObject* args) { return act_call(args, 0, 0); }
+static PyObject* py_act_backward(PyObject*, PyObject* args) { return act_call(args, 1, 0); }
+static PyObject* py_act_triangle_forward(PyObject*, PyObject* args) { return act_call(args, 0, 1); }
+static PyObject* py_act_triangle_backward(PyObject*, PyObject* args) { return act_call(args, 1, 1); }
 
 /* (threads, (w, len, code, wb, mean, rstd, O, k, center, clip, update)): SiMaN's weight binarizer;
  * clip is 0 or the address of float32 [low, high] */
@@ -580,6 +586,8 @@ static PyMethodDef methods[] = {
     {"pack", py_pack, METH_VARARGS, "pack(isa, threads, args): binarize and bit-pack NHWC activations"},
     {"act_forward", py_act_forward, METH_VARARGS, "act_forward(threads, args): per-sample statistics and sign, see csrc/bnn_act.cpp"},
     {"act_backward", py_act_backward, METH_VARARGS, "act_backward(threads, args): ApproxSign after standardisation, backward"},
+    {"act_triangle_forward", py_act_triangle_forward, METH_VARARGS, "act_triangle_forward(threads, args): RBNN's per-sample statistics (no eps) and sign(x - mean)"},
+    {"act_triangle_backward", py_act_triangle_backward, METH_VARARGS, "act_triangle_backward(threads, args): RBNN's triangle after standardisation, backward"},
     {"siman_weight", py_siman_weight, METH_VARARGS, "siman_weight(threads, args): SiMaN's weight code and statistics, see csrc/bnn_act.cpp"},
     {"siman_center_ranks", py_siman_center_ranks, METH_VARARGS, "siman_center_ranks(threads, args): SiMaN's centring and clipping percentiles"},
     {"scale_backward", py_scale_backward, METH_VARARGS, "scale_backward(threads, args): backward of y * alpha per channel"},

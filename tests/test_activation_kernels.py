@@ -329,3 +329,52 @@ def test_avg_pool_pad_falls_back_and_the_binding_checks_sizes(kernels):
     out = torch.empty(2, 6, 4, 4)
     with pytest.raises(ValueError, match="avg_pool: inconsistent arguments"):  # out too short for 2 pad channels each side
         _native.lib().avg_pool(1, (x.data_ptr(), x.numel(), out.data_ptr(), out.numel(), 2, 4, 8, 8, 2, 2, 0))
+
+
+# RBNN's input path (rbnn.py RbnnInput): the native StandardizedTriangleSign against the eager
+# (x - mean) / std and TriangleSign under autograd. The signs are equal; the gradients, summed in
+# another order, stay within RBNN_ULPS float32 epsilons of the tensor's largest |dx| (seen: under 4).
+RBNN_ULPS = 16
+
+
+def _rbnn_step(kernels, kind, t, x, g):
+    from bnnkit.methods.rbnn import RbnnInput
+
+    kernels(kind)
+    return _run(RbnnInput(t), x, g)
+
+
+@pytest.mark.parametrize("t", [1e-3, 1.0, 3.7, 10.0])  # t' = max(t, 1): both ends of the schedule
+@pytest.mark.parametrize("shape", [(6, 4, 3, 3), (3, 5, 9, 11), (2, 64, 8, 8), (1, 3, 1, 1)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_native_rbnn_input_matches_eager(kernels, t, shape, layout):
+    """n = 36, 495 and 4096 (vectors, blocks and tails), and 3 (a tail alone)."""
+    torch.manual_seed(sum(shape))
+    x, g = torch.randn(shape) * 0.8 + 0.3, torch.randn(shape)
+    x[0, 0, 0, 0] = 0.0  # a zero input and a zero gradient
+    g[-1, -1, -1, -1] = 0.0
+    if layout == "channels_last":
+        x, g = x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
+    want_y, want_grad = _rbnn_step(kernels, "eager", t, x, g)
+    y, grad = _rbnn_step(kernels, "native", t, x, g)
+    assert y.stride() == x.stride()
+    assert torch.equal(y, want_y)
+    bound = RBNN_ULPS * torch.finfo(torch.float32).eps * want_grad.abs().max()
+    assert (grad - want_grad).abs().max() <= bound
+    assert torch.isfinite(grad).all() and (grad.abs().max() > 0) == (want_grad.abs().max() > 0)
+
+
+def test_native_rbnn_input_is_thread_independent_and_runs_only_native(kernels):
+    torch.manual_seed(3)
+    x, g = torch.randn(8, 16, 12, 12), torch.randn(8, 16, 12, 12)
+    one = _on_threads(1, lambda: _rbnn_step(kernels, "native", 2.0, x, g))
+    two = _on_threads(2, lambda: _rbnn_step(kernels, "native", 2.0, x, g))
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    kernels("native")
+    assert functional.takes_native_activation(x)
+    kernels("eager")
+    assert not functional.takes_native_activation(x)
+    assert not functional.takes_native_activation(x.double())
+    with pytest.raises(ValueError, match="inconsistent"):
+        _native.lib().act_triangle_forward(1, (x.data_ptr(), x.numel(), 0, g.data_ptr(), x.data_ptr(),
+                                               x.data_ptr(), 8, 2304, 1, 0, 0))

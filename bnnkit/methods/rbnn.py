@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..nn.functional import standardized_triangle_sign, takes_native_activation
 from ..nn.layers import BinaryConv2d
 from ..nn.quantizers import QUANTIZERS, InputQuantizer, WeightQuantizer
 from . import METHODS, Method, Option
@@ -177,8 +178,12 @@ class RbnnInput(InputQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return torch.sign(x - x.mean(dim=(1, 2, 3), keepdim=True))
+        t = max(self.t, 1.0)
+        if takes_native_activation(x):  # the same math in two sweeps; set_kernels("eager") runs the ops below
+            t2, height = _triangle(t)
+            return standardized_triangle_sign(x, 1.0, height, t2)
         centred, a2 = _standardize(x)
-        return TriangleSign.apply(a2, centred, 1.0, max(self.t, 1.0))
+        return TriangleSign.apply(a2, centred, 1.0, t)
 
 
 @QUANTIZERS.register()

@@ -474,6 +474,54 @@ def avg_pool_pad(x: Tensor, k: int, pad: int = 0) -> Tensor:
     return F.pad(y, (0, 0, 0, 0, pad, pad)) if pad else y
 
 
+class StandardizedTriangleSign(torch.autograd.Function):
+    """RBNN's input path in two native sweeps (CPU float32, native kernels in use).
+    Forward sign(x - mean_n), per sample over (C,H,W), with rstd = 1/std_n (unbiased, no eps).
+    Backward: the triangle max(0, k (h - |t2 y|)) on y = (x - mean) * rstd, then the exact
+    gradient of the standardisation:
+        dx = rstd * (g' - mean(g') - y * sum(g' * y) / (n - 1)),   g' = g * max(0, k (h - |t2 y|)),
+    what autograd computes through rbnn.py's eager (x - mean) / std and TriangleSign."""
+
+    @staticmethod
+    def forward(x: Tensor, triangle: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        N = x.shape[0]
+        out, mean, rstd = torch.empty_like(x), x.new_empty(N, 1, 1, 1), x.new_empty(N, 1, 1, 1)
+        _native().act_triangle_forward(torch.get_num_threads(), (x.data_ptr(), x.numel(), 0, out.data_ptr(),
+                                                                 mean.data_ptr(), rstd.data_ptr(), N, x.numel() // N,
+                                                                 1, 0, triangle.data_ptr()))
+        return out, mean, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(inputs[0], mean, rstd, inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean_grad: Tensor, _rstd_grad: Tensor) -> tuple[Tensor, None]:
+        x, mean, rstd, triangle = ctx.saved_tensors
+        if grad.stride() != x.stride() or grad.dtype != x.dtype:
+            grad = torch.empty_like(x).copy_(grad)  # the kernel pairs elements by position in memory
+        dx = torch.empty_like(x)
+        N = x.shape[0]
+        _native().act_triangle_backward(torch.get_num_threads(), (x.data_ptr(), x.numel(), grad.data_ptr(),
+                                                                  dx.data_ptr(), mean.data_ptr(), rstd.data_ptr(), N,
+                                                                  x.numel() // N, 1, 0, triangle.data_ptr()))
+        return dx, None
+
+
+def takes_native_activation(x: Tensor) -> bool:
+    """Whether a method's fused native activation kernel may run on x: native kernels in use and a
+    dense float32 CPU tensor (NCHW or channels-last) outside any tracer."""
+    return _kernels["forward"] is _native_forward and _takes_native(x)
+
+
+def standardized_triangle_sign(x: Tensor, k: float, height: float, t2: float) -> Tensor:
+    """sign(x - mean_n) with RBNN's triangle backward through the standardisation, natively; for
+    takes_native_activation tensors. k, height and t2 are float32 values (as TriangleSign rounds them)."""
+    return StandardizedTriangleSign.apply(x, torch.tensor([k, height, t2], dtype=torch.float32))[0]
+
+
 def standardized_approx_sign(x: Tensor) -> Tensor:
     return StandardizedApproxSign.apply(x)[0]
 
