@@ -300,3 +300,52 @@ def test_sigkill_one_of_two_gloo_processes_resume_bit_exact(tmp_path, server):
     pids, logs = ddp_run(server, [*DDP, "--results_dir", tmp_path, "--save", "chaos", "--resume"])
     assert [server.wait(p) for p in pids] == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
     assert_same_run(ref, run_dir)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (torchrun's agent: its workers)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _torchrun(argv: list, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "bnnkit", *[str(a) for a in argv]], cwd=ROOT, env={**env(), **extra},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_torchrun_with_one_worker_sigkilled_then_resumed_is_bit_exact(tmp_path):
+    """The launcher itself: torchrun's agent sees a worker SIGKILLed mid-run, stops the other and
+    fails; `torchrun ... --resume` then ends where an uninterrupted torchrun run ends."""
+    ref = _torchrun([*DDP, "--results_dir", tmp_path, "--save", "straight"])
+    out, _ = ref.communicate(timeout=400)
+    assert ref.returncode == 0, out[-3000:]
+    ref_rows, run_dir = rows(tmp_path / "straight"), tmp_path / "chaos"
+    argv = [*DDP, "--checkpoint_minutes", "0.0001", "--results_dir", tmp_path, "--save", "chaos"]
+    agent = _torchrun(argv, BNNKIT_TEST_BATCH_SLEEP=str(SLEEP))
+    try:
+        end = time.time() + 300
+        while not (run_dir / "last.pt").exists() and agent.poll() is None and time.time() < end:
+            time.sleep(0.01)
+        workers = _children(agent.pid)
+        assert agent.poll() is None and len(workers) == 2, (workers, agent.poll())
+        os.kill(random.Random(5).choice(workers), signal.SIGKILL)
+        out, _ = agent.communicate(timeout=120)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode != 0, out[-3000:]
+    check_consistent(run_dir, ref_rows, "after a torchrun worker's SIGKILL")
+    resumed = _torchrun([*argv, "--resume"])
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out[-3000:]
+    assert_same_run(tmp_path / "straight", run_dir)
