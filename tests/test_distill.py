@@ -78,3 +78,21 @@ def test_teacher_names_and_pretrained_classes_are_checked():
         build_teacher(_cfg(teacher="resnet34"), 10, torch.device("cpu"))
     with pytest.raises(CheckpointError, match="no such file"):
         build_teacher(_cfg(teacher="runs/missing.pt"), 10, torch.device("cpu"))
+
+
+def test_a_teacher_with_loss_ce_is_reported_unused(tmp_path):
+    """A recipe's teacher run with --loss ce trains on the labels only; the log says the teacher is
+    not used instead of leaving the user to think it distils."""
+    import torchvision
+
+    from tests._train_fixtures import CIFAR, cli_subprocess
+
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "t.pth")
+    run = cli_subprocess("train", "--method", "reactnet", "--model", "birealnet20", "--data_path", CIFAR,
+                         "--subset", "32", "--val_subset", "32", "-b", "32", "--epochs", "1", "--workers", "0",
+                         "--threads", "1", "--loss", "ce", "--teacher", "resnet18", "--teacher_weights", tmp_path / "t.pth",
+                         "--results_dir", tmp_path, "--save", "run", "--set", "tensorboard=false", "--set", "figures=false")
+    assert run.returncode == 0, run.stderr[-2000:]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "--teacher resnet18 is not used: --loss ce trains on the labels alone" in log
+    assert "distilling from" not in log

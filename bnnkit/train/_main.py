@@ -260,6 +260,9 @@ def _train(cfg: dict[str, Any], run_dir: str, d: Dist, train_loader: Any, val_lo
     teacher = build_teacher(cfg, bare.bnnkit_spec["num_classes"], d.device)
     if teacher is not None:
         log.info(f"loss {cfg['loss']}: distilling from {describe_teacher(cfg)}, in eval mode without gradients")
+    elif cfg.get("teacher"):  # a recipe's teacher with --loss ce: say that it is not used
+        log.info(f"--teacher {cfg['teacher']} is not used: --loss ce trains on the labels alone "
+                    f"(pass --loss kd or ce+kd to distil from it)")
     epochs = cfg["epochs"]
     start_epoch = method.lr_start_epoch()  # BiPer's stage 2 starts at epoch 1 (quirk Q14)
     lrs = lr_per_epoch(cfg["lr"], epochs, warm_up=cfg["warm_up"], start_epoch=start_epoch, lr_type=cfg["lr_type"],
