@@ -157,3 +157,20 @@ def test_a_killed_trainer_left_a_zombie_or_a_reused_pid_does_not_count_as_runnin
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_spec_recipes_resolve_from_any_folder_and_a_bad_one_fails_before_training(tmp_path, monkeypatch):
+    from bnnkit.analysis.compare import load_spec
+    from bnnkit.errors import BnnkitError
+
+    monkeypatch.chdir(tmp_path)  # not the repository: `recipes/cifar10/...` must still be found
+    jobs, _, _ = load_spec(str(ROOT / "recipes" / "compare" / "cifar10_all_methods.yaml"))
+    recipes = {j.method: j.recipe for j in jobs}
+    assert recipes["siman"] == str(ROOT / "recipes" / "cifar10" / "siman_resnet20.yaml")
+    assert recipes["ste"] is None
+    spec = tmp_path / "s.yaml"
+    spec.write_text("methods: {siman: cifar10/siman_resnet20, biper: recipes/cifar10/no_such.yaml}\n"
+                    "models: [resnet20_1w1a]\nseeds: [0]\n")
+    with pytest.raises(BnnkitError, match="compare spec .*: unknown recipe 'recipes/cifar10/no_such.yaml'"):
+        load_spec(str(spec))
+    assert not (tmp_path / "runs").exists()

@@ -89,7 +89,7 @@ def load_spec(path: str, overrides: dict[str, Any] | None = None,
     """(the grid's runs in the order they run: model, method, setting, then seed innermost; the
     training keys every run gets; the compare's folder)."""
     from ..methods import all_options, get_method, list_methods
-    from ..train import all_keys
+    from ..train import all_keys, find_recipe
 
     try:
         with open(path) as fh:
@@ -107,6 +107,12 @@ def load_spec(path: str, overrides: dict[str, Any] | None = None,
     recipes = dict(methods) if isinstance(methods, dict) else {m: None for m in _as_list(spec, "methods")}
     for m in recipes:
         get_method(str(m))  # unknown names: one error listing the valid ones
+    # a recipe that does not exist fails now, not hours later when its run's turn comes; its
+    # absolute path runs the same from any folder
+    try:
+        recipes = {m: str(find_recipe(str(r)).resolve()) if r is not None else None for m, r in recipes.items()}
+    except BnnkitError as exc:
+        raise ConfigError(f"compare spec {path}: {exc}") from None
     models = [str(m) for m in _as_list(spec, "models")]
     try:
         seeds = [int(s) for s in _as_list(spec, "seeds")]

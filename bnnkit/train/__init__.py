@@ -7,7 +7,7 @@
 The procedure is the authors' (REFERENCE.md §3-§4); docs/training.md and docs/quirks.md explain it.
 """
 from ._checkpoint import atomic_save, is_bnnkit, model_from_checkpoint, read_checkpoint, rng_state, set_rng_state
-from ._config import ConfigError, all_keys, list_recipes, load_recipe, merge, parse_set, resolve, script_defaults
+from ._config import ConfigError, all_keys, find_recipe, list_recipes, load_recipe, merge, parse_set, resolve, script_defaults
 from ._data import load_data
 from ._engine import NonFiniteLossError, evaluate, train_one_epoch
 from ._evaluate import evaluate_checkpoint, load_any
@@ -18,7 +18,7 @@ from ._optim import build_optimizer, lr_per_epoch, param_groups
 
 train = main
 
-__all__ = ["all_keys", "ConfigError", "NonFiniteLossError", "RunExistsError", "atomic_save", "build_optimizer",
+__all__ = ["all_keys", "ConfigError", "find_recipe", "NonFiniteLossError", "RunExistsError", "atomic_save", "build_optimizer",
            "evaluate", "evaluate_checkpoint", "flip_ratio", "holds_run", "is_bnnkit", "list_recipes", "load_any", "load_data",
            "load_recipe", "lr_per_epoch", "main", "merge", "model_from_checkpoint", "param_groups", "parse_set",
            "quantization_error", "read_checkpoint", "resolve", "rng_state", "script_defaults", "set_rng_state",

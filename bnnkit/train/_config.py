@@ -125,7 +125,8 @@ def find_recipe(name: str) -> Path:
     if path.is_file():
         return path
     for root in recipe_dirs():
-        for cand in (root / name, root / f"{name}.yaml"):
+        # a name (cifar10/siman_resnet20), or a path from the repository's root (recipes/...)
+        for cand in (root / name, root / f"{name}.yaml", root.parent / name):
             if cand.is_file():
                 return cand
         hits = sorted(root.rglob(f"{Path(name).stem}.yaml"))
