@@ -177,17 +177,9 @@ def _check_train_flags(args: dict[str, Any]) -> None:
     gpus = args.get("gpus")
     if gpus is not None and not all(g.strip().isdigit() for g in str(gpus).split(",")):
         raise ConfigError(f"--gpus {gpus!r}: give GPU ids such as 0 or 0,1")
-    teacher = args.get("teacher")
-    if teacher and not os.path.isfile(teacher):
-        if teacher.endswith((".pt", ".pth", ".tar")) or os.sep in teacher:
-            raise ConfigError(f"--teacher {teacher}: there is no such file; check the path")
-        try:
-            import torchvision
-        except ImportError:
-            return  # the trainer says so if the teacher is used
-        if teacher not in torchvision.models.list_models(module=torchvision.models):
-            raise ConfigError(f"--teacher {teacher!r} is neither a checkpoint file nor a torchvision classification "
-                              f"model (e.g. resnet34); check the name or the path")
+    if args.get("teacher"):
+        from .train import check_teacher
+        check_teacher(args["teacher"])
 
 
 @subcommand("train", "train a model from a recipe and/or the authors' flags (multi-stage recipes run every stage)")

@@ -14,11 +14,12 @@ from ._evaluate import evaluate_checkpoint, load_any
 from ._main import RunExistsError, main, train_stage
 from ._metrics import flip_ratio, quantization_error, sign_bits
 from ._runlog import holds_run
+from ._teacher import check_teacher
 from ._optim import build_optimizer, lr_per_epoch, param_groups
 
 train = main
 
-__all__ = ["all_keys", "ConfigError", "find_recipe", "NonFiniteLossError", "RunExistsError", "atomic_save", "build_optimizer",
+__all__ = ["all_keys", "ConfigError", "find_recipe", "NonFiniteLossError", "RunExistsError", "atomic_save", "build_optimizer", "check_teacher",
            "evaluate", "evaluate_checkpoint", "flip_ratio", "holds_run", "is_bnnkit", "list_recipes", "load_any", "load_data",
            "load_recipe", "lr_per_epoch", "main", "merge", "model_from_checkpoint", "param_groups", "parse_set",
            "quantization_error", "read_checkpoint", "resolve", "rng_state", "script_defaults", "set_rng_state",

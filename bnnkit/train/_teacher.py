@@ -19,15 +19,27 @@ from ..errors import CheckpointError, ConfigError
 from . import _checkpoint as ck
 
 
+def check_teacher(name: str) -> None:
+    """Refuse a --teacher that is neither an existing file nor a torchvision classification model
+    name, before any data is decoded (the CLI calls it at parse time, build_teacher again)."""
+    if os.path.isfile(name):
+        return
+    if name.endswith((".pt", ".pth", ".tar")) or os.sep in name:
+        raise ConfigError(f"--teacher {name}: there is no such file; check the path")
+    try:
+        import torchvision
+    except ImportError:
+        return  # build_teacher says so if the teacher is used
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ConfigError(f"--teacher {name!r} is neither a checkpoint file nor a torchvision classification "
+                          f"model (e.g. resnet34); check the name or the path")
+
+
 def _torchvision_teacher(name: str, num_classes: int, weights_path: str | None) -> nn.Module:
     try:
         import torchvision
     except ImportError:
         raise ConfigError(f"--teacher {name}: torchvision is not installed; install it or pass a bnnkit checkpoint") from None
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise ConfigError(f"--teacher {name!r} is neither a checkpoint file nor a torchvision classification model; "
-                          f"valid names: {', '.join(names)}")
     if weights_path is not None:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         try:
@@ -57,14 +69,13 @@ def build_teacher(cfg: dict[str, Any], num_classes: int, device: torch.device) -
     name = cfg.get("teacher")
     if not name or cfg.get("loss", "ce") == "ce":
         return None
+    check_teacher(name)
     if os.path.isfile(name):
         ckpt = ck.read_checkpoint(name)
         if not ck.is_bnnkit(ckpt):
             raise CheckpointError(f"--teacher {name}: not a bnnkit checkpoint; give a bnnkit checkpoint or a "
                                   f"torchvision model name (with --teacher_weights for its weights)")
         teacher = ck.model_from_checkpoint(ckpt, name)
-    elif name.endswith((".pt", ".pth", ".tar")) or os.sep in name:
-        raise CheckpointError(f"--teacher {name}: there is no such file; check the path")
     else:
         teacher = _torchvision_teacher(name, num_classes, cfg.get("teacher_weights"))
     teacher = teacher.to(device).eval()
