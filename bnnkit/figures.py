@@ -238,7 +238,7 @@ def draw(groups: list[tuple[str, list[Run]]], out_dir: str) -> list[str]:
         ax.set_xlabel("epoch")
         ax.set_ylabel(p.ylabel)
         ax.grid(True, alpha=0.3)
-        entries = len([l for l in ax.lines if not l.get_label().startswith("_")])
+        entries = len(ax.get_legend_handles_labels()[1])
         if entries > 8:  # inside the axes so many entries would hide the curves: below them instead
             fig.set_size_inches(6.4, 4.0 + 0.16 * entries)
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
