@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard setup.py) $(wildcard csrc/*)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-.PHONY: setup test test-dali test-wheel quickstart
+.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static
 setup: $(STAMP)
 
 # The whole suite except the tests that need the optional DALI extra (see test-dali).
@@ -29,3 +29,13 @@ quickstart: $(STAMP)
 # build/venv by a path file instead of a second 5.6 GB copy), run from outside the source tree.
 test-wheel: $(STAMP)
 	bash scripts/test_wheel.sh
+
+# libbnn and bnnrun (runtime/): build/runtime/libbnn.so and build/runtime/bnnrun, no Python needed.
+runtime:
+	cmake -S runtime -B build/runtime -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=OFF >/dev/null
+	cmake --build build/runtime -j2
+
+# bnnrun linked statically (libc, libstdc++, libm, OpenMP inside) into build/runtime-static/bnnrun.
+runtime-static:
+	cmake -S runtime -B build/runtime-static -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
+	cmake --build build/runtime-static -j2 --target bnnrun

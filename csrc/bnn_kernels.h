@@ -91,19 +91,25 @@ int64_t bconv_num_tasks_avx512(const BConvArgs* a);
 void bconv_tasks_portable(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx2(const BConvArgs* a, int64_t t0, int64_t t1);
 void bconv_tasks_avx512(const BConvArgs* a, int64_t t0, int64_t t1);
+/* AArch64 only (csrc/bnn_neon.cpp; defined where it is compiled, never on x86) */
+int64_t bconv_num_tasks_neon(const BConvArgs* a);
+void bconv_tasks_neon(const BConvArgs* a, int64_t t0, int64_t t1);
 
 /* pack rows [r0, r1) of the N*H input rows; thr[n] is the threshold of sample n */
 void pack_rows_portable(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
 void pack_rows_avx2(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
 void pack_rows_avx512(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
+void pack_rows_neon(const PackArgs* a, const float* thr, int64_t r0, int64_t r1);
 
 double sample_sum_portable(const float* x, int64_t n);
 double sample_sum_avx512(const float* x, int64_t n);
+double sample_sum_neon(const float* x, int64_t n);
 
 /* the float32 sum of x[0..n), n >= 8, in the order of PyTorch's CPU sum (csrc/bnn_torch_sum.h) */
 float torch_sum_portable(const float* x, int64_t n);
 float torch_sum_avx2(const float* x, int64_t n);
 float torch_sum_avx512(const float* x, int64_t n);
+float torch_sum_neon(const float* x, int64_t n);
 
 /* Training-time activation kernels (csrc/bnn_act.cpp): N samples of n floats each, dense. */
 typedef struct {

@@ -20,10 +20,12 @@ __all__ = ["DeployExportError", "DeployFormatError", "FORMAT_VERSION", "Runtime"
            "cli_export", "export", "load"]
 
 
-def export(model, path, *, example_input_shape, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Export `model` to a packed .bnn file; see bnnkit.deploy._export.export."""
+def export(model, path, *, example_input_shape, source: dict[str, Any] | None = None,
+           compact: bool = False) -> dict[str, Any]:
+    """Export `model` to a packed .bnn file (compact: real layers' weights int8/float16); see
+    bnnkit.deploy._export.export."""
     from ._export import export as _export
-    return _export(model, path, example_input_shape=example_input_shape, source=source)
+    return _export(model, path, example_input_shape=example_input_shape, source=source, compact=compact)
 
 
 def available_isas() -> list[str]:

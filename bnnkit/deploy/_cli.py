@@ -1,6 +1,6 @@
 """Command lines of the deployment path (the lead wires them into `bnnkit`):
 
-    bnnkit export CKPT -o model.bnn [--input-shape 1,3,32,32]
+    bnnkit export CKPT -o model.bnn [--input-shape 1,3,32,32] [--compact]
         CKPT: a bnnkit checkpoint (self-describing), or an authors' checkpoint with
         --method/--model/--dataset (and the settings its method needs to rebuild it, e.g. BiPer's
         --freq F), loaded by bnnkit.compat.
@@ -129,6 +129,9 @@ def _export(argv: list[str]) -> int:
     p.add_argument("checkpoint", help="bnnkit checkpoint, or the authors' checkpoint with --method/--model")
     p.add_argument("-o", "--output", required=True, help="the .bnn file to write")
     p.add_argument("--input-shape", type=_shape, help="N,C,H,W the model takes (default 1,3,32,32 for CIFAR, 1,3,224,224 for ImageNet)")
+    p.add_argument("--compact", action="store_true",
+                   help="store the real convs' and linear layers' weights as int8 per output channel (float16 where "
+                        "int8 is not enough): a smaller file whose logits are no longer bit-identical to the model's")
     _common_model_args(p)
     a = p.parse_args(argv)
     from ._export import export
@@ -149,11 +152,13 @@ def _export(argv: list[str]) -> int:
                           f"{convs[0].in_channels}; pass N,{convs[0].in_channels},H,W")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        info = export(net, a.output, example_input_shape=shape)
+        info = export(net, a.output, example_input_shape=shape, compact=a.compact)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     ratio = info["float32_params_bytes"] / max(info["bytes"], 1)
-    print(f"wrote {a.output}: {info['bytes'] / 1e6:.2f} MB, {info['binary_convs']} binary convs packed, "
+    stored = (f", compact: {info['int8_tensors']} real weights int8, {info['float16_tensors']} float16"
+              if a.compact else "")
+    print(f"wrote {a.output}: {info['bytes'] / 1e6:.2f} MB, {info['binary_convs']} binary convs packed{stored}, "
           f"1/{ratio:.1f} of the float32 state_dict ({info['float32_params_bytes'] / 1e6:.2f} MB)")
     return 0
 

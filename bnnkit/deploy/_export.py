@@ -7,6 +7,7 @@ standard torch.nn layers and functions listed in _ops; nothing is specific to on
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any
@@ -245,12 +246,87 @@ def _get_attr(model: nn.Module, target: str) -> Any:
     return obj
 
 
+# ---- compact files ---------------------------------------------------------------------------
+# The rule (docs/deploy.md, "Compact files", has the measurements behind it): the stem, a conv
+# that reads the network input, goes float16, since its rounding reaches every binary activation
+# after it (alone in int8 it made nearly all of the compact file's change in a trained ResNet-20)
+# and its weights are few (3 input channels); any other weight goes int8 unless int8's error on
+# its worst output channel, rms(dequantized - w) / rms(w), exceeds this (a channel with outliers),
+# then float16.
+INT8_MAX_RELATIVE_ERROR = 0.01
+# float16 is used where it holds the weight to this (float16 rounds to 2**-11 relative; overflow
+# to inf or a channel of subnormals exceeds it); float32 is kept otherwise.
+FLOAT16_MAX_RELATIVE_ERROR = 2.0 ** -10
+
+
+def int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Symmetric int8 of a float32 weight per output channel (dimension 0): (q int8, scale float32 [O])
+    with scale[o] = max|w[o]| / 127 and q = round(w / scale), so that q.float() * scale[o] is the
+    dequantized weight; None where no positive finite scale exists (non-finite or subnormal weights)."""
+    rows = w.detach().float().reshape(w.shape[0], -1)
+    peak = rows.abs().amax(1)
+    scale = torch.where(peak > 0, peak / 127, torch.ones_like(peak))  # an all-zero channel: q = 0, any scale
+    if not bool(torch.isfinite(rows).all()) or not bool((scale >= torch.finfo(torch.float32).tiny).all()):
+        return None
+    q = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float32 weight of an int8 one: float32(q[o, ...]) * scale[o], one float32 multiply."""
+    return q.float() * scale.reshape(-1, *[1] * (q.dim() - 1))
+
+
+def channel_error(w: torch.Tensor, approx: torch.Tensor) -> float:
+    """The worst output channel's rms(approx - w) / rms(w) (an all-zero channel counts 0 if approx
+    is 0 there too, inf otherwise)."""
+    rows, other = w.detach().float().reshape(w.shape[0], -1), approx.detach().float().reshape(w.shape[0], -1)
+    err, size = (other - rows).norm(dim=1), rows.norm(dim=1)
+    rel = torch.where(size > 0, err / size.clamp_min(torch.finfo(torch.float32).tiny),
+                      torch.where(err > 0, torch.full_like(err, math.inf), torch.zeros_like(err)))
+    return float(rel.max()) if bool(torch.isfinite(other).all()) else math.inf
+
+
+def compact_weights(graph: dict[str, Any], tensors: dict[str, torch.Tensor], *,
+                    max_int8_error: float = INT8_MAX_RELATIVE_ERROR, stem_float16: bool = True) -> dict[str, int]:
+    """Store every `conv` and `linear` node's float32 weight in `tensors` as int8 per output channel
+    (adding its `weight_scale` tensor), as float16 for the stem (with stem_float16) or where int8's
+    worst channel error exceeds max_int8_error, or keep it float32 where float16 would not hold it
+    either; in place, on a file's graph and tensors (build's, or read's). Marks the graph
+    `"compact": true` when anything was stored compact. Returns {"int8": count, "float16": count}."""
+    counts = {"int8": 0, "float16": 0}
+    inputs = [{"ref": n["name"]} for n in graph["nodes"] if n["op"] == "input"]
+    for node in graph["nodes"]:
+        if node["op"] not in ("conv", "linear") or "weight" not in node["tensors"]:
+            continue
+        name = node["tensors"]["weight"]
+        w = tensors[name]
+        if w.dtype != torch.float32 or w.dim() < 2 or w.numel() == 0:
+            continue
+        stem = stem_float16 and node["op"] == "conv" and node["args"][:1] == inputs[:1]
+        quantized = None if stem else int8_per_channel(w)
+        if quantized is not None and channel_error(w, dequantize_int8(*quantized)) <= max_int8_error:
+            tensors[name], scale = quantized
+            node["tensors"]["weight_scale"] = f"{node['name']}.weight_scale"
+            tensors[node["tensors"]["weight_scale"]] = scale
+            counts["int8"] += 1
+        elif channel_error(w, w.half()) <= FLOAT16_MAX_RELATIVE_ERROR:
+            tensors[name] = w.half()
+            counts["float16"] += 1
+    if counts["int8"] or counts["float16"]:
+        graph["compact"] = True
+    return counts
+
+
 def export(model: nn.Module, path: str | os.PathLike, *, example_input_shape: tuple[int, ...] | list[int],
-           source: dict[str, Any] | None = None) -> dict[str, Any]:
+           source: dict[str, Any] | None = None, compact: bool = False) -> dict[str, Any]:
     """Write `model` (evaluated in eval mode) as a packed .bnn file at `path`.
 
     example_input_shape: the input the model expects, e.g. (1, 3, 224, 224); the batch size is
-    free at run time, the other dimensions are recorded. Returns a summary (sizes, layer counts).
+    free at run time, the other dimensions are recorded. compact: store the real convs' and linear
+    layers' weights as int8 per output channel, or float16 where int8 is not enough
+    (compact_weights; no longer bit-exact, docs/deploy.md "Compact files"). Returns a summary
+    (sizes, layer counts, and how many weights went int8 / float16).
     The model is put in eval mode while it is traced and its previous mode restored; its weights
     are not changed (binary weights come from the side-effect-free `binary_weight()`)."""
     shape = [int(s) for s in example_input_shape]
@@ -272,8 +348,10 @@ def export(model: nn.Module, path: str | os.PathLike, *, example_input_shape: tu
         "producer": {"bnnkit": __version__, "torch": torch.__version__},
         "source": source if source is not None else (dict(spec) if isinstance(spec, dict) else {}),
     })
+    stored = compact_weights(graph, tensors) if compact else {"int8": 0, "float16": 0}
     write(path, graph, tensors)
     n_b = sum(1 for n in graph["nodes"] if n["op"] in ("bconv", "wconv"))
     return {"path": str(path), "bytes": os.path.getsize(path), "binary_convs": n_b,
             "nodes": len(graph["nodes"]), "zero_weights": zeros,
+            "compact": bool(compact), "int8_tensors": stored["int8"], "float16_tensors": stored["float16"],
             "float32_params_bytes": 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())}

@@ -123,6 +123,26 @@ class Runtime:
             raise self._fail(f"tensor {tname!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
         return t
 
+    def _real_weight(self, node: dict, dims: int) -> torch.Tensor:
+        """A conv's or linear node's float32 weight: stored float32, or compact (docs/deploy_format.md):
+        float16, widened exactly, or int8 with a float32 `weight_scale` [O], finite and > 0, giving
+        float32(q[o, ...]) * weight_scale[o]."""
+        names = node["tensors"]
+        stored = self._tensors.get(names.get("weight")) if isinstance(names.get("weight"), str) else None
+        if stored is None or stored.dtype not in (torch.float16, torch.int8):
+            if "weight_scale" in names:
+                raise self._fail(f"node {node['name']!r} has a weight_scale but its weight is not int8")
+            return self._tensor(node, "weight", torch.float32, dims=dims)
+        w = self._tensor(node, "weight", stored.dtype, dims=dims)
+        if w.dtype == torch.float16:
+            if "weight_scale" in names:
+                raise self._fail(f"node {node['name']!r} has a weight_scale but its weight is not int8")
+            return w.float()
+        scale = self._tensor(node, "weight_scale", torch.float32, (w.shape[0],))
+        if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+            raise self._fail(f"tensor {names['weight_scale']!r} of int8 weight {names['weight']!r} must be finite and > 0")
+        return w.float() * scale.view(-1, *[1] * (dims - 1))
+
     def _ints(self, node: dict, key: str, n: int, minimum: int) -> list[int]:
         v = node["attrs"].get(key)
         if n == 1:
@@ -413,7 +433,7 @@ class Runtime:
             return run_bconv, info
         if op == "conv":
             src = one_input().slot
-            w = self._tensor(node, "weight", torch.float32, dims=4)
+            w = self._real_weight(node, dims=4)
             groups = self._ints(node, "groups", 1, 1)[0]
             b = self._tensor(node, "bias", torch.float32, (w.shape[0],), optional=True)
             stride, padding, dilation = (self._ints(node, "stride", 2, 1), self._ints(node, "padding", 2, 0),
@@ -428,7 +448,7 @@ class Runtime:
             return run_conv, info
         if op == "linear":
             src = one_input().slot
-            w = self._tensor(node, "weight", torch.float32, dims=2)
+            w = self._real_weight(node, dims=2)
             b = self._tensor(node, "bias", torch.float32, (w.shape[0],), optional=True)
             return (lambda env, ctx: F.linear(env[src], w, b)), info
         if op == "batchnorm":

@@ -1,0 +1,96 @@
+// libbnn's values: float32 tensors (rank 0 to 4, contiguous, logical NCHW order) and the Python
+// values a graph passes between nodes (int, float, bool, None, str, tuple, list, slice).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bnn {
+
+// A problem of the file or of the input; the C API turns it into an error code and one line.
+struct Error : std::runtime_error {
+    int code;
+    Error(int c, const std::string& m) : std::runtime_error(m), code(c) {}
+};
+
+[[noreturn]] inline void fail_run(const std::string& m) { throw Error(4, m); }
+
+// a*b, refused (throws) on overflow or a negative factor
+inline int64_t mul_checked(int64_t a, int64_t b, const char* what) {
+    int64_t r;
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r)) throw Error(3, std::string(what) + " overflows 64 bits");
+    return r;
+}
+
+struct Tensor {
+    std::vector<int64_t> shape;
+    std::shared_ptr<float> buf;  // numel() floats, 64-byte aligned
+    int64_t offset = 0;
+
+    int dim() const { return (int)shape.size(); }
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t s : shape) n *= s;
+        return n;
+    }
+    float* data() const { return buf.get() + offset; }
+    static Tensor empty(std::vector<int64_t> shape) {
+        Tensor t;
+        int64_t n = 1;
+        for (int64_t s : shape) {
+            if (s < 0) fail_run("negative tensor size");
+            n = mul_checked(n, s, "tensor size");
+        }
+        if (n > (int64_t(1) << 34)) fail_run("tensor of " + std::to_string(n) + " floats is too large");
+        t.shape = std::move(shape);
+        void* p = nullptr;
+        size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
+        bytes = (bytes + 63) / 64 * 64;
+        p = aligned_alloc(64, bytes);
+        if (!p) throw std::bad_alloc();
+        t.buf = std::shared_ptr<float>((float*)p, [](float* q) { free(q); });
+        return t;
+    }
+    static Tensor zeros(std::vector<int64_t> shape) {
+        Tensor t = empty(std::move(shape));
+        memset(t.data(), 0, (size_t)t.numel() * sizeof(float));
+        return t;
+    }
+    std::string shape_str() const {
+        std::string s = "(";
+        for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+        return s + (shape.size() == 1 ? ",)" : ")");
+    }
+};
+
+struct Value {
+    enum Kind { None, Bool, Int, Float, Str, Tens, Tuple, List, Slice, Ellipsis, Ref } kind = None;
+    bool b = false;
+    int64_t i = 0;
+    double f = 0;
+    std::string s;
+    Tensor t;
+    std::vector<Value> items;  // tuple, list; slice: start, stop, step
+    int slot = -1;             // Ref: the node whose value this is
+
+    static Value none() { return Value(); }
+    static Value of_int(int64_t v) { Value x; x.kind = Int; x.i = v; return x; }
+    static Value of_float(double v) { Value x; x.kind = Float; x.f = v; return x; }
+    static Value of_bool(bool v) { Value x; x.kind = Bool; x.b = v; return x; }
+    static Value of_tensor(Tensor v) { Value x; x.kind = Tens; x.t = std::move(v); return x; }
+    static Value seq(Kind k, std::vector<Value> v) { Value x; x.kind = k; x.items = std::move(v); return x; }
+    bool is_num() const { return kind == Int || kind == Float || kind == Bool; }
+    double num() const { return kind == Float ? f : kind == Int ? (double)i : (double)b; }
+    bool is_seq() const { return kind == Tuple || kind == List; }
+    const char* type_name() const {
+        static const char* names[] = {"None", "bool", "int", "float", "str", "tensor", "tuple", "list", "slice",
+                                      "Ellipsis", "ref"};
+        return names[kind];
+    }
+};
+
+}  // namespace bnn
