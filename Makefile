@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard setup.py) $(wildcard csrc/*)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static
+.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static runtime-aarch64
 setup: $(STAMP)
 
 # The whole suite except the tests that need the optional DALI extra (see test-dali).
@@ -39,3 +39,10 @@ runtime:
 runtime-static:
 	cmake -S runtime -B build/runtime-static -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
 	cmake --build build/runtime-static -j2 --target bnnrun
+
+# bnnrun cross-compiled for 64-bit ARM Linux (NEON kernels), fully static so that qemu-aarch64 runs it
+# with no sysroot: build/runtime-aarch64/bnnrun (apt-get install g++-aarch64-linux-gnu qemu-user).
+runtime-aarch64:
+	cmake -S runtime -B build/runtime-aarch64 -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/cmake/aarch64-linux-gnu.cmake \
+	      -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
+	cmake --build build/runtime-aarch64 -j2 --target bnnrun
