@@ -3,6 +3,7 @@ through ctypes instead of bnnkit's PyTorch runtime. The library is $BNNKIT_LIBBN
 <repo>/build/runtime/libbnn.so."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from pathlib import Path
@@ -49,23 +50,45 @@ def _library() -> ctypes.CDLL:
     return _lib
 
 
+@contextlib.contextmanager
+def _isa_environment(isa: str | None):
+    """$BNN_ISA set to `isa` around a load (libbnn reads it when it first chooses its kernels)."""
+    if isa in (None, "auto"):
+        yield
+        return
+    previous = os.environ.get("BNN_ISA")
+    os.environ["BNN_ISA"] = isa
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["BNN_ISA"]
+        else:
+            os.environ["BNN_ISA"] = previous
+
+
 class LibbnnRuntime:
     """A .bnn file loaded by libbnn: `net(x)` returns the logits of a float32 batch (N, C, H, W)."""
 
-    def __init__(self, path: str | os.PathLike, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int | None = None, isa: str | None = None) -> None:
         lib = _library()
         self._lib, self.source = lib, str(path)
         handle = ctypes.c_void_p()
-        if lib.bnn_load(os.fsencode(self.source), ctypes.byref(handle)) != 0:
+        with _isa_environment(isa):
+            failed = lib.bnn_load(os.fsencode(self.source), ctypes.byref(handle)) != 0
+        if failed:
             raise DeployFormatError(lib.bnn_last_error().decode("utf-8", "replace"))
         self._handle = handle
+        self.isa = lib.bnn_isa(handle).decode()
+        if isa not in (None, "auto") and isa != self.isa:
+            raise DeployFormatError(f"libbnn already runs the {self.isa} kernels in this process (it chooses once, at "
+                                    f"its first load); load with isa={isa!r} in a new process, or set BNN_ISA={isa}")
         shape = _c_int64_4()
         lib.bnn_input_shape(handle, shape)
         self.input_shape = list(shape)
         self.threads = threads
         if threads:
             lib.bnn_set_threads(handle, int(threads))
-        self.isa = lib.bnn_isa(handle).decode()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or list(x.shape[1:]) != self.input_shape[1:]:
@@ -75,10 +98,10 @@ class LibbnnRuntime:
         n = xs.shape[0]
         shape, nd = _c_int64_4(), ctypes.c_int()
         if self._lib.bnn_output_shape(self._handle, n, shape, ctypes.byref(nd)) != 0:
-            raise RuntimeError(self._lib.bnn_last_error().decode("utf-8", "replace"))
+            raise DeployFormatError(self._lib.bnn_last_error().decode("utf-8", "replace"))
         out = np.empty(tuple(shape)[:nd.value], dtype=np.float32)
         if self._lib.bnn_run(self._handle, xs.ctypes.data, n, out.ctypes.data, out.size) != 0:
-            raise RuntimeError(self._lib.bnn_last_error().decode("utf-8", "replace"))
+            raise DeployFormatError(self._lib.bnn_last_error().decode("utf-8", "replace"))
         return torch.from_numpy(out)
 
     def __del__(self) -> None:

@@ -913,6 +913,55 @@ OpFn find_method(const std::string& method) {
 // ---- layers ------------------------------------------------------------------------------------
 typedef Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> RowMat;
 
+namespace {
+// A network's first conv (1-3 input channels, e.g. the 3x3 CIFAR and 7x7 ImageNet stems) computed
+// as PyTorch's CPU convolution (oneDNN's first-conv kernels, AVX2 and AVX-512 alike) rounds it: one
+// fused multiply-add a tap into a float32 accumulator that starts at 0, taps in (ky, kx, c) order.
+// A GEMM sums the same products in another order, a float32 ulp away; after the stem's BatchNorm
+// such a difference flips the sign of an activation that lies that close to 0, and the flip
+// spreads: matched here, the stems give PyTorch's bits (tests/test_deploy_models.py).
+constexpr int64_t kFirstO = 8, kFirstP = 64;  // an 8-channel x 64-position tile of accumulators (2 KiB)
+
+template <int Dummy>
+inline void first_conv_tile(const float* col, int64_t K, int64_t P, const float* w, int64_t o0, int64_t no,
+                            int64_t p0, int64_t np, float* y) {
+    float acc[kFirstO][kFirstP] = {};
+    for (int64_t k = 0; k < K; ++k) {
+        const float* c = col + k * P + p0;
+        for (int64_t j = 0; j < no; ++j) {
+            const float wk = w[(o0 + j) * K + k];
+            float* a = acc[j];
+            for (int64_t q = 0; q < np; ++q) a[q] = std::fma(c[q], wk, a[q]);
+        }
+    }
+    for (int64_t j = 0; j < no; ++j)
+        std::copy(acc[j], acc[j] + np, y + (o0 + j) * P + p0);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) void first_conv_tile_fma(const float* col, int64_t K, int64_t P, const float* w,
+                                                              int64_t o0, int64_t no, int64_t p0, int64_t np, float* y) {
+    first_conv_tile<1>(col, K, P, w, o0, no, p0, np, y);
+}
+bool cpu_has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#endif
+
+// y[o, p] for every output channel o and position p of one sample; col: [K = kh*kw*C][P], (ky, kx, c) rows
+void first_conv(const float* col, int64_t K, int64_t P, const float* w, int64_t O, float* y) {
+    auto tile = first_conv_tile<0>;
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool fma = cpu_has_fma();  // the same bits either way (fma rounds once): only speed
+    if (fma) tile = first_conv_tile_fma;
+#endif
+    const int64_t tiles = (P + kFirstP - 1) / kFirstP;
+#pragma omp parallel for num_threads(op_threads()) schedule(static) if (op_threads() > 1)
+    for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t p0 = t * kFirstP, np = std::min(kFirstP, P - p0);
+        for (int64_t o0 = 0; o0 < O; o0 += kFirstO) tile(col, K, P, w, o0, std::min(kFirstO, O - o0), p0, np, y);
+    }
+}
+}  // namespace
+
 Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh, int64_t kw, const float* bias,
               const int64_t stride[2], const int64_t pad[2], const int64_t dil[2], int64_t G) {
     if (x.dim() != 4) fail_run("conv expects a 4-dimensional input, got " + x.shape_str());
@@ -924,6 +973,44 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
         fail_run("conv: input " + x.shape_str() + " is smaller than the kernel");
     const int64_t Og = O / G, K = Cg * kh * kw, P = Ho * Wo;
     Tensor y = Tensor::empty({N, O, Ho, Wo});
+    // a first conv, or a real 1x1 conv of at most 192 input channels (oneDNN sums those with one fma a
+    // channel, in order; wider ones it splits into partial sums of a size its own heuristics choose,
+    // left to the GEMM): PyTorch's bits on the machines measured (docs/deploy.md, "libbnn")
+    const bool first = C <= 3, pointwise1x1 = kh == 1 && kw == 1 && pad[0] == 0 && pad[1] == 0 && C <= 192;
+    if (G == 1 && (first || pointwise1x1) && dil[0] == 1 && dil[1] == 1) {
+        const int64_t K = kh * kw * C;
+        std::vector<float> col((size_t)(K * P)), wt((size_t)(O * K));  // col: taps x positions
+        for (int64_t o = 0; o < O; ++o)  // the weight's columns in the taps' (ky, kx, c) order
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t ky = 0; ky < kh; ++ky)
+                    for (int64_t kx = 0; kx < kw; ++kx)
+                        wt[(size_t)(o * K + (ky * kw + kx) * C + c)] = w[((o * C + c) * kh + ky) * kw + kx];
+        const bool direct = pointwise1x1 && stride[0] == 1 && stride[1] == 1;
+        if (direct) col.clear();
+        for (int64_t n = 0; n < N; ++n) {
+            const float* src = x.data() + n * C * H * W;
+            for (int64_t ky = 0; ky < kh && !direct; ++ky)
+                for (int64_t kx = 0; kx < kw; ++kx)
+                    for (int64_t c = 0; c < C; ++c) {
+                        float* row = col.data() + ((ky * kw + kx) * C + c) * P;
+                        const float* plane = src + c * H * W;
+                        for (int64_t oy = 0; oy < Ho; ++oy) {
+                            const int64_t iy = oy * stride[0] - pad[0] + ky;
+                            for (int64_t ox = 0; ox < Wo; ++ox) {
+                                const int64_t ix = ox * stride[1] - pad[1] + kx;
+                                // a tap in the zero padding adds fma(0, w, acc) = acc: the same as skipping it
+                                row[oy * Wo + ox] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? plane[iy * W + ix] : 0.0f;
+                            }
+                        }
+                    }
+            float* dst = y.data() + n * O * P;
+            first_conv(direct ? src : col.data(), K, P, wt.data(), O, dst);
+            if (bias)
+                for (int64_t o = 0; o < O; ++o)
+                    for (int64_t p = 0; p < P; ++p) dst[o * P + p] += bias[o];
+        }
+        return y;
+    }
     if (Cg * kh * kw <= 16 && Og <= 4) {  // depthwise-like: direct loops
         for (int64_t n = 0; n < N; ++n)
             for (int64_t o = 0; o < O; ++o) {
