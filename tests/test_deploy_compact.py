@@ -263,3 +263,19 @@ def test_cli_export_compact(tmp_path, capsys):
     out = deploy.load(tmp_path / "small.bnn")(x)
     assert out.shape == (4, 10) and bool(torch.isfinite(out).all())
     assert "compact" not in read(tmp_path / "plain.bnn")[0]
+
+
+@pytest.mark.parametrize("argv, match", [(["{missing}", "-o", "{out}"], "no-such.pt"),
+                                         (["{ckpt}", "-o", "{nodir}"], "does not exist")])
+def test_cli_export_compact_bad_input(tmp_path, capsys, argv, match):
+    torch.manual_seed(0)
+    model = bnnkit.create_model("resnet20_1w1a", method="siman")
+    torch.save({"format": "bnnkit-checkpoint", "version": 1, "spec": model.bnnkit_spec, "epoch": 0, "config": {},
+                "state_dict": model.state_dict()}, tmp_path / "r20.pt")
+    names = {"missing": tmp_path / "no-such.pt", "out": tmp_path / "m.bnn", "ckpt": tmp_path / "r20.pt",
+             "nodir": tmp_path / "nodir" / "m.bnn"}
+    assert deploy.cli_export([a.format(**names) for a in argv] + ["--compact"]) in (1, 2)  # as the flag walk allows
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.pt"]
