@@ -134,14 +134,15 @@ def test_trained_model_keeps_its_top1(trained_compact, cifar_1000):  # noqa: F81
     assert float((out - ref).norm() / ref.norm()) < 0.2
 
 
-@pytest.mark.parametrize("method", ["siman", "biper", "recu", "irnet", "rbnn"])
-def test_imagenet_resnet18_compact_is_a_twentieth(method, tmp_path):
+@pytest.mark.parametrize("name, method", [("resnet18_1w1a", m) for m in ("siman", "biper", "recu", "irnet", "rbnn")]
+                         + [("birealnet18", "reactnet"), ("reactnet", "reactnet")])
+def test_imagenet_compact_is_a_twentieth(name, method, tmp_path):
     torch.manual_seed(0)
-    net = bnnkit.create_model("resnet18_1w1a", method=method, dataset="imagenet", **get_method(method).export_settings)
+    net = bnnkit.create_model(name, method=method, dataset="imagenet", **get_method(method).export_settings)
     info = deploy.export(net, tmp_path / "c.bnn", example_input_shape=(1, 3, 224, 224), compact=True)
     assert info["float32_params_bytes"] == 4 * sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
     assert info["bytes"] * 20 <= info["float32_params_bytes"], (info["bytes"], info["float32_params_bytes"])
-    assert (info["int8_tensors"], info["float16_tensors"]) == (4, 1)  # 3 downsample convs and fc; the stem
+    assert info["float16_tensors"] == 1  # the stem; the downsample convs (if real) and the classifier int8
     graph, tensors = read(tmp_path / "c.bnn")
     assert graph["compact"] is True
     fc = next(n for n in real_nodes(graph) if n["op"] == "linear")
