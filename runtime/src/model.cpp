@@ -269,6 +269,8 @@ struct Model {
         if ((int)t->shape.size() != dims)
             fail("tensor '" + tname(node, "weight") + "' has shape " + shape_str(t->shape) + ", expected " + std::to_string(dims) + " dimensions");
         shape = t->shape;
+        const bool scaled = node_tensor(node, name, "weight_scale", true) != nullptr;
+        if (scaled && t->dtype != "I8") fail("node '" + name + "' has a weight_scale but its weight is not int8");
         std::vector<float> v((size_t)t->numel);
         if (t->dtype == "F32") {
             memcpy(v.data(), t->data, t->nbytes);
@@ -281,6 +283,10 @@ struct Model {
         } else if (t->dtype == "I8") {
             std::vector<int64_t> sshape = {shape[0]};
             std::vector<float> sc = f32(node, name, "weight_scale", &sshape, 1, false);
+            for (float f : sc)
+                if (!std::isfinite(f) || !(f > 0))
+                    fail("tensor '" + tname(node, "weight_scale") + "' of int8 weight '" + tname(node, "weight") +
+                         "' must be finite and > 0");
             const int64_t row = shape[0] ? t->numel / shape[0] : 0;
             for (int64_t k = 0; k < t->numel; ++k)
                 v[(size_t)k] = (float)(int8_t)t->data[k] * sc[(size_t)(k / row)];
