@@ -364,9 +364,10 @@ struct Model {
         if (ok) {
             int64_t n = 1;
             for (const auto& s : shape->arr) n *= s.i;
-            ok = n <= (int64_t(1) << 28);
+            ok = n <= (int64_t(1) << 26);
         }
-        if (!ok) fail("the graph's input_shape must be 4 positive integers");
+        if (!ok) fail("the graph's input_shape must be 4 positive integers of at most 2^26 values in all");
+        run_limit_floats() = max_tensor_floats();  // the constants: as large as the file holds
         for (const auto& s : shape->arr) input_shape.push_back(s.i);
         std::map<std::string, int> slots;
         const size_t count = nodes->arr.size();
@@ -603,6 +604,7 @@ struct Model {
 
     Tensor run(const Tensor& x, bool trial) {
         set_op_threads(run_threads());
+        set_run_limit(x.numel());
         std::vector<Value> env(steps.size());
         env[0] = Value::of_tensor(x);
         for (size_t k = 1; k < steps.size(); ++k) {

@@ -922,8 +922,8 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
     const int64_t Wo = (W + 2 * pad[1] - dil[1] * (kw - 1) - 1) / stride[1] + 1;
     if (H + 2 * pad[0] - dil[0] * (kh - 1) - 1 < 0 || W + 2 * pad[1] - dil[1] * (kw - 1) - 1 < 0)
         fail_run("conv: input " + x.shape_str() + " is smaller than the kernel");
+    Tensor y = Tensor::empty({N, O, Ho, Wo});  // refuses sizes that overflow or exceed the limit
     const int64_t Og = O / G, K = Cg * kh * kw, P = Ho * Wo;
-    Tensor y = Tensor::empty({N, O, Ho, Wo});
     if (Cg * kh * kw <= 16 && Og <= 4) {  // depthwise-like: direct loops
         for (int64_t n = 0; n < N; ++n)
             for (int64_t o = 0; o < O; ++o) {
@@ -951,6 +951,7 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
         return y;
     }
     const bool pointwise = kh == 1 && kw == 1 && stride[0] == 1 && stride[1] == 1 && pad[0] == 0 && pad[1] == 0;
+    if (!pointwise) check_alloc(mul_checked(K, P, "conv buffer"), 4, "conv's im2col buffer");
     std::vector<float> col(pointwise ? 0 : (size_t)(K * P));
     for (int64_t n = 0; n < N; ++n)
         for (int64_t g = 0; g < G; ++g) {
