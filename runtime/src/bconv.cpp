@@ -81,8 +81,6 @@ const Kernels* choose() {
                        "; unset it or use one of auto, " + names);
 }
 
-int64_t words(int64_t c) { return (c + 63) / 64; }
-
 void parallel_tasks(int64_t total, int threads, const std::function<void(int64_t, int64_t)>& run);
 
 }  // namespace

@@ -328,10 +328,6 @@ Value op_tanh(Args& a) {
     Bound b = bind(a, "tanh", {"input"});
     return tv(unary(tensor_arg(b[0], "tanh"), [](float x) { return std::tanh(x); }));
 }
-Value op_identity(Args& a) {
-    if (a.pos.empty()) fail_run("expects an input");
-    return a.pos[0];
-}
 Value op_dropout(Args& a) {
     Bound b = bind(a, "dropout", {"input", "p", "training", "inplace"});
     if (bool_arg(b[2], false, "dropout training")) fail_run("dropout in training mode is not supported");
