@@ -20,7 +20,7 @@ from bnnkit.methods import get_method
 
 
 class Tiny(nn.Module):
-    """Real conv, binary convs (one centered by a pad), max pooling, cat, a strided slice,
+    """Real conv, binary convs, max pooling, cat, a strided slice,
     hardtanh, PReLU, BatchNorm1d, adaptive pooling, view and log_softmax in a few hundred weights."""
 
     def __init__(self) -> None:
@@ -37,7 +37,7 @@ class Tiny(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.hardtanh(self.bn0(self.conv0(x)))
-        y = self.bn1(F.max_pool2d(self.conv1(x), 2, 1, 1))[:, :, ::2, 1:]
+        y = self.bn1(F.max_pool2d(self.conv1(x), 2, 1))[:, :, ::2, 1:]
         x = torch.cat([x[:, :, ::2, ::2], F.pad(y, (0, 1, 0, 0))[:, :, :, ::2]], 1)
         x = self.act(self.conv2(x))
         x = F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1)
@@ -54,7 +54,7 @@ def main(out: Path) -> None:
         "resnet20_irnet": (bnnkit.create_model("resnet20_1w1a", method="irnet", dataset="cifar10"), small, False),
         "resnet20_1w32a_irnet": (bnnkit.create_model("resnet20_1w32a", method="irnet", dataset="cifar10"), small, True),
         "tiny": (Tiny(), (2, 3, 6, 6), False),
-        "tiny_compact": (Tiny(), (1, 3, 5, 7), True),
+        "tiny_compact": (Tiny(), (1, 3, 8, 4), True),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -532,6 +532,7 @@ struct Model {
             int src = one_input();
             std::vector<int64_t> ws;
             auto w = std::make_shared<std::vector<float>>(real_weight(node, name, 2, ws));
+            if (ws[0] < 1 || ws[1] < 1) fail("node '" + name + "': linear weight of shape " + shape_str(ws) + " is empty");
             std::vector<int64_t> bshape = {ws[0]};
             bool has_bias = false;
             auto bias = std::make_shared<std::vector<float>>(f32(node, name, "bias", &bshape, -1, true, &has_bias));
@@ -773,11 +774,13 @@ int bnn_run(bnn_model* m, const float* x, int64_t n, float* out, int64_t out_len
     }
     bnn::Model& model = m->m;
     int64_t per = model.input_shape[1] * model.input_shape[2] * model.input_shape[3];
-    int64_t want = 1;
-    for (size_t k = 1; k < model.trial_out_shape.size(); ++k) want *= model.trial_out_shape[k];
-    if (n > (int64_t(1) << 40) / per || out_len != n * want) {
+    int64_t want = 1, total = 0;
+    for (size_t k = 1; k < model.trial_out_shape.size(); ++k) want *= model.trial_out_shape[k];  // checked at load
+    const bool too_many = n > (int64_t(1) << 40) / per || __builtin_mul_overflow(n, want, &total);
+    if (too_many || out_len != total) {
         g_error = "bnn_run: the output buffer holds " + std::to_string(out_len) + " floats, the output of " +
-                  std::to_string(n) + " samples has " + std::to_string(n * want) + "; size it with bnn_output_shape";
+                  std::to_string(n) + " samples has " + (too_many ? std::string("too many") : std::to_string(total)) +
+                  "; size it with bnn_output_shape";
         return BNN_E_ARGUMENT;
     }
     return guarded([&] {

@@ -87,6 +87,8 @@ std::vector<int64_t> ints_arg(const Value* v, size_t n, const char* what) {
         if (out.size() == 1 && n > 1) out.assign(n, out[0]);
     } else fail_run(std::string(what) + " expects integers");
     if (out.size() != n) fail_run(std::string(what) + " expects " + std::to_string(n) + " integers");
+    for (int64_t v : out)  // kernel, stride, padding, dilation: their sums and products must not overflow
+        if (v <= -(int64_t(1) << 31) || v >= (int64_t(1) << 31)) fail_run(std::string(what) + " out of range: " + std::to_string(v));
     return out;
 }
 // a list of ints given as one sequence argument or as the remaining positionals
@@ -514,6 +516,7 @@ void slice_indices(const Value& s, int64_t n, int64_t& start, int64_t& stop, int
     start = h0 ? clampi(a0) : 0;
     stop = h1 ? clampi(a1) : n;
     if (stop < start) stop = start;
+    if (step > n) step = n > 0 ? n : 1;  // the same elements (at most one), without overflowing start + step
 }
 
 Value index_tensor(const Tensor& x, const Value& idx) {
@@ -709,6 +712,8 @@ Value op_pad(Args& a) {
     const int r = x.dim();
     int64_t lo[4] = {0, 0, 0, 0}, ext[4] = {1, 1, 1, 1}, in[4] = {1, 1, 1, 1};
     std::vector<int64_t> shape = x.shape;
+    for (int64_t v : p)
+        if (v <= -(int64_t(1) << 31) || v >= (int64_t(1) << 31)) fail_run("pad: padding " + std::to_string(v) + " out of range");
     for (size_t k = 0; k < p.size() / 2; ++k) {
         const int d = r - 1 - (int)k;
         shape[d] = x.shape[d] + p[2 * k] + p[2 * k + 1];
@@ -741,6 +746,7 @@ int64_t pool_out(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dil
 const Tensor& pool_input(const Value* v, const char* what) {
     const Tensor& x = tensor_arg(v, what);
     if (x.dim() != 4 && x.dim() != 3) fail_run(std::string(what) + " expects a 3- or 4-dimensional input, got " + x.shape_str());
+    if (x.numel() == 0) fail_run(std::string(what) + " expects a non-empty input, got " + x.shape_str());
     return x;
 }
 std::vector<int64_t> pool_shape(const Tensor& x, int64_t Ho, int64_t Wo) {
@@ -987,7 +993,7 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
 }
 
 Tensor linear(const Tensor& x, const float* w, int64_t out_f, int64_t in_f, const float* bias) {
-    if (x.dim() < 1 || x.shape.back() != in_f)
+    if (x.dim() < 1 || x.shape.back() != in_f || in_f < 1)
         fail_run("linear expects inputs of width " + std::to_string(in_f) + ", got " + x.shape_str());
     const int64_t rows = x.numel() / in_f;
     std::vector<int64_t> shape = x.shape;
