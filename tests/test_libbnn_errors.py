@@ -102,6 +102,10 @@ def huge_pool_padding(g, h):
     node(g, "max_pool2d")["kwargs"].update(padding=BIG, stride=BIG)
 
 
+def newline_in_message(g, h):
+    node(g, "hardtanh")["attrs"]["fn"] = "F.evil\nsecond line"
+
+
 CASES = {
     "empty_pool_input": (empty_pool_input, "adaptive_avg_pool2d"),
     "empty_max_pool_input": (empty_max_pool_input, "max_pool2d"),
@@ -122,6 +126,19 @@ def test_bad_graph_is_one_error_line(tiny: Path, tmp_path: Path, case: str) -> N
     assert len(lines) == 1 and "error:" in lines[0] and str(bad) in lines[0], r.stderr
     if names:
         assert f"'{names}'" in lines[0] or f"'empty'" in lines[0], lines[0]
+
+
+def test_library_error_is_one_line(tiny: Path, tmp_path: Path) -> None:
+    """bnn_last_error itself (not only bnnrun's output) is one line when the file's strings hold
+    newlines or other control characters."""
+    from bnnkit.deploy._errors import DeployFormatError
+    from bnnkit.deploy._libbnn import LibbnnRuntime
+    bad = rewrite(tiny, tmp_path / "newline.bnn", newline_in_message)
+    with pytest.raises(DeployFormatError) as e:
+        LibbnnRuntime(bad)
+    message = str(e.value)
+    assert "'hardtanh'" in message and "F.evil" in message and "second line" in message, message
+    assert not any(ord(c) < 0x20 for c in message), repr(message)
 
 
 def test_rewrite_keeps_a_good_file_loadable(tiny: Path, tmp_path: Path) -> None:

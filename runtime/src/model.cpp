@@ -653,6 +653,19 @@ namespace {
 
 thread_local std::string g_error;
 
+// the message as one line: names and strings from the file may hold newlines or other control
+// characters, written here as \n, \xNN
+std::string one_line(const std::string& m) {
+    std::string out;
+    out.reserve(m.size());
+    for (unsigned char c : m) {
+        if (c == '\n') out += "\\n";
+        else if (c < 0x20 || c == 0x7f) { char b[8]; snprintf(b, sizeof b, "\\x%02x", c); out += b; }
+        else out += (char)c;
+    }
+    return out;
+}
+
 template <typename F>
 int guarded(F f) {
     g_error.clear();
@@ -660,13 +673,13 @@ int guarded(F f) {
         f();
         return BNN_OK;
     } catch (const bnn::Error& e) {
-        g_error = e.what();
+        g_error = one_line(e.what());
         return e.code;
     } catch (const std::bad_alloc&) {
         g_error = "out of memory; use a smaller batch or free memory";
         return BNN_E_MEMORY;
     } catch (const std::exception& e) {
-        g_error = std::string("internal error: ") + e.what() + "; please report it";
+        g_error = one_line(std::string("internal error: ") + e.what() + "; please report it");
         return BNN_E_RUN;
     } catch (...) {
         g_error = "internal error; please report it";
