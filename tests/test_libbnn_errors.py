@@ -106,7 +106,36 @@ def newline_in_message(g, h):
     node(g, "hardtanh")["attrs"]["fn"] = "F.evil\nsecond line"
 
 
+def scalar(name: str, src: str) -> dict:
+    """torch.mean(src): a tensor of 0 dimensions."""
+    return {"name": name, "op": "call", "args": [{"ref": src}], "kwargs": {}, "attrs": {"fn": "torch.mean"}}
+
+
+def size_of_scalar(g, h):
+    insert_after(g, "act", scalar("scalar", "act"), "size")
+
+
+def cat_of_scalars(g, h):
+    insert_after(g, "getitem_2", scalar("scalar", "getitem_2"), "cat")
+    node(g, "cat")["args"][0] = {"list": [{"ref": "scalar"}, {"ref": "scalar"}]}
+    node(g, "cat")["args"][1] = 0
+
+
+def transpose_of_scalar(g, h):
+    insert_after(g, "act", scalar("scalar", "act"), "size")
+    node(g, "size")["attrs"]["method"], node(g, "size")["args"] = "transpose", [{"ref": "scalar"}, 0, 0]
+
+
+def mean_of_scalar(g, h):
+    insert_after(g, "act", scalar("scalar", "act"), "size")
+    node(g, "size")["attrs"]["method"], node(g, "size")["args"] = "mean", [{"ref": "scalar"}, 0]
+
+
 CASES = {
+    "size_of_scalar": (size_of_scalar, "size"),
+    "cat_of_scalars": (cat_of_scalars, "cat"),
+    "transpose_of_scalar": (transpose_of_scalar, "size"),
+    "mean_of_scalar": (mean_of_scalar, "size"),
     "empty_pool_input": (empty_pool_input, "adaptive_avg_pool2d"),
     "empty_max_pool_input": (empty_max_pool_input, "max_pool2d"),
     "empty_linear": (empty_linear, "fc"),

@@ -384,6 +384,7 @@ Value op_flatten(Args& a) {
 Value op_size(Args& a) {
     Bound b = bind(a, "size", {"input", "dim"});
     const Tensor& x = tensor_arg(b[0], "size");
+    if (given(b[1]) && x.dim() == 0) fail_run("size: a tensor of 0 dimensions has no dimension to size");
     if (given(b[1])) return Value::of_int(x.shape[norm_dim(int_arg(b[1], "size"), x.dim(), "size")]);
     std::vector<Value> dims;
     for (int64_t s : x.shape) dims.push_back(Value::of_int(s));
@@ -461,6 +462,7 @@ Value op_permute(Args& a) {
 Value op_transpose(Args& a) {
     Bound b = bind(a, "transpose", {"input", "dim0", "dim1"});
     const Tensor& x = tensor_arg(b[0], "transpose");
+    if (x.dim() == 0) fail_run("transpose: a tensor of 0 dimensions has nothing to transpose");
     int64_t d0 = norm_dim(int_arg(b[1], "transpose"), x.dim(), "transpose");
     int64_t d1 = norm_dim(int_arg(b[2], "transpose"), x.dim(), "transpose");
     std::vector<int64_t> perm(x.dim());
@@ -474,6 +476,7 @@ Value op_cat(Args& a) {
     if (!b[0] || !b[0]->is_seq() || b[0]->items.empty()) fail_run("cat expects a non-empty list of tensors");
     const auto& items = b[0]->items;
     const Tensor& first = tensor_arg(&items[0], "cat");
+    if (first.dim() == 0) fail_run("cat: tensors of 0 dimensions cannot be concatenated");
     const int64_t d = norm_dim(given(b[1]) ? int_arg(b[1], "cat dim") : 0, first.dim(), "cat");
     std::vector<int64_t> shape = first.shape;
     shape[d] = 0;
@@ -617,6 +620,7 @@ Value op_getitem(Args& a) {
 // PyTorch's order (torch_sum over each contiguous run); others are summed serially
 Value reduce(const Tensor& x, const Value* dimv, bool keepdim, bool mean, const char* what) {
     const int r = x.dim();
+    if (r == 0 && given(dimv)) fail_run(std::string(what) + ": a tensor of 0 dimensions has no dimension to reduce");
     std::vector<bool> red(r, false);
     if (!given(dimv)) {
         for (int k = 0; k < r; ++k) red[k] = true;
