@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard setup.py) $(wildcard csrc/*)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static
+.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static fuzz
 setup: $(STAMP)
 
 # The whole suite except the tests that need the optional DALI extra (see test-dali).
@@ -39,3 +39,9 @@ runtime:
 runtime-static:
 	cmake -S runtime -B build/runtime-static -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
 	cmake --build build/runtime-static -j2 --target bnnrun
+
+# libFuzzer + ASan + UBSan over mutated .bnn files for FUZZ_SECONDS (scripts/fuzz_libbnn.sh).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: $(STAMP)
+	PYTHON=$(VENV)/bin/python bash scripts/fuzz_libbnn.sh $(FUZZ_SECONDS)

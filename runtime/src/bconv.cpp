@@ -81,8 +81,6 @@ const Kernels* choose() {
                        "; unset it or use one of auto, " + names);
 }
 
-int64_t words(int64_t c) { return (c + 63) / 64; }
-
 void parallel_tasks(int64_t total, int threads, const std::function<void(int64_t, int64_t)>& run);
 
 }  // namespace
@@ -241,6 +239,8 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
         for (int64_t n = 0; n < N; ++n) thr[(size_t)n] = torch_sum(x.data() + n * per, per) / (float)per;
     const int64_t Hp = H + 2 * pad[0], Wp = W + 2 * pad[1];
     const int64_t act_len = mul_checked(mul_checked(N * Hp, Wp, "packed size"), G * Cw, "packed size");
+    check_alloc(act_len, 8, "binary conv's packed input");
+    Tensor y = Tensor::empty({N, O, Ho, Wo});
     std::vector<uint64_t> act((size_t)act_len, 0);
     std::vector<int32_t> ties((size_t)4 * 1024);
     int64_t nties = 0;
@@ -263,7 +263,6 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
     }
     const Borders& bd = borders(H, W);
     const bool raw = !zeros.empty();
-    Tensor y = Tensor::empty({N, O, Ho, Wo});
     BConvArgs a;
     memset(&a, 0, sizeof a);
     a.act = act.data(); a.act_len = act_len;

@@ -87,6 +87,8 @@ std::vector<int64_t> ints_arg(const Value* v, size_t n, const char* what) {
         if (out.size() == 1 && n > 1) out.assign(n, out[0]);
     } else fail_run(std::string(what) + " expects integers");
     if (out.size() != n) fail_run(std::string(what) + " expects " + std::to_string(n) + " integers");
+    for (int64_t v : out)  // kernel, stride, padding, dilation: their sums and products must not overflow
+        if (v <= -(int64_t(1) << 31) || v >= (int64_t(1) << 31)) fail_run(std::string(what) + " out of range: " + std::to_string(v));
     return out;
 }
 // a list of ints given as one sequence argument or as the remaining positionals
@@ -328,10 +330,6 @@ Value op_tanh(Args& a) {
     Bound b = bind(a, "tanh", {"input"});
     return tv(unary(tensor_arg(b[0], "tanh"), [](float x) { return std::tanh(x); }));
 }
-Value op_identity(Args& a) {
-    if (a.pos.empty()) fail_run("expects an input");
-    return a.pos[0];
-}
 Value op_dropout(Args& a) {
     Bound b = bind(a, "dropout", {"input", "p", "training", "inplace"});
     if (bool_arg(b[2], false, "dropout training")) fail_run("dropout in training mode is not supported");
@@ -386,6 +384,7 @@ Value op_flatten(Args& a) {
 Value op_size(Args& a) {
     Bound b = bind(a, "size", {"input", "dim"});
     const Tensor& x = tensor_arg(b[0], "size");
+    if (given(b[1]) && x.dim() == 0) fail_run("size: a tensor of 0 dimensions has no dimension to size");
     if (given(b[1])) return Value::of_int(x.shape[norm_dim(int_arg(b[1], "size"), x.dim(), "size")]);
     std::vector<Value> dims;
     for (int64_t s : x.shape) dims.push_back(Value::of_int(s));
@@ -463,6 +462,7 @@ Value op_permute(Args& a) {
 Value op_transpose(Args& a) {
     Bound b = bind(a, "transpose", {"input", "dim0", "dim1"});
     const Tensor& x = tensor_arg(b[0], "transpose");
+    if (x.dim() == 0) fail_run("transpose: a tensor of 0 dimensions has nothing to transpose");
     int64_t d0 = norm_dim(int_arg(b[1], "transpose"), x.dim(), "transpose");
     int64_t d1 = norm_dim(int_arg(b[2], "transpose"), x.dim(), "transpose");
     std::vector<int64_t> perm(x.dim());
@@ -476,6 +476,7 @@ Value op_cat(Args& a) {
     if (!b[0] || !b[0]->is_seq() || b[0]->items.empty()) fail_run("cat expects a non-empty list of tensors");
     const auto& items = b[0]->items;
     const Tensor& first = tensor_arg(&items[0], "cat");
+    if (first.dim() == 0) fail_run("cat: tensors of 0 dimensions cannot be concatenated");
     const int64_t d = norm_dim(given(b[1]) ? int_arg(b[1], "cat dim") : 0, first.dim(), "cat");
     std::vector<int64_t> shape = first.shape;
     shape[d] = 0;
@@ -518,6 +519,7 @@ void slice_indices(const Value& s, int64_t n, int64_t& start, int64_t& stop, int
     start = h0 ? clampi(a0) : 0;
     stop = h1 ? clampi(a1) : n;
     if (stop < start) stop = start;
+    if (step > n) step = n > 0 ? n : 1;  // the same elements (at most one), without overflowing start + step
 }
 
 Value index_tensor(const Tensor& x, const Value& idx) {
@@ -618,6 +620,7 @@ Value op_getitem(Args& a) {
 // PyTorch's order (torch_sum over each contiguous run); others are summed serially
 Value reduce(const Tensor& x, const Value* dimv, bool keepdim, bool mean, const char* what) {
     const int r = x.dim();
+    if (r == 0 && given(dimv)) fail_run(std::string(what) + ": a tensor of 0 dimensions has no dimension to reduce");
     std::vector<bool> red(r, false);
     if (!given(dimv)) {
         for (int k = 0; k < r; ++k) red[k] = true;
@@ -713,6 +716,8 @@ Value op_pad(Args& a) {
     const int r = x.dim();
     int64_t lo[4] = {0, 0, 0, 0}, ext[4] = {1, 1, 1, 1}, in[4] = {1, 1, 1, 1};
     std::vector<int64_t> shape = x.shape;
+    for (int64_t v : p)
+        if (v <= -(int64_t(1) << 31) || v >= (int64_t(1) << 31)) fail_run("pad: padding " + std::to_string(v) + " out of range");
     for (size_t k = 0; k < p.size() / 2; ++k) {
         const int d = r - 1 - (int)k;
         shape[d] = x.shape[d] + p[2 * k] + p[2 * k + 1];
@@ -745,6 +750,7 @@ int64_t pool_out(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dil
 const Tensor& pool_input(const Value* v, const char* what) {
     const Tensor& x = tensor_arg(v, what);
     if (x.dim() != 4 && x.dim() != 3) fail_run(std::string(what) + " expects a 3- or 4-dimensional input, got " + x.shape_str());
+    if (x.numel() == 0) fail_run(std::string(what) + " expects a non-empty input, got " + x.shape_str());
     return x;
 }
 std::vector<int64_t> pool_shape(const Tensor& x, int64_t Ho, int64_t Wo) {
@@ -971,8 +977,8 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
     const int64_t Wo = (W + 2 * pad[1] - dil[1] * (kw - 1) - 1) / stride[1] + 1;
     if (H + 2 * pad[0] - dil[0] * (kh - 1) - 1 < 0 || W + 2 * pad[1] - dil[1] * (kw - 1) - 1 < 0)
         fail_run("conv: input " + x.shape_str() + " is smaller than the kernel");
+    Tensor y = Tensor::empty({N, O, Ho, Wo});  // refuses sizes that overflow or exceed the limit
     const int64_t Og = O / G, K = Cg * kh * kw, P = Ho * Wo;
-    Tensor y = Tensor::empty({N, O, Ho, Wo});
     // a first conv, or a real 1x1 conv of at most 192 input channels (oneDNN sums those with one fma a
     // channel, in order; wider ones it splits into partial sums of a size its own heuristics choose,
     // left to the GEMM): PyTorch's bits on the machines measured (docs/deploy.md, "libbnn")
@@ -1038,6 +1044,7 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
         return y;
     }
     const bool pointwise = kh == 1 && kw == 1 && stride[0] == 1 && stride[1] == 1 && pad[0] == 0 && pad[1] == 0;
+    if (!pointwise) check_alloc(mul_checked(K, P, "conv buffer"), 4, "conv's im2col buffer");
     std::vector<float> col(pointwise ? 0 : (size_t)(K * P));
     for (int64_t n = 0; n < N; ++n)
         for (int64_t g = 0; g < G; ++g) {
@@ -1077,7 +1084,7 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
 }
 
 Tensor linear(const Tensor& x, const float* w, int64_t out_f, int64_t in_f, const float* bias) {
-    if (x.dim() < 1 || x.shape.back() != in_f)
+    if (x.dim() < 1 || x.shape.back() != in_f || in_f < 1)
         fail_run("linear expects inputs of width " + std::to_string(in_f) + ", got " + x.shape_str());
     const int64_t rows = x.numel() / in_f;
     std::vector<int64_t> shape = x.shape;
