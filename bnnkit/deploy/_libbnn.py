@@ -44,6 +44,11 @@ def _library() -> ctypes.CDLL:
         lib.bnn_last_error.restype = ctypes.c_char_p
         lib.bnn_isa.argtypes = [ctypes.c_void_p]
         lib.bnn_isa.restype = ctypes.c_char_p
+        lib.bnn_profile.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.bnn_layer_count.argtypes = [ctypes.c_void_p]
+        lib.bnn_layer_count.restype = ctypes.c_int64
+        lib.bnn_layer_info.argtypes = [ctypes.c_void_p, ctypes.c_int64, p(ctypes.c_char_p), p(ctypes.c_char_p),
+                                       p(ctypes.c_double)]
         lib.bnn_free.argtypes = [ctypes.c_void_p]
         lib.bnn_free.restype = None
         _lib = lib
@@ -103,6 +108,20 @@ class LibbnnRuntime:
         if self._lib.bnn_run(self._handle, xs.ctypes.data, n, out.ctypes.data, out.size) != 0:
             raise DeployFormatError(self._lib.bnn_last_error().decode("utf-8", "replace"))
         return torch.from_numpy(out)
+
+    def profile(self, enable: bool = True) -> None:
+        """Time every node in the runs that follow (enable) or stop; `layers()` reads the sums."""
+        self._lib.bnn_profile(self._handle, int(enable))
+
+    def layers(self) -> list[tuple[str, str, float]]:
+        """(node name, op, seconds spent in it since profiling began) in graph order."""
+        name, op, seconds = ctypes.c_char_p(), ctypes.c_char_p(), ctypes.c_double()
+        rows = []
+        for i in range(self._lib.bnn_layer_count(self._handle)):
+            if self._lib.bnn_layer_info(self._handle, i, ctypes.byref(name), ctypes.byref(op), ctypes.byref(seconds)) != 0:
+                raise DeployFormatError(self._lib.bnn_last_error().decode("utf-8", "replace"))
+            rows.append((name.value.decode(), op.value.decode(), seconds.value))
+        return rows
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)

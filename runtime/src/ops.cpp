@@ -8,6 +8,10 @@
 
 #include <Eigen/Core>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -926,35 +930,57 @@ namespace {
 // A GEMM sums the same products in another order, a float32 ulp away; after the stem's BatchNorm
 // such a difference flips the sign of an activation that lies that close to 0, and the flip
 // spreads: matched here, the stems give PyTorch's bits (tests/test_deploy_models.py).
-constexpr int64_t kFirstO = 8, kFirstP = 64;  // an 8-channel x 64-position tile of accumulators (2 KiB)
+constexpr int64_t kFirstO = 8, kFirstP = 48;  // a task: 8 output channels x 48 positions
 
-template <int Dummy>
-inline void first_conv_tile(const float* col, int64_t K, int64_t P, const float* w, int64_t o0, int64_t no,
-                            int64_t p0, int64_t np, float* y) {
-    float acc[kFirstO][kFirstP] = {};
-    for (int64_t k = 0; k < K; ++k) {
-        const float* c = col + k * P + p0;
-        for (int64_t j = 0; j < no; ++j) {
-            const float wk = w[(o0 + j) * K + k];
-            float* a = acc[j];
-            for (int64_t q = 0; q < np; ++q) a[q] = std::fma(c[q], wk, a[q]);
+// outputs [o0, o1) x positions [p0, p1), each summed over the K taps in order (always_inline: in
+// the AVX2 function below std::fma becomes one vfmadd, not a call to fmaf)
+__attribute__((always_inline)) inline void first_conv_scalar(const float* col, int64_t K, int64_t P, const float* w,
+                                                             int64_t o0, int64_t o1, int64_t p0, int64_t p1, float* y) {
+    for (int64_t o = o0; o < o1; ++o)
+        for (int64_t p = p0; p < p1; ++p) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < K; ++k) acc = std::fma(col[k * P + p], w[o * K + k], acc);
+            y[o * P + p] = acc;
         }
-    }
-    for (int64_t j = 0; j < no; ++j)
-        std::copy(acc[j], acc[j] + np, y + (o0 + j) * P + p0);
+}
+
+void first_conv_tile_plain(const float* col, int64_t K, int64_t P, const float* w, int64_t o0, int64_t no, int64_t p0,
+                           int64_t np, float* y) {
+    first_conv_scalar(col, K, P, w, o0, o0 + no, p0, p0 + np, y);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+// 4 channels x 24 positions of accumulators in 12 registers; the same fma per tap as above
 __attribute__((target("avx2,fma"))) void first_conv_tile_fma(const float* col, int64_t K, int64_t P, const float* w,
                                                               int64_t o0, int64_t no, int64_t p0, int64_t np, float* y) {
-    first_conv_tile<1>(col, K, P, w, o0, no, p0, np, y);
+    const int64_t o_end = o0 + no / 4 * 4, p_end = p0 + np / 24 * 24;
+    for (int64_t o = o0; o < o_end; o += 4)
+        for (int64_t p = p0; p < p_end; p += 24) {
+            __m256 acc[4][3];
+            for (auto& r : acc)
+                for (auto& v : r) v = _mm256_setzero_ps();
+            const float* c = col + p;
+            for (int64_t k = 0; k < K; ++k, c += P) {
+                const __m256 c0 = _mm256_loadu_ps(c), c1 = _mm256_loadu_ps(c + 8), c2 = _mm256_loadu_ps(c + 16);
+                for (int j = 0; j < 4; ++j) {
+                    const __m256 wk = _mm256_broadcast_ss(w + (o + j) * K + k);
+                    acc[j][0] = _mm256_fmadd_ps(c0, wk, acc[j][0]);
+                    acc[j][1] = _mm256_fmadd_ps(c1, wk, acc[j][1]);
+                    acc[j][2] = _mm256_fmadd_ps(c2, wk, acc[j][2]);
+                }
+            }
+            for (int j = 0; j < 4; ++j)
+                for (int v = 0; v < 3; ++v) _mm256_storeu_ps(y + (o + j) * P + p + 8 * v, acc[j][v]);
+        }
+    first_conv_scalar(col, K, P, w, o0, o_end, p_end, p0 + np, y);       // the positions left
+    first_conv_scalar(col, K, P, w, o_end, o0 + no, p0, p0 + np, y);     // the channels left
 }
 bool cpu_has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 #endif
 
 // y[o, p] for every output channel o and position p of one sample; col: [K = kh*kw*C][P], (ky, kx, c) rows
 void first_conv(const float* col, int64_t K, int64_t P, const float* w, int64_t O, float* y) {
-    auto tile = first_conv_tile<0>;
+    auto tile = first_conv_tile_plain;
 #if defined(__x86_64__) || defined(__i386__)
     static const bool fma = cpu_has_fma();  // the same bits either way (fma rounds once): only speed
     if (fma) tile = first_conv_tile_fma;
