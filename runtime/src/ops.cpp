@@ -778,26 +778,39 @@ Value op_max_pool2d(Args& a) {
     const int64_t Ho = pool_out(H, k[0], p[0], s[0], d[0], ceil), Wo = pool_out(W, k[1], p[1], s[1], d[1], ceil);
     if (Ho < 1 || Wo < 1) fail_run("max_pool2d: output size is too small for input " + x.shape_str());
     Tensor y = Tensor::empty(pool_shape(x, Ho, Wo));
+    // each plane copied into a -inf border wide enough for every window (ceil mode's too), then
+    // the maxima along rows, then down columns: max with NaN winning is associative, so this is
+    // the window's max as PyTorch takes it, without a bounds test a tap
     const int64_t planes = x.numel() / (H * W);
+    const int64_t Hp = (Ho - 1) * s[0] + (k[0] - 1) * d[0] + 1, Wp = (Wo - 1) * s[1] + (k[1] - 1) * d[1] + 1;
+    const float ninf = -std::numeric_limits<float>::infinity();
+    const int64_t span = (Wo - 1) * s[1] + 1;
+    std::vector<float> padded((size_t)(Hp * Wp)), rowmax((size_t)(Hp * Wo)), full((size_t)span);
+    auto wins = [](float v, float m) { return (v > m) | (v != v); };  // no branch: vectorizes
     for (int64_t pl = 0; pl < planes; ++pl) {
         const float* src = x.data() + pl * H * W;
         float* dst = y.data() + pl * Ho * Wo;
-        for (int64_t oy = 0; oy < Ho; ++oy)
-            for (int64_t ox = 0; ox < Wo; ++ox) {
-                const int64_t y0 = oy * s[0] - p[0], x0 = ox * s[1] - p[1];
-                float m = -std::numeric_limits<float>::infinity();
-                for (int64_t ky = 0; ky < k[0]; ++ky) {
-                    const int64_t iy = y0 + ky * d[0];
-                    if (iy < 0 || iy >= H) continue;
-                    for (int64_t kx = 0; kx < k[1]; ++kx) {
-                        const int64_t ix = x0 + kx * d[1];
-                        if (ix < 0 || ix >= W) continue;
-                        const float v = src[iy * W + ix];
-                        if (v > m || std::isnan(v)) m = v;
-                    }
-                }
-                dst[oy * Wo + ox] = m;
+        std::fill(padded.begin(), padded.end(), ninf);
+        for (int64_t iy = 0; iy < H && iy + p[0] < Hp; ++iy)
+            std::copy(src + iy * W, src + iy * W + std::min(W, Wp - p[1]), padded.data() + (iy + p[0]) * Wp + p[1]);
+        for (int64_t r = 0; r < Hp; ++r) {  // at every position (vectorized), then every s-th kept
+            const float* in = padded.data() + r * Wp;
+            std::copy(in, in + span, full.data());
+            for (int64_t kx = 1; kx < k[1]; ++kx) {
+                const float* v = in + kx * d[1];
+                for (int64_t i = 0; i < span; ++i) full[(size_t)i] = wins(v[i], full[(size_t)i]) ? v[i] : full[(size_t)i];
             }
+            float* out = rowmax.data() + r * Wo;
+            for (int64_t ox = 0; ox < Wo; ++ox) out[ox] = full[(size_t)(ox * s[1])];
+        }
+        for (int64_t oy = 0; oy < Ho; ++oy) {
+            float* out = dst + oy * Wo;
+            std::copy(rowmax.data() + oy * s[0] * Wo, rowmax.data() + (oy * s[0] + 1) * Wo, out);
+            for (int64_t ky = 1; ky < k[0]; ++ky) {
+                const float* in = rowmax.data() + (oy * s[0] + ky * d[0]) * Wo;
+                for (int64_t ox = 0; ox < Wo; ++ox) out[ox] = wins(in[ox], out[ox]) ? in[ox] : out[ox];
+            }
+        }
     }
     return tv(y);
 }
@@ -1126,6 +1139,19 @@ Tensor linear(const Tensor& x, const float* w, int64_t out_f, int64_t in_f, cons
     return y;
 }
 
+namespace {
+// d[i] = fma(s[i], a, b): always_inline, so that in the AVX2 copy std::fma is one vfmadd (fmaf calls otherwise)
+__attribute__((always_inline)) inline void fma_row_body(const float* s, float* d, int64_t n, float a, float b) {
+    for (int64_t i = 0; i < n; ++i) d[i] = std::fma(s[i], a, b);
+}
+void fma_row_plain(const float* s, float* d, int64_t n, float a, float b) { fma_row_body(s, d, n, a, b); }
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) void fma_row_avx2(const float* s, float* d, int64_t n, float a, float b) {
+    fma_row_body(s, d, n, a, b);
+}
+#endif
+}  // namespace
+
 Tensor channel_fma(const Tensor& x, const std::vector<float>& a, const std::vector<float>& b) {
     const int64_t C = (int64_t)a.size();
     if (x.dim() < 2 || x.shape[1] != C)
@@ -1134,13 +1160,14 @@ Tensor channel_fma(const Tensor& x, const std::vector<float>& a, const std::vect
     for (int k = 2; k < x.dim(); ++k) inner *= x.shape[k];
     Tensor y = Tensor::empty(x.shape);
     const int64_t N = x.shape[0];
+    auto row = fma_row_plain;
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool fma = cpu_has_fma();  // the same bits either way: only speed
+    if (fma) row = fma_row_avx2;
+#endif
     for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < C; ++c) {
-            const float* s = x.data() + (n * C + c) * inner;
-            float* d = y.data() + (n * C + c) * inner;
-            const float ac = a[c], bc = b[c];
-            for (int64_t i = 0; i < inner; ++i) d[i] = std::fma(s[i], ac, bc);
-        }
+        for (int64_t c = 0; c < C; ++c)
+            row(x.data() + (n * C + c) * inner, y.data() + (n * C + c) * inner, inner, a[c], b[c]);
     return y;
 }
 
