@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -52,6 +54,44 @@ inline void check_alloc(int64_t n, int64_t size, const char* what) {
                            std::to_string(run_limit_floats() >> 18) + " MiB a buffer (set BNN_MAX_TENSOR_MB to raise it)");
 }
 
+// Freed tensor buffers of 64 KiB and more, kept for the next run's tensors of the same size (up to
+// 256 MiB in all): fresh ones come from mmap, and touching their pages cost a BatchNorm or PReLU of
+// a ResNet stem more than its arithmetic. Shared by every model of the process.
+struct BufferPool {
+    static constexpr size_t kMin = 64 << 10, kCap = size_t(256) << 20;
+    std::mutex mu;
+    std::multimap<size_t, void*> free_;
+    size_t held = 0;
+    static BufferPool& get() {
+        static BufferPool* pool = new BufferPool();  // never destroyed: buffers may be freed at exit
+        return *pool;
+    }
+    void* take(size_t bytes) {
+        if (bytes >= kMin) {
+            std::lock_guard<std::mutex> lock(mu);
+            auto it = free_.find(bytes);
+            if (it != free_.end()) {
+                void* p = it->second;
+                free_.erase(it);
+                held -= bytes;
+                return p;
+            }
+        }
+        return aligned_alloc(64, bytes);
+    }
+    void give(void* p, size_t bytes) {
+        if (bytes >= kMin) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (held + bytes <= kCap) {
+                free_.emplace(bytes, p);
+                held += bytes;
+                return;
+            }
+        }
+        free(p);
+    }
+};
+
 struct Tensor {
     std::vector<int64_t> shape;
     std::shared_ptr<float> buf;  // numel() floats, 64-byte aligned
@@ -76,9 +116,9 @@ struct Tensor {
         void* p = nullptr;
         size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
         bytes = (bytes + 63) / 64 * 64;
-        p = aligned_alloc(64, bytes);
+        p = BufferPool::get().take(bytes);
         if (!p) throw std::bad_alloc();
-        t.buf = std::shared_ptr<float>((float*)p, [](float* q) { free(q); });
+        t.buf = std::shared_ptr<float>((float*)p, [bytes](float* q) { BufferPool::get().give(q, bytes); });
         return t;
     }
     static Tensor zeros(std::vector<int64_t> shape) {

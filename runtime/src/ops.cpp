@@ -8,7 +8,7 @@
 
 #include <Eigen/Core>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__) || defined(__i386__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -943,38 +943,39 @@ namespace {
 // A GEMM sums the same products in another order, a float32 ulp away; after the stem's BatchNorm
 // such a difference flips the sign of an activation that lies that close to 0, and the flip
 // spreads: matched here, the stems give PyTorch's bits (tests/test_deploy_models.py).
-constexpr int64_t kFirstO = 8, kFirstP = 48;  // a task: 8 output channels x 48 positions
+constexpr int64_t kFirstP = 48;  // positions a task: their K taps (28 KiB for a 7x7 stem) stay in L1
 
-// outputs [o0, o1) x positions [p0, p1), each summed over the K taps in order (always_inline: in
-// the AVX2 function below std::fma becomes one vfmadd, not a call to fmaf)
-__attribute__((always_inline)) inline void first_conv_scalar(const float* col, int64_t K, int64_t P, const float* w,
-                                                             int64_t o0, int64_t o1, int64_t p0, int64_t p1, float* y) {
+// y[o * ldy + q] for outputs [o0, o1) and positions [q0, q1) of a panel c (tap k of position q at
+// c[k * ldc + q]), each summed over the K taps in order (always_inline: in the AVX2 function below
+// std::fma becomes one vfmadd, not a call to fmaf)
+__attribute__((always_inline)) inline void first_conv_scalar(const float* c, int64_t ldc, int64_t K, const float* w,
+                                                             int64_t o0, int64_t o1, int64_t q0, int64_t q1, float* y,
+                                                             int64_t ldy) {
     for (int64_t o = o0; o < o1; ++o)
-        for (int64_t p = p0; p < p1; ++p) {
+        for (int64_t q = q0; q < q1; ++q) {
             float acc = 0.0f;
-            for (int64_t k = 0; k < K; ++k) acc = std::fma(col[k * P + p], w[o * K + k], acc);
-            y[o * P + p] = acc;
+            for (int64_t k = 0; k < K; ++k) acc = std::fma(c[k * ldc + q], w[o * K + k], acc);
+            y[o * ldy + q] = acc;
         }
 }
 
-void first_conv_tile_plain(const float* col, int64_t K, int64_t P, const float* w, int64_t o0, int64_t no, int64_t p0,
-                           int64_t np, float* y) {
-    first_conv_scalar(col, K, P, w, o0, o0 + no, p0, p0 + np, y);
+void first_conv_panel_plain(const float* c, int64_t K, const float* w, int64_t O, int64_t nq, float* y, int64_t ldy) {
+    first_conv_scalar(c, kFirstP, K, w, 0, O, 0, nq, y, ldy);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 // 4 channels x 24 positions of accumulators in 12 registers; the same fma per tap as above
-__attribute__((target("avx2,fma"))) void first_conv_tile_fma(const float* col, int64_t K, int64_t P, const float* w,
-                                                              int64_t o0, int64_t no, int64_t p0, int64_t np, float* y) {
-    const int64_t o_end = o0 + no / 4 * 4, p_end = p0 + np / 24 * 24;
-    for (int64_t o = o0; o < o_end; o += 4)
-        for (int64_t p = p0; p < p_end; p += 24) {
+__attribute__((target("avx2,fma"))) void first_conv_panel_fma(const float* c, int64_t K, const float* w, int64_t O,
+                                                               int64_t nq, float* y, int64_t ldy) {
+    const int64_t o_end = O / 4 * 4, q_end = nq / 24 * 24;
+    for (int64_t o = 0; o < o_end; o += 4)
+        for (int64_t q = 0; q < q_end; q += 24) {
             __m256 acc[4][3];
             for (auto& r : acc)
                 for (auto& v : r) v = _mm256_setzero_ps();
-            const float* c = col + p;
-            for (int64_t k = 0; k < K; ++k, c += P) {
-                const __m256 c0 = _mm256_loadu_ps(c), c1 = _mm256_loadu_ps(c + 8), c2 = _mm256_loadu_ps(c + 16);
+            const float* ck = c + q;
+            for (int64_t k = 0; k < K; ++k, ck += kFirstP) {
+                const __m256 c0 = _mm256_loadu_ps(ck), c1 = _mm256_loadu_ps(ck + 8), c2 = _mm256_loadu_ps(ck + 16);
                 for (int j = 0; j < 4; ++j) {
                     const __m256 wk = _mm256_broadcast_ss(w + (o + j) * K + k);
                     acc[j][0] = _mm256_fmadd_ps(c0, wk, acc[j][0]);
@@ -983,26 +984,31 @@ __attribute__((target("avx2,fma"))) void first_conv_tile_fma(const float* col, i
                 }
             }
             for (int j = 0; j < 4; ++j)
-                for (int v = 0; v < 3; ++v) _mm256_storeu_ps(y + (o + j) * P + p + 8 * v, acc[j][v]);
+                for (int v = 0; v < 3; ++v) _mm256_storeu_ps(y + (o + j) * ldy + q + 8 * v, acc[j][v]);
         }
-    first_conv_scalar(col, K, P, w, o0, o_end, p_end, p0 + np, y);       // the positions left
-    first_conv_scalar(col, K, P, w, o_end, o0 + no, p0, p0 + np, y);     // the channels left
+    first_conv_scalar(c, kFirstP, K, w, 0, o_end, q_end, nq, y, ldy);  // the positions left
+    first_conv_scalar(c, kFirstP, K, w, o_end, O, 0, nq, y, ldy);      // the channels left
 }
 bool cpu_has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 #endif
 
 // y[o, p] for every output channel o and position p of one sample; col: [K = kh*kw*C][P], (ky, kx, c) rows
 void first_conv(const float* col, int64_t K, int64_t P, const float* w, int64_t O, float* y) {
-    auto tile = first_conv_tile_plain;
+    auto panel = first_conv_panel_plain;
 #if defined(__x86_64__) || defined(__i386__)
     static const bool fma = cpu_has_fma();  // the same bits either way (fma rounds once): only speed
-    if (fma) tile = first_conv_tile_fma;
+    if (fma) panel = first_conv_panel_fma;
 #endif
     const int64_t tiles = (P + kFirstP - 1) / kFirstP;
-#pragma omp parallel for num_threads(op_threads()) schedule(static) if (op_threads() > 1)
-    for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t p0 = t * kFirstP, np = std::min(kFirstP, P - p0);
-        for (int64_t o0 = 0; o0 < O; o0 += kFirstO) tile(col, K, P, w, o0, std::min(kFirstO, O - o0), p0, np, y);
+#pragma omp parallel num_threads(op_threads()) if (op_threads() > 1)
+    {
+        std::vector<float> buf((size_t)(K * kFirstP));  // the tile's taps, contiguous: read once per 4 channels
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; ++t) {
+            const int64_t p0 = t * kFirstP, nq = std::min(kFirstP, P - p0);
+            for (int64_t k = 0; k < K; ++k) std::copy(col + k * P + p0, col + k * P + p0 + nq, buf.data() + k * kFirstP);
+            panel(buf.data(), K, w, O, nq, y + p0, P);
+        }
     }
 }
 }  // namespace
@@ -1024,32 +1030,43 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
     const bool first = C <= 3, pointwise1x1 = kh == 1 && kw == 1 && pad[0] == 0 && pad[1] == 0 && C <= 192;
     if (G == 1 && (first || pointwise1x1) && dil[0] == 1 && dil[1] == 1) {
         const int64_t K = kh * kw * C;
-        std::vector<float> col((size_t)(K * P)), wt((size_t)(O * K));  // col: taps x positions
+        const bool direct = pointwise1x1 && stride[0] == 1 && stride[1] == 1;
+        // col: taps x positions (a pooled buffer: a zero-filled vector cost the stem a page fault a 4 KiB)
+        Tensor colt = Tensor::empty({direct ? 1 : K, direct ? 1 : P});
+        float* col = colt.data();
+        std::vector<float> wt((size_t)(O * K));
         for (int64_t o = 0; o < O; ++o)  // the weight's columns in the taps' (ky, kx, c) order
             for (int64_t c = 0; c < C; ++c)
                 for (int64_t ky = 0; ky < kh; ++ky)
                     for (int64_t kx = 0; kx < kw; ++kx)
                         wt[(size_t)(o * K + (ky * kw + kx) * C + c)] = w[((o * C + c) * kh + ky) * kw + kx];
-        const bool direct = pointwise1x1 && stride[0] == 1 && stride[1] == 1;
-        if (direct) col.clear();
         for (int64_t n = 0; n < N; ++n) {
             const float* src = x.data() + n * C * H * W;
             for (int64_t ky = 0; ky < kh && !direct; ++ky)
                 for (int64_t kx = 0; kx < kw; ++kx)
                     for (int64_t c = 0; c < C; ++c) {
-                        float* row = col.data() + ((ky * kw + kx) * C + c) * P;
+                        float* row = col + ((ky * kw + kx) * C + c) * P;
                         const float* plane = src + c * H * W;
+                        // the columns whose tap lies inside the row: ox in [lo, hi); a tap in the zero
+                        // padding adds fma(0, w, acc) = acc, the same as skipping it
+                        const int64_t sx = stride[1], off = kx - pad[1];
+                        const int64_t lo = std::min(Wo, off >= 0 ? 0 : (-off + sx - 1) / sx);
+                        const int64_t hi = std::max(lo, std::min(Wo, W - off > 0 ? (W - off + sx - 1) / sx : 0));
                         for (int64_t oy = 0; oy < Ho; ++oy) {
                             const int64_t iy = oy * stride[0] - pad[0] + ky;
-                            for (int64_t ox = 0; ox < Wo; ++ox) {
-                                const int64_t ix = ox * stride[1] - pad[1] + kx;
-                                // a tap in the zero padding adds fma(0, w, acc) = acc: the same as skipping it
-                                row[oy * Wo + ox] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? plane[iy * W + ix] : 0.0f;
+                            float* r = row + oy * Wo;
+                            if (iy < 0 || iy >= H) {
+                                std::fill(r, r + Wo, 0.0f);
+                                continue;
                             }
+                            const float* in = plane + iy * W + off;
+                            std::fill(r, r + lo, 0.0f);
+                            for (int64_t ox = lo; ox < hi; ++ox) r[ox] = in[ox * sx];
+                            std::fill(r + hi, r + Wo, 0.0f);
                         }
                     }
             float* dst = y.data() + n * O * P;
-            first_conv(direct ? src : col.data(), K, P, wt.data(), O, dst);
+            first_conv(direct ? src : col, K, P, wt.data(), O, dst);
             if (bias)
                 for (int64_t o = 0; o < O; ++o)
                     for (int64_t p = 0; p < P; ++p) dst[o * P + p] += bias[o];
@@ -1171,6 +1188,22 @@ Tensor channel_fma(const Tensor& x, const std::vector<float>& a, const std::vect
     return y;
 }
 
+namespace {
+// x > 0 ? x : slope * x as a select: GCC keeps the plain loop scalar with a branch a value (it may not
+// move a multiply that could trap past the branch), and that was a sixth of ResNet-18's time
+void prelu_row(const float* __restrict s, float* __restrict d, int64_t n, float slope) {
+    int64_t i = 0;
+#if defined(__SSE2__)
+    const __m128 sl = _mm_set1_ps(slope), zero = _mm_setzero_ps();
+    for (; i + 4 <= n; i += 4) {
+        const __m128 v = _mm_loadu_ps(s + i), positive = _mm_cmpgt_ps(v, zero);
+        _mm_storeu_ps(d + i, _mm_or_ps(_mm_and_ps(positive, v), _mm_andnot_ps(positive, _mm_mul_ps(v, sl))));
+    }
+#endif
+    for (; i < n; ++i) d[i] = s[i] > 0.0f ? s[i] : slope * s[i];
+}
+}  // namespace
+
 Tensor prelu(const Tensor& x, const std::vector<float>& w) {
     const int64_t C = x.dim() >= 2 ? x.shape[1] : 1;
     if (w.size() != 1 && (int64_t)w.size() != C)
@@ -1183,8 +1216,7 @@ Tensor prelu(const Tensor& x, const std::vector<float>& w) {
         for (int64_t c = 0; c < C; ++c) {
             const float* s = x.data() + (n * C + c) * inner;
             float* d = y.data() + (n * C + c) * inner;
-            const float sl = w.size() == 1 ? w[0] : w[c];
-            for (int64_t i = 0; i < inner; ++i) d[i] = s[i] > 0.0f ? s[i] : sl * s[i];
+            prelu_row(s, d, inner, w.size() == 1 ? w[0] : w[c]);
         }
     return y;
 }
