@@ -105,3 +105,24 @@ def test_deploy_load_engines(exported):
         assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-5, engine
     with pytest.raises(ValueError, match="unknown engine 'onnx'; choose one of python, libbnn"):
         deploy.load(path, engine="onnx")
+
+
+@pytest.mark.parametrize("C, O, k, stride, pad, size", [(3, 16, 3, 1, 1, 32), (3, 64, 7, 2, 3, 64), (64, 128, 1, 2, 0, 28),
+                                                        (192, 64, 1, 1, 0, 14)])
+def test_stem_and_narrow_1x1_convs_round_as_pytorch(tmp_path, C, O, k, stride, pad, size):
+    """libbnn sums a first conv tap by tap and a 1x1 conv of up to 192 channels channel by channel,
+    one fma each, as oneDNN does (docs/deploy.md, "Same logits as PyTorch"): float32 results within a
+    few ulps of the products' magnitude of PyTorch's, and here the same bits (printed, not asserted:
+    oneDNN's order is its own choice per instruction set)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(C, O, k, stride, pad, bias=False)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        deploy.export(conv, tmp_path / "c.bnn", example_input_shape=(1, C, size, size))
+    x = torch.randn(2, C, size, size)
+    with torch.no_grad():
+        ref = conv(x)
+    out = deploy.load(tmp_path / "c.bnn", engine="libbnn")(x)
+    scale = torch.nn.functional.conv2d(x.abs(), conv[0].weight.abs(), None, stride, pad)  # sum of |products|
+    assert ((out - ref).abs() <= 16 * torch.finfo(torch.float32).eps * scale + 1e-30).all()
+    print(f"{int((out != ref).sum())} of {ref.numel()} values differ from PyTorch's")
