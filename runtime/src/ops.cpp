@@ -1157,16 +1157,29 @@ Tensor linear(const Tensor& x, const float* w, int64_t out_f, int64_t in_f, cons
 }
 
 namespace {
-// d[i] = fma(s[i], a, b): always_inline, so that in the AVX2 copy std::fma is one vfmadd (fmaf calls otherwise)
-__attribute__((always_inline)) inline void fma_row_body(const float* s, float* d, int64_t n, float a, float b) {
-    for (int64_t i = 0; i < n; ++i) d[i] = std::fma(s[i], a, b);
+// d[i] = fma(s[i] * pre, a, b): always_inline, so that in the AVX2 copy std::fma is one vfmadd
+// (fmaf calls otherwise); s may be d
+__attribute__((always_inline)) inline void fma_row_body(const float* s, float* d, int64_t n, float pre, float a,
+                                                        float b) {
+    for (int64_t i = 0; i < n; ++i) d[i] = std::fma(s[i] * pre, a, b);
 }
-void fma_row_plain(const float* s, float* d, int64_t n, float a, float b) { fma_row_body(s, d, n, a, b); }
+void fma_row_plain(const float* s, float* d, int64_t n, float pre, float a, float b) {
+    fma_row_body(s, d, n, pre, a, b);
+}
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void fma_row_avx2(const float* s, float* d, int64_t n, float a, float b) {
-    fma_row_body(s, d, n, a, b);
+__attribute__((target("avx2,fma"))) void fma_row_avx2(const float* s, float* d, int64_t n, float pre, float a,
+                                                      float b) {
+    fma_row_body(s, d, n, pre, a, b);
 }
 #endif
+using FmaRow = void (*)(const float*, float*, int64_t, float, float, float);
+FmaRow fma_row() {
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool fma = cpu_has_fma();  // the same bits either way: only speed
+    if (fma) return fma_row_avx2;
+#endif
+    return fma_row_plain;
+}
 }  // namespace
 
 Tensor channel_fma(const Tensor& x, const std::vector<float>& a, const std::vector<float>& b) {
@@ -1177,15 +1190,17 @@ Tensor channel_fma(const Tensor& x, const std::vector<float>& a, const std::vect
     for (int k = 2; k < x.dim(); ++k) inner *= x.shape[k];
     Tensor y = Tensor::empty(x.shape);
     const int64_t N = x.shape[0];
-    auto row = fma_row_plain;
-#if defined(__x86_64__) || defined(__i386__)
-    static const bool fma = cpu_has_fma();  // the same bits either way: only speed
-    if (fma) row = fma_row_avx2;
-#endif
+    const FmaRow row = fma_row();
     for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < C; ++c)
-            row(x.data() + (n * C + c) * inner, y.data() + (n * C + c) * inner, inner, a[c], b[c]);
+        for (int64_t c = 0; c < C; ++c)  // x * 1 is x to the bit: fma(x, a, b), as PyTorch's BatchNorm
+            row(x.data() + (n * C + c) * inner, y.data() + (n * C + c) * inner, inner, 1.0f, a[c], b[c]);
     return y;
+}
+
+void conv_epilogue(float* y, int64_t N, int64_t O, int64_t P, const float* pre, const float* scale, const float* bias) {
+    const FmaRow row = fma_row();
+    for (int64_t n = 0; n < N; ++n)
+        for (int64_t o = 0; o < O; ++o) row(y + (n * O + o) * P, y + (n * O + o) * P, P, pre[o], scale[o], bias[o]);
 }
 
 namespace {
