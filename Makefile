@@ -3,6 +3,7 @@
 PY ?= python3.11
 VENV := build/venv
 STAMP := $(VENV)/.installed
+SYSDEPS := build/.system-deps
 DATA ?= ../shared/data/cifar10-jpeg.tar.gz
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard setup.py) $(wildcard csrc/*)
@@ -10,11 +11,18 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard setup.py) $(wildcard csrc/*)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static runtime-aarch64
+# cmake, Eigen, the AArch64 cross compiler, qemu-user and clang (scripts/system_deps.sh: apt-get
+# where missing and allowed, else one line naming what to install)
+$(SYSDEPS): scripts/system_deps.sh
+	bash scripts/system_deps.sh
+	@mkdir -p build && touch $(SYSDEPS)
+
+.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static runtime-aarch64 fuzz
 setup: $(STAMP)
 
-# The whole suite except the tests that need the optional DALI extra (see test-dali).
-test: $(STAMP)
+# The whole suite except the tests that need the optional DALI extra (see test-dali); libbnn first,
+# which the deploy tests run.
+test: $(STAMP) runtime
 	$(VENV)/bin/python -m pytest -q -m "not dali" --durations=15
 
 # Installs the DALI extra (~425 MB from PyPI) and runs the DALI tests alone.
@@ -31,18 +39,24 @@ test-wheel: $(STAMP)
 	bash scripts/test_wheel.sh
 
 # libbnn and bnnrun (runtime/): build/runtime/libbnn.so and build/runtime/bnnrun, no Python needed.
-runtime:
+runtime: $(SYSDEPS)
 	cmake -S runtime -B build/runtime -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=OFF >/dev/null
 	cmake --build build/runtime -j2
 
 # bnnrun linked statically (libc, libstdc++, libm, OpenMP inside) into build/runtime-static/bnnrun.
-runtime-static:
+runtime-static: $(SYSDEPS)
 	cmake -S runtime -B build/runtime-static -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
 	cmake --build build/runtime-static -j2 --target bnnrun
 
 # bnnrun cross-compiled for 64-bit ARM Linux (NEON kernels), fully static so that qemu-aarch64 runs it
 # with no sysroot: build/runtime-aarch64/bnnrun (apt-get install g++-aarch64-linux-gnu qemu-user).
-runtime-aarch64:
+runtime-aarch64: $(SYSDEPS)
 	cmake -S runtime -B build/runtime-aarch64 -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/cmake/aarch64-linux-gnu.cmake \
 	      -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
 	cmake --build build/runtime-aarch64 -j2 --target bnnrun
+
+# libFuzzer + ASan + UBSan over mutated .bnn files for FUZZ_SECONDS (scripts/fuzz_libbnn.sh).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: $(STAMP) $(SYSDEPS)
+	PYTHON=$(VENV)/bin/python bash scripts/fuzz_libbnn.sh $(FUZZ_SECONDS)

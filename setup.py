@@ -33,7 +33,7 @@ setup(
         Extension(
             "bnnkit.native._ext",
             sources=SOURCES,
-            depends=["csrc/bnn_kernels.h", "csrc/bnn_impl.h", "csrc/bnn_nonlin.h", "csrc/bnn_torch_sum.h"],
+            depends=["csrc/bnn_host.h", "csrc/bnn_kernels.h", "csrc/bnn_impl.h", "csrc/bnn_nonlin.h", "csrc/bnn_torch_sum.h"],
             include_dirs=["csrc"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -16,6 +16,7 @@
 #include <omp.h>
 #endif
 
+#include "bnn_host.h"
 #include "bnn_kernels.h"
 
 #ifndef BNNKIT_MODULE_NAME
@@ -116,37 +117,6 @@ static int parse_threads_call(PyObject* args, int* nt, int64_t* v, Py_ssize_t n,
     return read_ints(seq, v, n, what);
 }
 
-/* the threads to use for `tasks` independent tasks: at least 1, at most one a task */
-static int threads_for(int nt, int64_t tasks) {
-    if (nt < 1) nt = 1;
-    return tasks < nt ? (int)(tasks > 0 ? tasks : 1) : nt;
-}
-
-static void split(int64_t total, int nt, int tid, int64_t* b, int64_t* e) {
-    int64_t q = total / nt, r = total % nt;
-    *b = tid * q + (tid < r ? tid : r);
-    *e = *b + q + (tid < r ? 1 : 0);
-}
-
-/* run(b, e) on nt contiguous slices of [0, total), one per OpenMP thread (inline when nt == 1) */
-template <typename Run>
-static void parallel_ranges(int64_t total, int nt, Run run) {
-    if (nt <= 1) {
-        run(0, total);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        int tid = 0, n = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num(); n = omp_get_num_threads();
-#endif
-        int64_t b, e;
-        split(total, n, tid, &b, &e);
-        run(b, e);
-    }
-}
-
 /* ---- bconv -------------------------------------------------------------------------------- */
 /* The ties in the order the kernel looks them up: counting-sorted by input row (n, y), with the
  * row offsets; every tie checked to lie inside the input first. -1 with a Python error set. */
@@ -155,25 +125,13 @@ static int sort_ties(BConvArgs* a, std::vector<int32_t>& sorted, std::vector<int
         PyErr_Format(PyExc_ValueError, "bconv: ties need their weights and the conv's geometry");
         return -1;
     }
-    const int64_t R = a->N * a->H;
-    rows.assign((size_t)R + 1, 0);
-    for (int64_t z = 0; z < a->nties; ++z) {
+    const int64_t z = ::sort_ties(a->ties, a->nties, a->N, a->H, a->W, a->G * a->tie_Cg, sorted, rows);
+    if (z >= 0) {
         const int32_t* t = a->ties + 4 * z;
-        if (t[0] < 0 || t[0] >= a->N || t[1] < 0 || t[1] >= a->H || t[2] < 0 || t[2] >= a->W || t[3] < 0 ||
-            t[3] >= a->G * a->tie_Cg) {
-            PyErr_Format(PyExc_ValueError, "bconv: tie %lld at (n, y, x, c) = (%d, %d, %d, %d) lies outside the "
-                         "%lld x %lld x %lld x %lld input", (long long)z, t[0], t[1], t[2], t[3], (long long)a->N,
-                         (long long)a->H, (long long)a->W, (long long)(a->G * a->tie_Cg));
-            return -1;
-        }
-        ++rows[(size_t)(t[0] * a->H + t[1]) + 1];
-    }
-    for (int64_t r = 0; r < R; ++r) rows[(size_t)r + 1] += rows[(size_t)r];
-    std::vector<int64_t> next(rows.begin(), rows.end() - 1);
-    sorted.resize((size_t)(4 * a->nties));
-    for (int64_t z = 0; z < a->nties; ++z) {
-        const int32_t* t = a->ties + 4 * z;
-        memcpy(&sorted[(size_t)(4 * next[(size_t)(t[0] * a->H + t[1])]++)], t, 4 * sizeof(int32_t));
+        PyErr_Format(PyExc_ValueError, "bconv: tie %lld at (n, y, x, c) = (%d, %d, %d, %d) lies outside the "
+                     "%lld x %lld x %lld x %lld input", (long long)z, t[0], t[1], t[2], t[3], (long long)a->N,
+                     (long long)a->H, (long long)a->W, (long long)(a->G * a->tie_Cg));
+        return -1;
     }
     a->ties = sorted.data();
     a->tie_rows = rows.data();

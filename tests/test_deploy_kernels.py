@@ -1,5 +1,6 @@
 """Native XOR-popcount kernels of bnnkit.deploy against a float reference, on every instruction-set
 path this CPU has, and a bounds-checked debug build of the same sources."""
+import ast
 import importlib.util
 import os
 import subprocess
@@ -524,13 +525,21 @@ def test_kernel_refuses_inconsistent_buffers():
 
 
 # ---- the bounds-checked debug build ------------------------------------------------------------
+def _extension_sources() -> list[str]:
+    """setup.py's SOURCES (read, not run): the files of this machine's extension, not every csrc/*.cpp
+    (csrc/bnn_neon.cpp builds on AArch64 only)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    return next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["SOURCES"])
+
+
 def _build_debug(tmp: Path):
     name = "_kernels_debug"
     ext = sysconfig.get_config_var("EXT_SUFFIX")
     out = tmp / f"{name}{ext}"
     cmd = ["g++", "-shared", "-fPIC", "-O1", "-g", "-std=c++17", "-fopenmp", "-ffp-contract=off", "-DBNNKIT_DEBUG",
            f"-DBNNKIT_MODULE_NAME={name}", f"-I{ROOT / 'csrc'}", f"-I{sysconfig.get_paths()['include']}",
-           *sorted(str(p) for p in (ROOT / "csrc").glob("*.cpp")),
+           *(str(ROOT / src) for src in _extension_sources()),
            "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     spec = importlib.util.spec_from_file_location(name, out)

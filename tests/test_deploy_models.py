@@ -1,6 +1,7 @@
-"""Every published model, exported and run by the packed runtime, against PyTorch's eval-mode
-logits: relative error under 1e-4 and the same top-1 (random inputs; 1,000 CIFAR-10 test images
-for the CIFAR models); file size; the export command line."""
+"""Every published model, exported and run by the packed runtime and by libbnn (the C++ library
+of runtime/, through `deploy.load(engine="libbnn")`), against PyTorch's eval-mode logits: the
+runtime's bits, libbnn within 1e-5 relative, the same top-1 (random inputs; 1,000 CIFAR-10 test
+images for the CIFAR models); file size; the export command line."""
 import tarfile
 import warnings
 from pathlib import Path
@@ -26,8 +27,11 @@ CASES = ([(m, meth, "cifar10") for m in CIFAR for meth in ("siman", "biper")]
          # ReCU's alpha, IR-Net's power-of-two scale and LogSoftmax heads, RBNN's rotated weights
          + [(m, meth, "cifar10") for m in ("resnet20_1w1a", "resnet18_1w1a", "vgg_small_1w1a") for meth in ("recu", "irnet", "rbnn")]
          + [("resnet20_bireal_1w1a", "rbnn", "cifar10"), ("resnet18A_1w1a", "rbnn", "cifar10"), ("resnet20_1w32a", "irnet", "cifar10")]
-         + [("resnet18_1w1a", meth, "imagenet") for meth in ("recu", "irnet", "rbnn")] + [("resnet18_1w32a", "irnet", "imagenet")])
-SETTINGS = {"biper": {"stage": 2}, "recu": {"tau": 0.9}}  # binary BiPer weights; a ReCU clamp that clips
+         + [("resnet18_1w1a", meth, "imagenet") for meth in ("recu", "irnet", "rbnn")] + [("resnet18_1w32a", "irnet", "imagenet")]
+         # ReActNet-A (MobileNet blocks, learnable biases, RPReLU) and its Bi-Real ResNets, step 2 (binary weights)
+         + [(m, "reactnet", "imagenet") for m in ("reactnet", "birealnet18", "birealnet34")] + [("birealnet20", "reactnet", "cifar10")])
+# binary BiPer weights; a ReCU clamp that clips; ReActNet's second step (its first keeps real weights)
+SETTINGS = {"biper": {"stage": 2}, "recu": {"tau": 0.9}, "reactnet": {"step": 2}}
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -85,6 +89,12 @@ def test_runtime_matches_eval_logits(exported, name, method, dataset):
             assert rel < 1e-5 and torch.equal(out.argmax(1), ref.argmax(1))
         else:  # integer dot products, and the runtime rounds where the model rounds: the same bits
             assert torch.equal(out, ref), rel
+    # libbnn computes the real layers (stem, 1x1 and classifier) with Eigen's GEMM, not oneDNN: the
+    # same values to a few float32 ulps, so a binary activation can flip only where one lies that close
+    # to its threshold (docs/deploy.md, "libbnn": PyTorch itself without oneDNN flips as often)
+    lib = deploy.load(net.source, engine="libbnn", threads=1)
+    rel, out, ref = compare(model, lib, x)  # NCHW, the one memory order libbnn takes
+    assert rel <= 1e-5 and torch.equal(out.argmax(1), ref.argmax(1)), rel
 
 
 def test_siman_runtime_on_one_thread_matches_eval_logits(exported):
@@ -288,7 +298,9 @@ def cifar_1000():
                     break
     assert len(images) == 1000
     keys = sorted(images)
-    x = torch.from_numpy(np.stack([images[k] for k in keys])).permute(0, 3, 1, 2).float() / 255
+    # NCHW in memory, as libbnn takes it (a permuted NHWC array is channels-last to PyTorch, whose
+    # SiMaN means then sum in that order: both orders are tested in test_runtime_matches_eval_logits)
+    x = torch.from_numpy(np.stack([images[k] for k in keys])).permute(0, 3, 1, 2).contiguous().float() / 255
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     labels = torch.tensor([CLASSES.index(k[0]) for k in keys])
@@ -316,20 +328,23 @@ def calibrate(model, images, seed=0):
 
 # Every published CIFAR model and method (about 90 s on two cores, most of it the float reference).
 CIFAR_CASES = ([(m, meth) for m in CIFAR for meth in ("siman", "biper")] + [("resnet20_1w32a", "biper")]
-               + [("resnet20_1w1a", meth) for meth in ("recu", "irnet", "rbnn")])
+               + [("resnet20_1w1a", meth) for meth in ("recu", "irnet", "rbnn")]
+               + [("resnet20_bireal_1w1a", "rbnn"), ("birealnet20", "reactnet")])
 
 
 def agreement_on_1000(name, method, images, path):
-    """Logits of the runtime and of the eval-mode model on the 1,000 images."""
+    """Logits of the runtime, of libbnn and of the eval-mode model on the 1,000 images."""
     torch.manual_seed(0)
     model = calibrate(bnnkit.create_model(name, method=method, dataset="cifar10", **SETTINGS.get(method, {})), images[::5])
     _, net = export_load(model, path, (1, 3, 32, 32))
-    refs, outs = [], []
+    lib = deploy.load(path, engine="libbnn")
+    refs, outs, libs = [], [], []
     for chunk in images.split(250):
         with torch.no_grad():
             refs.append(model(chunk))
         outs.append(net(chunk))
-    return torch.cat(outs), torch.cat(refs)
+        libs.append(lib(chunk))
+    return torch.cat(outs), torch.cat(libs), torch.cat(refs)
 
 
 @pytest.mark.slow
@@ -339,11 +354,15 @@ def test_top1_agrees_on_1000_cifar10_images(tmp_path, cifar_1000, name, method):
     where the model does (epilogue, SiMaN mean, reductions in the model's memory order), so no
     activation near its threshold can flip: logits are equal to the last bit, hence top-1 too."""
     images, _ = cifar_1000
-    out, ref = agreement_on_1000(name, method, images, tmp_path / "m.bnn")
+    out, lib, ref = agreement_on_1000(name, method, images, tmp_path / "m.bnn")
     top = ref.argmax(1)
     assert len(set(top.tolist())) > 3  # the network separates the images: agreement means something
     assert torch.equal(out.argmax(1), top)
     assert torch.equal(out, ref), f"{int((out != ref).any(1).sum())} images differ"
+    # libbnn: its float32 real layers round in another order (see test_runtime_matches_eval_logits)
+    assert torch.equal(lib.argmax(1), top), f"libbnn: {int((lib.argmax(1) != top).sum())} top-1 differ"
+    rel = ((lib - ref).abs().amax(1) / ref.abs().amax(1)).max().item()
+    assert rel <= 1e-5, rel
 
 
 # ---- command lines ----------------------------------------------------------------------------

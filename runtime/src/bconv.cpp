@@ -14,6 +14,7 @@
 #include <sys/auxv.h>
 #endif
 
+#include "bnn_host.h"
 #include "bnn_kernels.h"
 #include "ops.hpp"
 
@@ -95,7 +96,6 @@ const Kernels* choose() {
                        "; unset it or use one of auto, " + names);
 }
 
-void parallel_tasks(int64_t total, int threads, const std::function<void(int64_t, int64_t)>& run);
 
 }  // namespace
 
@@ -108,24 +108,10 @@ void init_isa() {
 const char* isa_name() { return g_kernels ? g_kernels->name : "unset"; }
 
 namespace {
-void parallel_tasks(int64_t total, int threads, const std::function<void(int64_t, int64_t)>& run) {
-    int nt = threads < 1 ? 1 : threads;
-    if (total < nt) nt = total > 0 ? (int)total : 1;
-    if (nt <= 1) {
-        run(0, total);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        int tid = 0, n = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
-        const int64_t q = total / n, r = total % n;
-        const int64_t b = tid * q + (tid < r ? tid : r);
-        run(b, b + q + (tid < r ? 1 : 0));
-    }
+// the bconv kernels' tasks split between at most `threads` OpenMP threads (csrc/bnn_host.h)
+template <typename Run>
+void parallel_tasks(int64_t total, int threads, Run run) {
+    parallel_ranges(total, threads_for(threads, total), run);
 }
 }  // namespace
 
@@ -238,12 +224,7 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
     const int64_t Ho = hw.first, Wo = hw.second;
     if (real_input) {  // wconv: a real conv with the ±1 weights, then the epilogue
         Tensor y = conv2d(x, wfloat_.data(), O, Cg, kh, kw, nullptr, stride, pad, dil, G);
-        const int64_t P = Ho * Wo;
-        for (int64_t n = 0; n < N; ++n)
-            for (int64_t o = 0; o < O; ++o) {
-                float* r = y.data() + (n * O + o) * P;
-                for (int64_t p = 0; p < P; ++p) r[p] = std::fma(r[p] * prescale[(size_t)o], scale[(size_t)o], bias[(size_t)o]);
-            }
+        conv_epilogue(y.data(), N, O, Ho * Wo, prescale.data(), scale.data(), bias.data());
         return y;
     }
     const int64_t per = Cin * H * W;
@@ -253,6 +234,8 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
         for (int64_t n = 0; n < N; ++n) thr[(size_t)n] = torch_sum(x.data() + n * per, per) / (float)per;
     const int64_t Hp = H + 2 * pad[0], Wp = W + 2 * pad[1];
     const int64_t act_len = mul_checked(mul_checked(N * Hp, Wp, "packed size"), G * Cw, "packed size");
+    check_alloc(act_len, 8, "binary conv's packed input");
+    Tensor y = Tensor::empty({N, O, Ho, Wo});
     std::vector<uint64_t> act((size_t)act_len, 0);
     std::vector<int32_t> ties((size_t)4 * 1024);
     int64_t nties = 0;
@@ -275,7 +258,6 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
     }
     const Borders& bd = borders(H, W);
     const bool raw = !zeros.empty();
-    Tensor y = Tensor::empty({N, O, Ho, Wo});
     BConvArgs a;
     memset(&a, 0, sizeof a);
     a.act = act.data(); a.act_len = act_len;
@@ -295,21 +277,7 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
     std::vector<int32_t> sorted;
     std::vector<int64_t> rows;
     if (nties > 0) {  // the ties, counting-sorted by input row (n, y), as the kernel looks them up
-        const int64_t R = N * H;
-        rows.assign((size_t)R + 1, 0);
-        for (int64_t z = 0; z < nties; ++z) {
-            const int32_t* t = &ties[(size_t)(4 * z)];
-            if (t[0] < 0 || t[0] >= N || t[1] < 0 || t[1] >= H || t[2] < 0 || t[2] >= W || t[3] < 0 || t[3] >= Cin)
-                fail_run("binary conv: a tie outside the input");
-            ++rows[(size_t)(t[0] * H + t[1]) + 1];
-        }
-        for (int64_t r = 0; r < R; ++r) rows[(size_t)r + 1] += rows[(size_t)r];
-        std::vector<int64_t> next(rows.begin(), rows.end() - 1);
-        sorted.resize((size_t)(4 * nties));
-        for (int64_t z = 0; z < nties; ++z) {
-            const int32_t* t = &ties[(size_t)(4 * z)];
-            memcpy(&sorted[(size_t)(4 * next[(size_t)(t[0] * H + t[1])]++)], t, 4 * sizeof(int32_t));
-        }
+        if (sort_ties(ties.data(), nties, N, H, W, Cin, sorted, rows) >= 0) fail_run("binary conv: a tie outside the input");
         a.ties = sorted.data(); a.nties = nties; a.tie_rows = rows.data();
         a.tie_w = tie_w_.data(); a.tie_w_len = (int64_t)tie_w_.size();
     }
@@ -339,12 +307,7 @@ Tensor BinaryConv::run(const Tensor& x, int threads) const {
                 }
             }
         }
-        for (int64_t n = 0; n < N; ++n)
-            for (int64_t o = 0; o < O; ++o) {
-                float* out = y.data() + (n * O + o) * P;
-                const float p = prescale[(size_t)o], s = scale[(size_t)o], b = bias[(size_t)o];
-                for (int64_t q = 0; q < P; ++q) out[q] = std::fma(out[q] * p, s, b);
-            }
+        conv_epilogue(y.data(), N, O, P, prescale.data(), scale.data(), bias.data());
     }
     return y;
 }

@@ -2,9 +2,13 @@
 // values a graph passes between nodes (int, float, bool, None, str, tuple, list, slice).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -26,6 +30,68 @@ inline int64_t mul_checked(int64_t a, int64_t b, const char* what) {
     return r;
 }
 
+// The most floats one buffer of a run may hold: BNN_MAX_TENSOR_MB (default 4096) caps it, and
+// within that a run of input x gets max(2^26, 1024 * x.numel()) (set_run_limit), so that a file
+// with absurd shapes fails with a clear error instead of exhausting memory.
+inline int64_t& run_limit_floats() {
+    thread_local int64_t limit = int64_t(1) << 30;
+    return limit;
+}
+inline int64_t max_tensor_floats() {
+    const char* env = getenv("BNN_MAX_TENSOR_MB");
+    long long mb = env && *env ? atoll(env) : 4096;
+    if (mb < 1 || mb > (1LL << 24)) mb = 4096;
+    return (int64_t)mb << 18;  // MiB of float32
+}
+inline void set_run_limit(int64_t input_floats) {
+    const int64_t floor = int64_t(1) << 26, scaled = input_floats > (int64_t(1) << 40) ? (int64_t(1) << 50) : 1024 * input_floats;
+    run_limit_floats() = std::min(max_tensor_floats(), std::max(floor, scaled));
+}
+// refuses (throws) a buffer of n elements of `size` bytes over the run's limit
+inline void check_alloc(int64_t n, int64_t size, const char* what) {
+    if (n < 0 || n > run_limit_floats() * 4 / size)
+        throw Error(4, std::string(what) + " of " + std::to_string(n) + " elements exceeds libbnn's limit of " +
+                           std::to_string(run_limit_floats() >> 18) + " MiB a buffer (set BNN_MAX_TENSOR_MB to raise it)");
+}
+
+// Freed tensor buffers of 64 KiB and more, kept for the next run's tensors of the same size (up to
+// 256 MiB in all): fresh ones come from mmap, and touching their pages cost a BatchNorm or PReLU of
+// a ResNet stem more than its arithmetic. Shared by every model of the process.
+struct BufferPool {
+    static constexpr size_t kMin = 64 << 10, kCap = size_t(256) << 20;
+    std::mutex mu;
+    std::multimap<size_t, void*> free_;
+    size_t held = 0;
+    static BufferPool& get() {
+        static BufferPool* pool = new BufferPool();  // never destroyed: buffers may be freed at exit
+        return *pool;
+    }
+    void* take(size_t bytes) {
+        if (bytes >= kMin) {
+            std::lock_guard<std::mutex> lock(mu);
+            auto it = free_.find(bytes);
+            if (it != free_.end()) {
+                void* p = it->second;
+                free_.erase(it);
+                held -= bytes;
+                return p;
+            }
+        }
+        return aligned_alloc(64, bytes);
+    }
+    void give(void* p, size_t bytes) {
+        if (bytes >= kMin) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (held + bytes <= kCap) {
+                free_.emplace(bytes, p);
+                held += bytes;
+                return;
+            }
+        }
+        free(p);
+    }
+};
+
 struct Tensor {
     std::vector<int64_t> shape;
     std::shared_ptr<float> buf;  // numel() floats, 64-byte aligned
@@ -45,14 +111,14 @@ struct Tensor {
             if (s < 0) fail_run("negative tensor size");
             n = mul_checked(n, s, "tensor size");
         }
-        if (n > (int64_t(1) << 34)) fail_run("tensor of " + std::to_string(n) + " floats is too large");
+        check_alloc(n, 4, "a tensor");
         t.shape = std::move(shape);
         void* p = nullptr;
         size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
         bytes = (bytes + 63) / 64 * 64;
-        p = aligned_alloc(64, bytes);
+        p = BufferPool::get().take(bytes);
         if (!p) throw std::bad_alloc();
-        t.buf = std::shared_ptr<float>((float*)p, [](float* q) { free(q); });
+        t.buf = std::shared_ptr<float>((float*)p, [bytes](float* q) { BufferPool::get().give(q, bytes); });
         return t;
     }
     static Tensor zeros(std::vector<int64_t> shape) {

@@ -131,8 +131,8 @@ private:
         }
     }
     bool hex4(uint32_t& cp) {
-        if (end_ - p_ < 4) return fail("truncated \\u escape in JSON string");
         cp = 0;
+        if (end_ - p_ < 4) return fail("truncated \\u escape in JSON string");
         for (int k = 0; k < 4; ++k) {
             char h = *p_++;
             cp <<= 4;
@@ -164,10 +164,10 @@ private:
                 case 'r': out += '\r'; break;
                 case 't': out += '\t'; break;
                 case 'u': {
-                    uint32_t cp;
+                    uint32_t cp = 0;
                     if (!hex4(cp)) return false;
                     if (cp >= 0xD800 && cp < 0xDC00) {  // a surrogate pair
-                        uint32_t lo;
+                        uint32_t lo = 0;
                         if (end_ - p_ < 2 || p_[0] != '\\' || p_[1] != 'u') return fail("lone surrogate in JSON string");
                         p_ += 2;
                         if (!hex4(lo)) return false;

@@ -269,6 +269,8 @@ struct Model {
         if ((int)t->shape.size() != dims)
             fail("tensor '" + tname(node, "weight") + "' has shape " + shape_str(t->shape) + ", expected " + std::to_string(dims) + " dimensions");
         shape = t->shape;
+        const bool scaled = node_tensor(node, name, "weight_scale", true) != nullptr;
+        if (scaled && t->dtype != "I8") fail("node '" + name + "' has a weight_scale but its weight is not int8");
         std::vector<float> v((size_t)t->numel);
         if (t->dtype == "F32") {
             memcpy(v.data(), t->data, t->nbytes);
@@ -281,6 +283,10 @@ struct Model {
         } else if (t->dtype == "I8") {
             std::vector<int64_t> sshape = {shape[0]};
             std::vector<float> sc = f32(node, name, "weight_scale", &sshape, 1, false);
+            for (float f : sc)
+                if (!std::isfinite(f) || !(f > 0))
+                    fail("tensor '" + tname(node, "weight_scale") + "' of int8 weight '" + tname(node, "weight") +
+                         "' must be finite and > 0");
             const int64_t row = shape[0] ? t->numel / shape[0] : 0;
             for (int64_t k = 0; k < t->numel; ++k)
                 v[(size_t)k] = (float)(int8_t)t->data[k] * sc[(size_t)(k / row)];
@@ -364,9 +370,10 @@ struct Model {
         if (ok) {
             int64_t n = 1;
             for (const auto& s : shape->arr) n *= s.i;
-            ok = n <= (int64_t(1) << 28);
+            ok = n <= (int64_t(1) << 26);
         }
-        if (!ok) fail("the graph's input_shape must be 4 positive integers");
+        if (!ok) fail("the graph's input_shape must be 4 positive integers of at most 2^26 values in all");
+        run_limit_floats() = max_tensor_floats();  // the constants: as large as the file holds
         for (const auto& s : shape->arr) input_shape.push_back(s.i);
         std::map<std::string, int> slots;
         const size_t count = nodes->arr.size();
@@ -531,6 +538,7 @@ struct Model {
             int src = one_input();
             std::vector<int64_t> ws;
             auto w = std::make_shared<std::vector<float>>(real_weight(node, name, 2, ws));
+            if (ws[0] < 1 || ws[1] < 1) fail("node '" + name + "': linear weight of shape " + shape_str(ws) + " is empty");
             std::vector<int64_t> bshape = {ws[0]};
             bool has_bias = false;
             auto bias = std::make_shared<std::vector<float>>(f32(node, name, "bias", &bshape, -1, true, &has_bias));
@@ -603,6 +611,7 @@ struct Model {
 
     Tensor run(const Tensor& x, bool trial) {
         set_op_threads(run_threads());
+        set_run_limit(x.numel());
         std::vector<Value> env(steps.size());
         env[0] = Value::of_tensor(x);
         for (size_t k = 1; k < steps.size(); ++k) {
@@ -650,6 +659,19 @@ namespace {
 
 thread_local std::string g_error;
 
+// the message as one line: names and strings from the file may hold newlines or other control
+// characters, written here as \n, \xNN
+std::string one_line(const std::string& m) {
+    std::string out;
+    out.reserve(m.size());
+    for (unsigned char c : m) {
+        if (c == '\n') out += "\\n";
+        else if (c < 0x20 || c == 0x7f) { char b[8]; snprintf(b, sizeof b, "\\x%02x", c); out += b; }
+        else out += (char)c;
+    }
+    return out;
+}
+
 template <typename F>
 int guarded(F f) {
     g_error.clear();
@@ -657,13 +679,13 @@ int guarded(F f) {
         f();
         return BNN_OK;
     } catch (const bnn::Error& e) {
-        g_error = e.what();
+        g_error = one_line(e.what());
         return e.code;
     } catch (const std::bad_alloc&) {
         g_error = "out of memory; use a smaller batch or free memory";
         return BNN_E_MEMORY;
     } catch (const std::exception& e) {
-        g_error = std::string("internal error: ") + e.what() + "; please report it";
+        g_error = one_line(std::string("internal error: ") + e.what() + "; please report it");
         return BNN_E_RUN;
     } catch (...) {
         g_error = "internal error; please report it";
@@ -771,11 +793,13 @@ int bnn_run(bnn_model* m, const float* x, int64_t n, float* out, int64_t out_len
     }
     bnn::Model& model = m->m;
     int64_t per = model.input_shape[1] * model.input_shape[2] * model.input_shape[3];
-    int64_t want = 1;
-    for (size_t k = 1; k < model.trial_out_shape.size(); ++k) want *= model.trial_out_shape[k];
-    if (n > (int64_t(1) << 40) / per || out_len != n * want) {
+    int64_t want = 1, total = 0;
+    for (size_t k = 1; k < model.trial_out_shape.size(); ++k) want *= model.trial_out_shape[k];  // checked at load
+    const bool too_many = n > (int64_t(1) << 40) / per || __builtin_mul_overflow(n, want, &total);
+    if (too_many || out_len != total) {
         g_error = "bnn_run: the output buffer holds " + std::to_string(out_len) + " floats, the output of " +
-                  std::to_string(n) + " samples has " + std::to_string(n * want) + "; size it with bnn_output_shape";
+                  std::to_string(n) + " samples has " + (too_many ? std::string("too many") : std::to_string(total)) +
+                  "; size it with bnn_output_shape";
         return BNN_E_ARGUMENT;
     }
     return guarded([&] {

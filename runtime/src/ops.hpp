@@ -34,6 +34,9 @@ Tensor conv2d(const Tensor& x, const float* w, int64_t O, int64_t Cg, int64_t kh
 Tensor linear(const Tensor& x, const float* w, int64_t out_f, int64_t in_f, const float* bias);
 // y = fma(x, a[c], b[c]) over channel dim 1 (eval-mode BatchNorm, as PyTorch's CPU kernel rounds it)
 Tensor channel_fma(const Tensor& x, const std::vector<float>& a, const std::vector<float>& b);
+// in place on y [N, O, P]: y = fma(y * pre[o], scale[o], bias[o]), a binary conv's epilogue as the
+// kernels round it (their prescale, then the folded BatchNorm)
+void conv_epilogue(float* y, int64_t N, int64_t O, int64_t P, const float* pre, const float* scale, const float* bias);
 Tensor prelu(const Tensor& x, const std::vector<float>& w);
 // PyTorch's float32 sum of n contiguous floats (its cascade order for n >= 8)
 float torch_sum(const float* x, int64_t n);
