@@ -17,7 +17,7 @@ $(SYSDEPS): scripts/system_deps.sh
 	bash scripts/system_deps.sh
 	@mkdir -p build && touch $(SYSDEPS)
 
-.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static fuzz
+.PHONY: setup test test-dali test-wheel quickstart runtime runtime-static runtime-aarch64 fuzz
 setup: $(STAMP)
 
 # The whole suite except the tests that need the optional DALI extra (see test-dali); libbnn first,
@@ -47,6 +47,13 @@ runtime: $(SYSDEPS)
 runtime-static: $(SYSDEPS)
 	cmake -S runtime -B build/runtime-static -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
 	cmake --build build/runtime-static -j2 --target bnnrun
+
+# bnnrun cross-compiled for 64-bit ARM Linux (NEON kernels), fully static so that qemu-aarch64 runs it
+# with no sysroot: build/runtime-aarch64/bnnrun (apt-get install g++-aarch64-linux-gnu qemu-user).
+runtime-aarch64: $(SYSDEPS)
+	cmake -S runtime -B build/runtime-aarch64 -DCMAKE_TOOLCHAIN_FILE=$(CURDIR)/cmake/aarch64-linux-gnu.cmake \
+	      -DCMAKE_BUILD_TYPE=Release -DBNN_STATIC=ON >/dev/null
+	cmake --build build/runtime-aarch64 -j2 --target bnnrun
 
 # libFuzzer + ASan + UBSan over mutated .bnn files for FUZZ_SECONDS (scripts/fuzz_libbnn.sh).
 FUZZ_SECONDS ?= 60

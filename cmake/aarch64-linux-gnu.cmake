@@ -25,6 +25,12 @@ set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
 
+# Eigen is header-only, so the host's copy (libeigen3-dev) serves the target too; the re-rooted
+# package search above would not look outside /usr/aarch64-linux-gnu for it
+if(NOT DEFINED Eigen3_DIR AND EXISTS /usr/share/eigen3/cmake/Eigen3Config.cmake)
+  set(Eigen3_DIR /usr/share/eigen3/cmake CACHE PATH "Eigen3Config.cmake of the (architecture-independent) Eigen headers")
+endif()
+
 # try_compile links a static library instead of running a target program it could not run
 set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
 

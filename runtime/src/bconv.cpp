@@ -9,6 +9,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 #include "bnn_host.h"
 #include "bnn_kernels.h"
@@ -29,16 +33,26 @@ extern float (*g_torch_sum)(const float*, int64_t);
 
 namespace {
 
+#if defined(BNN_HAVE_X86)
 bool cpu_has_avx512() {
-#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     return bnn_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vpopcntdq");
+}
+#endif
+
+// Advanced SIMD, as the kernel reports it: part of the base AArch64 ISA, yet a kernel (or qemu
+// -cpu) may disable it, and then its instructions trap
+#if defined(__aarch64__) && defined(BNN_HAVE_NEON)
+bool cpu_has_asimd() {
+#if defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
 #else
-    return false;
+    return true;
 #endif
 }
+#endif
 
 struct Kernels {
     const char* name;
@@ -69,7 +83,7 @@ const Kernels* choose() {
     if (cpu_has_avx512()) have.push_back(&kAvx512);
 #endif
 #if defined(__aarch64__) && defined(BNN_HAVE_NEON)
-    have.push_back(&kNeon);  // Advanced SIMD is part of every AArch64 CPU
+    if (cpu_has_asimd()) have.push_back(&kNeon);
 #endif
     if (w == "auto") return have.back();
     std::string names;

@@ -1,5 +1,5 @@
 // bnnrun: run a bnnkit .bnn file on a float32 .npy batch, or time it.
-//   bnnrun model.bnn input.npy -o logits.npy [--threads T]
+//   bnnrun model.bnn input.npy -o logits.npy [--threads T] [--verbose]
 //   bnnrun --bench model.bnn [--threads T] [--batch N] [--rounds R]
 // Bad input: one line `bnnrun: error: PROBLEM; FIX` on stderr, exit 2 for usage errors, 1 for bad
 // files; the output is written to a temporary file and renamed, so nothing is overwritten on failure.
@@ -30,7 +30,7 @@ struct Failure {
 [[noreturn]] void file_error(const std::string& m) { throw Failure{1, m}; }
 
 const char* kUsage =
-    "usage: bnnrun MODEL.bnn INPUT.npy -o OUTPUT.npy [--threads T]\n"
+    "usage: bnnrun MODEL.bnn INPUT.npy -o OUTPUT.npy [--threads T] [--verbose]\n"
     "       bnnrun --bench MODEL.bnn [--threads T] [--batch N] [--rounds R]\n";
 
 // a float32 C-order little-endian .npy file: its shape and values
@@ -164,7 +164,7 @@ bnn_model* load(const std::string& path, int threads) {
 int run_main(int argc, char** argv) {
     std::vector<std::string> pos;
     std::string out;
-    bool bench = false, have_out = false;
+    bool bench = false, have_out = false, verbose = false;
     int64_t threads = 0, batch = 1, rounds = 20;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
@@ -177,6 +177,8 @@ int run_main(int argc, char** argv) {
             return 0;
         } else if (a == "--bench") {
             bench = true;
+        } else if (a == "-v" || a == "--verbose") {
+            verbose = true;
         } else if (a == "-o" || a == "--output") {
             out = value("-o");
             have_out = true;
@@ -270,6 +272,8 @@ int run_main(int argc, char** argv) {
         bnn_free(m);
         file_error(e);
     }
+    // which kernels ran (auto-detected or $BNN_ISA): what a cross-machine comparison must name
+    if (verbose) fprintf(stderr, "bnnrun: isa %s\n", bnn_isa(m));
     bnn_free(m);
     write_npy(out, std::vector<int64_t>(os, os + nd), y.data(), n_out);
     return 0;
