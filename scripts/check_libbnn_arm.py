@@ -1,8 +1,8 @@
 """libbnn on AArch64 against libbnn on this x86 machine, model by model (#25 item 3).
 
 Builds bnnrun natively and cross-compiled for AArch64 (static, NEON kernels), exports every
-published model once (tests/test_deploy_models.py's CASES and build(), plus the step-2 ReActNet
-models), runs each file on the same input .npy with the x86 bnnrun and with the AArch64 bnnrun
+published model once (tests/test_deploy_models.py's CASES and build(), the step-2 ReActNet
+models among them), runs each file on the same input .npy with the x86 bnnrun and with the AArch64 bnnrun
 under qemu-aarch64, and compares the logits: within 1e-5 relative (max |arm - x86| / max |x86|)
 and the same argmax. Each side also runs BNN_ISA=portable (on AArch64 for the CIFAR models and one
 ImageNet model: qemu is slow), which must give its auto ISA's bits. Nothing is timed: qemu's
@@ -30,8 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = "apt-get install g++-aarch64-linux-gnu qemu-user"
 TOLERANCE = 1e-5
-REACTNET = [("reactnet", "reactnet", "imagenet"), ("birealnet18", "reactnet", "imagenet"),
-            ("birealnet34", "reactnet", "imagenet"), ("birealnet20", "reactnet", "cifar10")]
 SHAPES = {"cifar10": (2, 3, 32, 32), "imagenet": (1, 3, 224, 224)}
 # ImageNet models whose AArch64 portable run is also compared (each costs ~10 s under qemu)
 ARM_PORTABLE_IMAGENET = {("resnet18_1w1a", "siman", "imagenet")}
@@ -61,7 +59,7 @@ def cmake_build(build: Path, *cross_args: str) -> Path:
 
 def cases(only: str | None) -> list[tuple[str, str, str]]:
     from tests.test_deploy_models import CASES
-    return [c for c in CASES + REACTNET if only is None or only in "-".join(c)]
+    return [c for c in CASES if only is None or only in "-".join(c)]
 
 
 def make_model(name: str, method: str, dataset: str):
