@@ -62,17 +62,6 @@ def cases(only: str | None) -> list[tuple[str, str, str]]:
     return [c for c in CASES if only is None or only in "-".join(c)]
 
 
-def make_model(name: str, method: str, dataset: str):
-    import bnnkit
-    import torch
-    from tests.test_deploy_format import randomize
-    from tests.test_deploy_models import build
-    if method != "reactnet":
-        return build(name, method, dataset)
-    torch.manual_seed(0)
-    return randomize(bnnkit.create_model(name, method=method, dataset=dataset, step=2), 0)
-
-
 def run(bnnrun: list[str], model: Path, x: Path, out: Path, isa: str | None) -> str:
     """Runs one bnnrun and returns the ISA it reports."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -130,6 +119,7 @@ def main() -> int:
     import numpy as np
     import torch
     from bnnkit import deploy
+    from tests.test_deploy_models import build  # the models and weights the deploy tests export
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="libbnn-arm-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -147,7 +137,7 @@ def main() -> int:
             path = work / f"{name}-{method}-{dataset}.bnn"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # random weights exactly 0 are handled by the exporter
-                deploy.export(make_model(*case), path, example_input_shape=SHAPES[dataset])
+                deploy.export(build(*case), path, example_input_shape=SHAPES[dataset])
             futures.append((case, pool.submit(check, case, path, inputs[dataset], [str(x86_bin)],
                                               [qemu, str(arm_bin)], work)))
         for case, future in futures:
